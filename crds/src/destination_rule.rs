@@ -77,6 +77,7 @@ pub struct TrafficPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ClientTlsSettings>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 4096))]
     pub port_level_settings: Vec<PortTrafficPolicy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tunnel: Option<TunnelSettings>,
@@ -171,14 +172,24 @@ impl LoadBalancerSettings {
     }
 }
 
-/// At most one hash key and at most one hash algorithm may be set (Istio's CRD `oneOf`).
+/// At most one hash key and at most one hash algorithm, expressed like Istio's CRD as
+/// structural `oneOf` (a CEL rule here would exceed the API server's cost budget once
+/// inlined under subsets and port-level settings).
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-#[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "[has(self.httpHeaderName), has(self.httpCookie), has(self.useSourceIp), has(self.httpQueryParameterName)].filter(x, x).size() <= 1",
-     "message": "only one of httpHeaderName, httpCookie, useSourceIp or httpQueryParameterName may be set"},
-    {"rule": "!(has(self.ringHash) && has(self.maglev))",
-     "message": "only one of ringHash or maglev may be set"}
+#[schemars(extend("allOf" = [
+    {"oneOf": [
+        {"not": {"anyOf": [
+            {"required": ["httpHeaderName"]}, {"required": ["httpCookie"]},
+            {"required": ["useSourceIp"]}, {"required": ["httpQueryParameterName"]}
+        ]}},
+        {"required": ["httpHeaderName"]}, {"required": ["httpCookie"]},
+        {"required": ["useSourceIp"]}, {"required": ["httpQueryParameterName"]}
+    ]},
+    {"oneOf": [
+        {"not": {"anyOf": [{"required": ["ringHash"]}, {"required": ["maglev"]}]}},
+        {"required": ["ringHash"]}, {"required": ["maglev"]}
+    ]}
 ]))]
 pub struct ConsistentHashLb {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -204,7 +215,9 @@ pub struct HttpCookie {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// `0s` makes a session cookie.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::duration::schema_allowing_zero")]
     pub ttl: Option<Duration>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attributes: Vec<HttpCookieAttribute>,
@@ -297,7 +310,7 @@ pub struct TcpSettings {
     pub max_connection_duration: Option<Duration>,
     /// `0s` disables the idle timeout, so it is exempt from the 1ms minimum.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "Option<String>")]
+    #[schemars(schema_with = "crate::duration::schema_allowing_zero")]
     pub idle_timeout: Option<Duration>,
 }
 

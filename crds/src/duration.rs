@@ -7,6 +7,14 @@ use std::str::FromStr;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+/// The syntax `Duration` accepts, as a regular expression for CRD schemas where a CEL
+/// rule would cost too much (see `crd::demote_list_cel`).
+pub const PATTERN: &str = r"^(0|\+?(([0-9]+(\.[0-9]*)?|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h))+)$";
+
+/// The CEL rule Istio's CRD puts on every duration, and its message.
+pub const CEL_RULE: &str = "duration(self) >= duration('1ms')";
+pub const CEL_MESSAGE: &str = "must be a valid duration greater than 1ms";
+
 /// A non-negative duration parsed once from its string form. The original text is
 /// kept so that a round trip through our types writes back exactly what the user wrote.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -133,8 +141,8 @@ fn format_go(d: std::time::Duration) -> String {
     if nanos == 0 {
         return "0s".to_owned();
     }
-    if nanos % 1_000_000_000 != 0 {
-        if nanos % 1_000_000 == 0 && nanos < 1_000_000_000 {
+    if !nanos.is_multiple_of(1_000_000_000) {
+        if nanos.is_multiple_of(1_000_000) && nanos < 1_000_000_000 {
             return format!("{}ms", nanos / 1_000_000);
         }
         let secs = d.as_secs_f64();
@@ -143,14 +151,11 @@ fn format_go(d: std::time::Duration) -> String {
     let secs = d.as_secs();
     let (h, m, s) = (secs / 3600, (secs % 3600) / 60, secs % 60);
     let mut out = String::new();
-    if h > 0 {
-        out.push_str(&format!("{h}h"));
-    }
-    if m > 0 {
-        out.push_str(&format!("{m}m"));
-    }
-    if s > 0 || out.is_empty() {
-        out.push_str(&format!("{s}s"));
+    for (value, unit) in [(h, "h"), (m, "m"), (s, "s")] {
+        if value > 0 || (unit == "s" && out.is_empty()) {
+            out.push_str(&value.to_string());
+            out.push_str(unit);
+        }
     }
     out
 }
@@ -177,16 +182,19 @@ impl JsonSchema for Duration {
         true
     }
 
-    /// Same shape as Istio's CRD: a string, checked by the API server with CEL.
+    /// Istio's CRD shape: a string checked by the API server with CEL.
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         json_schema!({
             "type": "string",
-            "x-kubernetes-validations": [{
-                "rule": "duration(self) >= duration('1ms')",
-                "message": "must be a valid duration greater than 1ms"
-            }]
+            "x-kubernetes-validations": [{"rule": CEL_RULE, "message": CEL_MESSAGE}]
         })
     }
+}
+
+/// Schema for the durations where Istio accepts `0s` (cookie TTL: a session cookie;
+/// TCP idle timeout: disabled), so only the syntax is checked.
+pub fn schema_allowing_zero(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({"type": "string", "pattern": PATTERN})
 }
 
 #[cfg(test)]
@@ -242,6 +250,45 @@ mod tests {
         assert_eq!(f(30_000), "30s");
         assert_eq!(f(5_400_000), "1h30m");
         assert_eq!(f(1_500), "1.5s");
+    }
+
+    #[test]
+    fn schema_pattern_agrees_with_the_parser() {
+        let re =
+            jsonschema::validator_for(&serde_json::json!({"type": "string", "pattern": PATTERN}))
+                .unwrap();
+        let samples = [
+            "10s",
+            "1.5s",
+            "100ms",
+            "3m",
+            "1h30m",
+            ".5s",
+            "0",
+            "1500us",
+            "2µs",
+            "+1s",
+            "1.s",
+            "",
+            "10",
+            "s",
+            "10x",
+            "1..5s",
+            "ten seconds",
+            "1s5",
+            ".",
+            "-1s",
+            "1 s",
+            "0s",
+        ];
+        for s in samples {
+            let parsed = s.parse::<Duration>().is_ok();
+            assert_eq!(
+                re.is_valid(&serde_json::json!(s)),
+                parsed,
+                "{s:?}: parser says {parsed}"
+            );
+        }
     }
 
     #[test]

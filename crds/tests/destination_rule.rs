@@ -2,6 +2,8 @@
 //! into our types, round-trips unchanged, and is accepted by the generated CRD schema;
 //! structurally wrong objects are rejected by the same schema.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers may panic
+
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
