@@ -12,7 +12,7 @@ use crate::{DestinationRule, duration};
 pub const DESTINATION_RULE_VERSIONS: [&str; 3] = ["v1", "v1beta1", "v1alpha3"];
 
 pub fn destination_rule() -> CustomResourceDefinition {
-    let mut crd = demote_list_cel(DestinationRule::crd());
+    let mut crd = fit_api_server(DestinationRule::crd());
     let Some(v1) = crd.spec.versions.first().cloned() else {
         return crd;
     };
@@ -45,12 +45,13 @@ pub fn to_yaml(crd: &CustomResourceDefinition) -> Result<String, serde_yaml::Err
     ))
 }
 
-/// The API server bounds the estimated cost of all CEL rules in a schema, and a rule
+/// Two fixes the real API server asked for. It warns on `format: uint32`/`uint64`,
+/// which are schemars' and not OpenAPI's. And it bounds the estimated cost of all CEL rules in a schema, and a rule
 /// inside `subsets[]` and `portLevelSettings[]` is counted once per possible element:
 /// Istio's duration rule repeated there exceeds the budget several times over. Inside
 /// lists the duration rule becomes the equivalent syntax `pattern`; the 1ms minimum
 /// for those fields is left to the admission webhook.
-fn demote_list_cel(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+fn fit_api_server(crd: CustomResourceDefinition) -> CustomResourceDefinition {
     fn walk(schema: &mut Value, in_list: bool) {
         let Some(obj) = schema.as_object_mut() else {
             return;

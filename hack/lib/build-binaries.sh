@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the cluster's Go binaries from the Go module proxy into $CACHE_DIR/bin:
 # etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy,
-# coredns, echo-basic. A binary whose version stamp matches is not rebuilt.
+# kubectl, coredns, echo-basic. A binary whose version stamp matches is not rebuilt.
 source "$(dirname "$0")/common.sh"
 need_cmd go "install Go (https://go.dev) and make sure the module proxy is reachable"
 mkdir -p "$BIN_DIR" "$CACHE_DIR/src"
@@ -10,11 +10,11 @@ stamp_ok() { [ -x "$BIN_DIR/$1" ] && [ "$(cat "$BIN_DIR/.$1.version" 2>/dev/null
 stamp() { echo "$2" > "$BIN_DIR/.$1.version"; }
 
 build_k8s() {
-  local comps=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy) todo=()
+  local comps=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl) todo=()
   for c in "${comps[@]}"; do stamp_ok "$c" "v$K8S_VERSION" || todo+=("$c"); done
   [ ${#todo[@]} -eq 0 ] && { log "kubernetes v$K8S_VERSION: cached"; return; }
   local mod=$CACHE_DIR/src/k8s-v$K8S_VERSION
-  if [ ! -f "$mod/.ready" ]; then
+  if [ "$(cat "$mod/.ready" 2>/dev/null)" != "${comps[*]}" ]; then
     log "kubernetes v$K8S_VERSION: preparing wrapper module"
     rm -rf "$mod"; mkdir -p "$mod"
     local gomod
@@ -31,7 +31,7 @@ build_k8s() {
       printf ')\nfunc main() {}\n' >> tools.go
       go mod tidy >>"$CACHE_DIR/go-get.log" 2>&1 || die "go mod tidy for kubernetes failed: see $CACHE_DIR/go-get.log"
       rm tools.go )
-    touch "$mod/.ready"
+    echo "${comps[*]}" > "$mod/.ready"
   fi
   local minor=${K8S_VERSION#1.}; minor=${minor%%.*}
   local ldf="-s -w"

@@ -20,13 +20,14 @@ PAUSE_IMAGE=registry.k8s.io/pause:3.10
 COREDNS_IMAGE=registry.k8s.io/coredns/coredns:v$COREDNS_VERSION
 
 # Packages from Debian the node needs; installed by `hack/cluster up` when missing.
-CLUSTER_APT_PACKAGES="containerd runc containernetworking-plugins umoci skopeo iptables conntrack openssl busybox-static curl gcc libc6-dev"
+CLUSTER_APT_PACKAGES="containerd runc containernetworking-plugins umoci skopeo iptables conntrack openssl busybox-static curl jq gcc libc6-dev"
 
 # in_ns CMD...: run CMD in the node's network namespace only. Not `ip netns exec`:
 # that also makes a mount namespace and remounts /sys, which hides the cgroup mounts
 # from containerd and the kubelet.
 in_ns() { nsenter --net="$NETNS_PATH" -- "$@"; }
-kc() { in_ns kubectl --kubeconfig "$KUBECONFIG_ADMIN" "$@"; }
+# kubectl built with the cluster (same version), not whatever the machine has.
+kc() { in_ns "$BIN_DIR/kubectl" --kubeconfig "$KUBECONFIG_ADMIN" "$@"; }
 
 # Installs the Debian packages the node needs, when any is missing.
 ensure_packages() {
@@ -37,4 +38,17 @@ ensure_packages() {
   mkdir -p "$CACHE_DIR"
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"; } \
     >"$CACHE_DIR/apt.log" 2>&1 || die "apt-get install ${missing[*]} failed: see $CACHE_DIR/apt.log"
+}
+
+# wait_established CRD...: `kubectl wait --for=condition` errors out while a new CRD
+# has no status yet, so poll its Established condition instead.
+crd_established() {
+  local status
+  status=$(kc get crd "$1" -o jsonpath='{.status.conditions[?(@.type=="Established")].status}') && [ "$status" = True ]
+}
+wait_established() {
+  local crd
+  for crd in "$@"; do
+    wait_for 60 "CRD $crd to be Established" crd_established "$crd" || return 1
+  done
 }
