@@ -56,6 +56,18 @@ fn fit_api_server(crd: CustomResourceDefinition) -> CustomResourceDefinition {
         let Some(obj) = schema.as_object_mut() else {
             return;
         };
+        // The API server knows int32/int64 but warns on schemars' unsigned formats;
+        // keep the bounds, drop the format (as Istio's CRD does).
+        match obj.get("format").and_then(Value::as_str) {
+            Some("uint32") => {
+                obj.remove("format");
+                obj.insert("maximum".into(), Value::from(u32::MAX));
+            }
+            Some("uint64" | "uint") => {
+                obj.remove("format");
+            }
+            _ => {}
+        }
         if in_list {
             let is_duration_rule = obj
                 .get("x-kubernetes-validations")
