@@ -1,9 +1,20 @@
 //! The waypoint dataplane. It knows nothing of Kubernetes: its input is the typed
-//! config model. This crate holds the decision logic as pure state machines over an
-//! injected clock (`now` is a `Duration` since an arbitrary epoch), so that every
-//! Envoy semantic it reproduces is tested tick by tick without sockets or sleeps.
+//! config model (`waypoint-config`). Decision logic lives in pure state machines over
+//! an injected clock (`now` is a `Duration` since an arbitrary epoch): `lb`,
+//! `outlier`, `retry`. `proxy` wires them to sockets.
 
+pub mod access_log;
+pub mod admin;
 pub mod lb;
 pub mod outlier;
+pub mod proxy;
 pub mod retry;
 pub mod rng;
+
+/// Writes one line to stdout (access log and outlier events), where `kubectl logs`
+/// finds it. A closed stdout loses the line rather than failing the request.
+pub fn log_line(line: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+}

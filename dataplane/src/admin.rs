@@ -1,0 +1,56 @@
+//! The admin port (15021): `/healthz/ready` answers 200 once the first config is
+//! serving, 503 before. Kubelet probes and the operator's Programmed condition use it.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body_util::Full;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+#[derive(Clone, Default)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    pub fn set_ready(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+pub async fn serve(socket: TcpListener, readiness: Readiness) {
+    loop {
+        let Ok((stream, _)) = socket.accept().await else {
+            continue;
+        };
+        let readiness = readiness.clone();
+        tokio::spawn(async move {
+            let service =
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let ready = readiness.is_ready();
+                    async move {
+                        let (status, body) = match (req.uri().path(), ready) {
+                            ("/healthz/ready", true) => (StatusCode::OK, "ready\n"),
+                            ("/healthz/ready", false) => {
+                                (StatusCode::SERVICE_UNAVAILABLE, "config not loaded\n")
+                            }
+                            _ => (StatusCode::NOT_FOUND, "not found\n"),
+                        };
+                        let mut resp =
+                            Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+                        *resp.status_mut() = status;
+                        Ok::<_, Infallible>(resp)
+                    }
+                });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}

@@ -1,0 +1,188 @@
+//! A cluster at run time: its endpoints, its load balancer and its outlier detector,
+//! the pure state machines of `crate::lb` and `crate::outlier` behind one lock.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use waypoint_config as config;
+
+use crate::access_log::rfc3339_millis;
+use crate::lb::{Balancer, Candidate, Policy};
+use crate::outlier::{self, Detector, Event, Outcome};
+use crate::rng::Rng;
+
+#[derive(Debug)]
+pub struct Endpoint {
+    pub address: SocketAddr,
+    pub workload: Option<String>,
+    active: AtomicU32,
+}
+
+impl Endpoint {
+    pub fn begin(&self) {
+        self.active.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn end(&self) {
+        self.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    balancer: Balancer,
+    detector: Option<Detector<usize>>,
+}
+
+#[derive(Debug)]
+pub struct Cluster {
+    pub name: String,
+    pub connect_timeout: Duration,
+    pub endpoints: Vec<Endpoint>,
+    interval: Option<Duration>,
+    epoch: Instant,
+    state: Mutex<State>,
+}
+
+impl Cluster {
+    pub fn new(c: &config::Cluster, epoch: Instant, rng: Rng) -> Self {
+        let policy = match c.load_balancer {
+            config::LoadBalancer::RoundRobin => Policy::RoundRobin,
+            config::LoadBalancer::LeastRequest => Policy::LeastRequest,
+            config::LoadBalancer::Random => Policy::Random,
+        };
+        let detector = c.outlier_detection.as_ref().map(|od| {
+            let cfg = outlier::Config::new(od.base_ejection_time)
+                .with_consecutive_5xx(od.consecutive_5xx_errors)
+                .with_consecutive_gateway(od.consecutive_gateway_errors)
+                .with_interval(od.interval)
+                .with_max_ejection_percent(od.max_ejection_percent);
+            let mut d = Detector::new(cfg);
+            d.set_hosts(0..c.endpoints.len());
+            d
+        });
+        // With outlier detection Istio writes minHealthPercent as the panic threshold;
+        // without it Envoy's default of 50% applies.
+        let min_health = c
+            .outlier_detection
+            .as_ref()
+            .map_or(50, |od| od.min_health_percent);
+        Self {
+            name: c.name.clone(),
+            connect_timeout: c.connect_timeout,
+            endpoints: c
+                .endpoints
+                .iter()
+                .map(|e| Endpoint {
+                    address: e.address,
+                    workload: e.workload.clone(),
+                    active: AtomicU32::new(0),
+                })
+                .collect(),
+            interval: c.outlier_detection.as_ref().map(|od| od.interval),
+            epoch,
+            state: Mutex::new(State {
+                balancer: Balancer::new(policy, min_health, rng),
+                detector,
+            }),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// An endpoint index, avoiding `tried` within Envoy's re-pick budget.
+    pub fn pick(&self, tried: &[usize], avoid_tried: bool) -> Option<usize> {
+        let mut state = self.state();
+        let candidates: Vec<Candidate> = self
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, e)| Candidate {
+                healthy: !state.detector.as_ref().is_some_and(|d| d.is_ejected(&i)),
+                active_requests: e.active.load(Ordering::Relaxed),
+            })
+            .collect();
+        state
+            .balancer
+            .pick(&candidates, |i| avoid_tried && tried.contains(&i))
+    }
+
+    pub fn report(&self, endpoint: usize, outcome: Outcome) {
+        let now = self.epoch.elapsed();
+        let events = match self.state().detector.as_mut() {
+            Some(d) => d.report(&endpoint, outcome, now),
+            None => return,
+        };
+        self.log_events(&events);
+    }
+
+    /// Indexes of the endpoints outlier detection has ejected right now.
+    pub fn ejected(&self) -> Vec<usize> {
+        let state = self.state();
+        (0..self.endpoints.len())
+            .filter(|i| state.detector.as_ref().is_some_and(|d| d.is_ejected(i)))
+            .collect()
+    }
+
+    /// The outlier detector's interval, when the cluster has one.
+    pub fn interval(&self) -> Option<Duration> {
+        self.interval
+    }
+
+    pub fn tick(&self) {
+        let now = self.epoch.elapsed();
+        let events = match self.state().detector.as_mut() {
+            Some(d) => d.tick(now),
+            None => return,
+        };
+        self.log_events(&events);
+    }
+
+    /// Ejection log lines on stdout beside the access log, in the seed guide's words.
+    fn log_events(&self, events: &[Event<usize>]) {
+        if events.is_empty() {
+            return;
+        }
+        let mut out = std::io::stdout().lock();
+        for e in events {
+            let (host, text) = match e {
+                Event::Ejected {
+                    host,
+                    reason,
+                    count,
+                    ejection_time,
+                } => (
+                    *host,
+                    format!(
+                        "ejecting endpoint due to {reason} {reason}={count} ejection_time={}s",
+                        ejection_time.as_secs()
+                    ),
+                ),
+                Event::Overflow { host, reason } => (
+                    *host,
+                    format!(
+                        "not ejecting endpoint: {reason} reached but maxEjectionPercent would be exceeded"
+                    ),
+                ),
+                Event::Unejected { host, ejected_for } => (
+                    *host,
+                    format!("unejecting endpoint after {}s", ejected_for.as_secs()),
+                ),
+            };
+            let ep = &self.endpoints[host];
+            let _ = writeln!(
+                out,
+                "[{}] warn outlier {text} endpoint={} workload=\"{}\" cluster={}",
+                rfc3339_millis(SystemTime::now()),
+                ep.address,
+                ep.workload.as_deref().unwrap_or("-"),
+                self.name
+            );
+        }
+    }
+}

@@ -1,0 +1,401 @@
+//! One downstream connection and its requests.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+use waypoint_config::{RetryConfig, Route};
+
+use super::{Cluster, Runtime};
+use crate::access_log::Entry;
+use crate::outlier::Outcome;
+use crate::retry::{Attempt, RetryOn, RetryPolicy};
+use crate::rng::Rng;
+
+pub type Client = hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>;
+
+/// Request bodies are buffered so that retries can replay them; beyond this, 413.
+const MAX_BUFFERED_BODY: usize = 16 << 20;
+
+pub fn client() -> Client {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(connector)
+}
+
+pub async fn serve_connection(
+    runtime: Arc<Runtime>,
+    listener: usize,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
+    let local = stream.local_addr().ok();
+    let service = hyper::service::service_fn(move |req| {
+        let runtime = Arc::clone(&runtime);
+        async move { Ok::<_, Infallible>(handle(&runtime, listener, req, peer, local).await) }
+    });
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    if let Err(e) = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .await
+    {
+        tracing::debug!(error = %e, %peer, "downstream connection ended with an error");
+    }
+}
+
+fn policy(r: &RetryConfig) -> RetryPolicy {
+    let retry_on = r
+        .retry_on
+        .iter()
+        .filter_map(|s| match s.as_str() {
+            "5xx" => Some(RetryOn::FiveXx),
+            "gateway-error" => Some(RetryOn::GatewayError),
+            "reset" => Some(RetryOn::Reset),
+            "connect-failure" => Some(RetryOn::ConnectFailure),
+            "retriable-4xx" => Some(RetryOn::Retriable4xx),
+            "refused-stream" => Some(RetryOn::RefusedStream),
+            "cancelled" => Some(RetryOn::Cancelled),
+            "deadline-exceeded" => Some(RetryOn::DeadlineExceeded),
+            "internal" => Some(RetryOn::Internal),
+            "resource-exhausted" => Some(RetryOn::ResourceExhausted),
+            "unavailable" => Some(RetryOn::Unavailable),
+            _ => None,
+        })
+        .collect();
+    RetryPolicy {
+        num_retries: r.attempts,
+        retry_on,
+        retriable_status_codes: r.retriable_status_codes.clone(),
+        avoid_previous_hosts: r.avoid_previous_hosts,
+        ..RetryPolicy::istio_default()
+    }
+}
+
+fn header_str(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+fn authority(req: &Request<Incoming>) -> Option<String> {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| header_str(req.headers(), &header::HOST))
+}
+
+fn route<'a>(routes: &'a [Route], authority: Option<&str>) -> Option<&'a Route> {
+    let host = authority.map(|a| a.rsplit_once(':').map_or(a, |(h, _)| h));
+    routes.iter().find(|r| {
+        r.hosts.is_empty()
+            || r.hosts
+                .iter()
+                .any(|h| Some(h.as_str()) == authority || Some(h.as_str()) == host)
+    })
+}
+
+fn protocol(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
+    }
+}
+
+/// A reply the proxy makes itself (no upstream response to pass on).
+fn local_reply(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    resp
+}
+
+/// Headers that describe one hop and are not forwarded (RFC 9110 §7.6.1).
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    for name in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "te",
+        "upgrade",
+        "trailer",
+    ] {
+        headers.remove(name);
+    }
+}
+
+fn request_id() -> String {
+    let mut rng = Rng::from_entropy();
+    let (a, b) = (rng.next_u64(), rng.next_u64());
+    // UUIDv4 layout: version nibble 4, variant bits 10.
+    format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0x0fff,
+        0x8000 | ((b >> 48) & 0x3fff),
+        b & 0xffff_ffff_ffff
+    )
+}
+
+async fn handle(
+    runtime: &Runtime,
+    listener: usize,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+) -> Response<Full<Bytes>> {
+    let start_time = SystemTime::now();
+    let started = Instant::now();
+    let l = &runtime.config.listeners[listener];
+    let authority = authority(&req);
+    let mut entry = Entry {
+        start_time: Some(start_time),
+        method: req.method().to_string(),
+        path: req
+            .uri()
+            .path_and_query()
+            .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
+        protocol: protocol(req.version()),
+        user_agent: header_str(req.headers(), &header::USER_AGENT),
+        x_forwarded_for: header_str(req.headers(), &HeaderName::from_static("x-forwarded-for")),
+        authority: authority.clone(),
+        downstream_local_address: local.map(|a| a.to_string()),
+        downstream_remote_address: Some(peer.to_string()),
+        ..Entry::default()
+    };
+    let (resp, flags, details) =
+        forward(runtime, &l.routes, authority.as_deref(), req, &mut entry).await;
+    entry.response_code = resp.status().as_u16();
+    entry.response_flags = flags;
+    entry.response_code_details = details;
+    entry.bytes_sent = hyper::body::Body::size_hint(resp.body())
+        .exact()
+        .unwrap_or(0);
+    entry.duration_ms = started.elapsed().as_millis();
+    crate::log_line(&entry.to_istio_text());
+    resp
+}
+
+type Verdict = (Response<Full<Bytes>>, Option<&'static str>, &'static str);
+
+async fn forward(
+    runtime: &Runtime,
+    routes: &[Route],
+    authority: Option<&str>,
+    req: Request<Incoming>,
+    entry: &mut Entry,
+) -> Verdict {
+    let Some(route) = route(routes, authority) else {
+        return (
+            local_reply(StatusCode::NOT_FOUND, ""),
+            Some("NR"),
+            "route_not_found",
+        );
+    };
+    entry.route_name = Some("default".to_owned());
+    entry.upstream_cluster = Some(route.cluster.clone());
+    let Some(cluster) = runtime.cluster(&route.cluster) else {
+        return (
+            local_reply(StatusCode::SERVICE_UNAVAILABLE, ""),
+            Some("NC"),
+            "cluster_not_found",
+        );
+    };
+    let (mut parts, body) = req.into_parts();
+    let Ok(body) = Limited::new(body, MAX_BUFFERED_BODY)
+        .collect()
+        .await
+        .map(http_body_util::Collected::to_bytes)
+    else {
+        return (
+            local_reply(StatusCode::PAYLOAD_TOO_LARGE, "payload too large"),
+            None,
+            "request_payload_too_large",
+        );
+    };
+    entry.bytes_received = body.len() as u64;
+    let rid = header_str(&parts.headers, &HeaderName::from_static("x-request-id"))
+        .unwrap_or_else(request_id);
+    if let Ok(v) = HeaderValue::from_str(&rid) {
+        parts.headers.insert("x-request-id", v);
+    }
+    entry.request_id = Some(rid);
+    if parts.headers.get(header::HOST).is_none()
+        && let Some(a) = authority.and_then(|a| HeaderValue::from_str(a).ok())
+    {
+        parts.headers.insert(header::HOST, a);
+    }
+    strip_hop_by_hop(&mut parts.headers);
+    let policy = policy(&route.retry);
+    let attempts = attempts(runtime, cluster, &policy, &parts, &body, entry);
+    match route.timeout {
+        None => attempts.await,
+        Some(t) => tokio::time::timeout(t, attempts).await.unwrap_or_else(|_| {
+            (
+                local_reply(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
+                Some("UT"),
+                "response_timeout",
+            )
+        }),
+    }
+}
+
+/// Envoy's router loop: pick, send, report to outlier detection, maybe retry.
+async fn attempts(
+    runtime: &Runtime,
+    cluster: &Cluster,
+    policy: &RetryPolicy,
+    parts: &http::request::Parts,
+    body: &Bytes,
+    entry: &mut Entry,
+) -> Verdict {
+    let mut tried = Vec::new();
+    let mut retries = 0;
+    let mut rng = Rng::from_entropy();
+    loop {
+        let Some(i) = cluster.pick(&tried, policy.avoid_previous_hosts) else {
+            return (
+                local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
+                Some("UH"),
+                "no_healthy_upstream",
+            );
+        };
+        tried.push(i);
+        entry.upstream_host = Some(cluster.endpoints[i].address.to_string());
+        let (result, service_started) = send(runtime, cluster, i, parts, body).await;
+        let attempt = match result {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                cluster.report(i, Outcome::Status(status));
+                let grpc_status = resp
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok());
+                if !policy.should_retry(
+                    Attempt::Response {
+                        status,
+                        grpc_status,
+                    },
+                    retries,
+                ) {
+                    entry.upstream_service_time_ms = Some(service_started.elapsed().as_millis());
+                    return relay(cluster, i, resp).await;
+                }
+                Attempt::Response {
+                    status,
+                    grpc_status,
+                }
+            }
+            Err(connect) => {
+                let (outcome, attempt) = if connect {
+                    (Outcome::ConnectFailure, Attempt::ConnectFailure)
+                } else {
+                    (Outcome::Reset, Attempt::Reset)
+                };
+                cluster.report(i, outcome);
+                if !policy.should_retry(attempt, retries) {
+                    return reset_reply(connect, retries > 0);
+                }
+                attempt
+            }
+        };
+        retries += 1;
+        tracing::debug!(?attempt, retries, "retrying");
+        tokio::time::sleep(policy.backoff(retries, &mut rng)).await;
+    }
+}
+
+/// Passes the upstream response on (buffered for now: streaming is still to come).
+async fn relay(cluster: &Cluster, i: usize, resp: Response<Incoming>) -> Verdict {
+    let (mut head, body) = resp.into_parts();
+    strip_hop_by_hop(&mut head.headers);
+    if let Ok(body) = body.collect().await {
+        return (
+            Response::from_parts(head, Full::new(body.to_bytes())),
+            None,
+            "via_upstream",
+        );
+    }
+    cluster.report(i, Outcome::Reset);
+    let text =
+        "upstream connect error or disconnect/reset before headers. reset reason: remote reset";
+    (
+        local_reply(StatusCode::SERVICE_UNAVAILABLE, text),
+        Some("UR"),
+        "upstream_reset_after_response_started{remote_reset}",
+    )
+}
+
+/// Envoy's reply when no attempt got response headers.
+fn reset_reply(connect: bool, was_retried: bool) -> Verdict {
+    let (flag, reason, details) = if connect {
+        (
+            "UF",
+            "connection failure",
+            "upstream_reset_before_response_started{connection_failure}",
+        )
+    } else {
+        (
+            "UR",
+            "remote reset",
+            "upstream_reset_before_response_started{remote_reset}",
+        )
+    };
+    let latest = if was_retried {
+        "retried and the latest "
+    } else {
+        ""
+    };
+    let text = format!(
+        "upstream connect error or disconnect/reset before headers. {latest}reset reason: {reason}"
+    );
+    let mut resp = local_reply(StatusCode::SERVICE_UNAVAILABLE, "");
+    *resp.body_mut() = Full::new(Bytes::from(text));
+    (resp, Some(flag), details)
+}
+
+/// One attempt to one endpoint. `Err(true)` is a connect failure, `Err(false)` a
+/// reset or protocol error before response headers.
+async fn send(
+    runtime: &Runtime,
+    cluster: &Cluster,
+    i: usize,
+    parts: &http::request::Parts,
+    body: &Bytes,
+) -> (Result<Response<Incoming>, bool>, Instant) {
+    let endpoint = &cluster.endpoints[i];
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let uri: Uri = match format!("http://{}{}", endpoint.address, path).parse() {
+        Ok(u) => u,
+        Err(_) => return (Err(false), Instant::now()),
+    };
+    let mut req = Request::new(Full::new(body.clone()));
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = uri;
+    *req.headers_mut() = parts.headers.clone();
+    let started = Instant::now();
+    endpoint.begin();
+    let result = tokio::time::timeout(cluster.connect_timeout, runtime.client.request(req)).await;
+    endpoint.end();
+    let result = match result {
+        Ok(Ok(resp)) => Ok(resp),
+        Ok(Err(e)) => Err(e.is_connect()),
+        Err(_elapsed) => Err(true),
+    };
+    (result, started)
+}

@@ -1,0 +1,207 @@
+//! The whole proxy on loopback with real hyper backends and a real hyper client:
+//! seed 001's failover journey with real sockets (times scaled down: interval 1s,
+//! baseEjectionTime 3s), plus routing and local replies.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::format_push_string)] // test harness
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use waypoint_dataplane::proxy::{self, Runtime};
+
+const CLUSTER: &str = "inbound-vip|8000|http|in-ambient.httpbin.svc.cluster.local";
+
+/// A backend answering every request with its pod name, like httpbin's /hostname.
+async fn backend(addr: SocketAddr, name: &'static str) -> (SocketAddr, JoinHandle<()>) {
+    let socket = TcpListener::bind(addr).await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    // Connections live in a JoinSet owned by the accept loop, so aborting the backend
+    // closes them all, as killing a process would.
+    let task = tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        loop {
+            let (stream, _) = socket.accept().await.unwrap();
+            conns.spawn(async move {
+                let svc = hyper::service::service_fn(move |_req| async move {
+                    Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(name))))
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+struct Harness {
+    runtime: Arc<Runtime>,
+    proxy: SocketAddr,
+    backends: Vec<(SocketAddr, JoinHandle<()>)>,
+    client: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        Full<Bytes>,
+    >,
+    _tasks: Vec<JoinHandle<()>>,
+}
+
+const PODS: [&str; 3] = ["in-ambient-abc12", "in-ambient-def34", "in-ambient-ghi56"];
+
+impl Harness {
+    async fn start(retry_attempts: u32) -> Self {
+        let mut backends = Vec::new();
+        for name in PODS {
+            backends.push(backend("127.0.0.1:0".parse().unwrap(), name).await);
+        }
+        let mut endpoints = String::new();
+        for ((addr, _), pod) in backends.iter().zip(PODS) {
+            endpoints.push_str(&format!("  - {{address: \"{addr}\", workload: {pod}}}\n"));
+        }
+        let yaml = format!(
+            "listeners:
+- name: mesh
+  address: 127.0.0.1:0
+  routes:
+  - hosts: [in-ambient.httpbin.svc.cluster.local, in-ambient]
+    cluster: \"{CLUSTER}\"
+    retry: {{attempts: {retry_attempts}, retryOn: [connect-failure, refused-stream, unavailable, cancelled]}}
+clusters:
+- name: \"{CLUSTER}\"
+  loadBalancer: ROUND_ROBIN
+  outlierDetection: {{consecutive5xxErrors: 3, interval: 1s, baseEjectionTime: 3s, maxEjectionPercent: 50}}
+  endpoints:
+{endpoints}"
+        );
+        let config = waypoint_config::Config::from_yaml(&yaml).unwrap();
+        let runtime = Runtime::new(config);
+        let mut sockets = proxy::bind(&runtime).await.unwrap();
+        let (socket, i) = sockets.remove(0);
+        let proxy_addr = socket.local_addr().unwrap();
+        let mut tasks = runtime.spawn_timers();
+        tasks.push(tokio::spawn(proxy::serve(runtime.clone(), socket, i)));
+        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .build(hyper_util::client::legacy::connect::HttpConnector::new());
+        Self {
+            runtime,
+            proxy: proxy_addr,
+            backends,
+            client,
+            _tasks: tasks,
+        }
+    }
+
+    /// Kills a backend: its port now refuses connections.
+    fn kill(&mut self, i: usize) {
+        self.backends[i].1.abort();
+    }
+
+    async fn revive(&mut self, i: usize) {
+        let addr = self.backends[i].0;
+        tokio::time::sleep(Duration::from_millis(50)).await; // let the aborted task drop its socket
+        self.backends[i] = backend(addr, PODS[i]).await;
+    }
+
+    async fn get(&self, host: &str) -> (u16, String) {
+        let req = http::Request::builder()
+            .uri(format!("http://{}/hostname", self.proxy))
+            .header("host", host)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = self.client.request(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    async fn burst(&self, n: usize) -> Vec<(u16, String)> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            out.push(self.get("in-ambient:8000").await);
+        }
+        out
+    }
+
+    fn ejected(&self) -> Vec<usize> {
+        self.runtime.cluster(CLUSTER).unwrap().ejected()
+    }
+}
+
+fn counts(results: &[(u16, String)]) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for (status, body) in results {
+        if *status == 200 {
+            *m.entry(body.clone()).or_default() += 1;
+        }
+    }
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_001_with_retries_no_request_fails_and_the_dead_pod_is_ejected() {
+    let mut h = Harness::start(2).await;
+    // Healthy: round robin over all three.
+    let c = counts(&h.burst(6).await);
+    assert_eq!(c.values().copied().collect::<Vec<_>>(), [2, 2, 2], "{c:?}");
+
+    h.kill(0);
+    let results = h.burst(15).await;
+    assert!(results.iter().all(|(s, _)| *s == 200), "{results:?}");
+    assert_eq!(h.ejected(), [0]);
+
+    // The two healthy pods share traffic evenly.
+    let c = counts(&h.burst(10).await);
+    assert_eq!(c.get(PODS[0]), None);
+    assert_eq!((c[PODS[1]], c[PODS[2]]), (5, 5));
+
+    // The pod comes back at the first 1s tick at least 3s after its ejection.
+    h.revive(0).await;
+    let ejected_at = Instant::now();
+    while !h.ejected().is_empty() {
+        assert!(
+            ejected_at.elapsed() < Duration::from_secs(6),
+            "still ejected after 6s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let c = counts(&h.burst(12).await);
+    assert_eq!(c.values().copied().collect::<Vec<_>>(), [4, 4, 4], "{c:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_001_without_retries_exactly_three_requests_fail() {
+    let mut h = Harness::start(0).await;
+    h.kill(1);
+    let results = h.burst(15).await;
+    let failures: Vec<_> = results.iter().filter(|(s, _)| *s != 200).collect();
+    assert_eq!(failures.len(), 3, "{results:?}");
+    for (status, body) in failures {
+        assert_eq!(*status, 503);
+        assert_eq!(
+            body,
+            "upstream connect error or disconnect/reset before headers. reset reason: connection failure"
+        );
+    }
+    assert_eq!(h.ejected(), [1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_hosts_get_404_and_all_ejected_gets_no_healthy_upstream() {
+    let mut h = Harness::start(0).await;
+    assert_eq!(h.get("elsewhere:80").await.0, 404);
+    assert_eq!(h.get("in-ambient.httpbin.svc.cluster.local").await.0, 200);
+    // maxEjectionPercent 50 of 3 hosts lets only one go: the others keep serving.
+    h.kill(0);
+    h.kill(1);
+    h.kill(2);
+    let results = h.burst(12).await;
+    assert!(results.iter().all(|(s, _)| *s == 503));
+    assert_eq!(h.ejected().len(), 1);
+}
