@@ -1,0 +1,271 @@
+//! The objects a waypoint Gateway becomes: ServiceAccount, Deployment, Service and
+//! the dataplane's ConfigMap. Pure functions of the Gateway, applied server-side.
+
+use std::collections::BTreeMap;
+
+use gateway_api::apis::standard::gateways::Gateway;
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction,
+    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SecurityContext, Service,
+    ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+
+use crate::names::{
+    DATAPLANE_MODE_LABEL, GATEWAY_CLASS_LABEL, GATEWAY_NAME_LABEL, MANAGED_LABEL, MANAGED_VALUE,
+    MESH_PORT, METRICS_PORT, STATUS_PORT, config_map_name,
+};
+
+#[derive(Clone, Debug)]
+pub struct Children {
+    pub service_account: ServiceAccount,
+    pub config_map: ConfigMap,
+    pub deployment: Deployment,
+    pub service: Service,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BuildError {
+    #[error("the Gateway has no namespace")]
+    NoNamespace,
+    #[error("the Gateway has no uid yet")]
+    NoUid,
+}
+
+/// Labels on every generated object: infrastructure labels first, ours on top.
+fn labels(gw: &Gateway) -> BTreeMap<String, String> {
+    let mut labels: BTreeMap<String, String> = gw
+        .spec
+        .infrastructure
+        .as_ref()
+        .and_then(|i| i.labels.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("gateway.networking.k8s.io/"))
+        .collect();
+    labels.insert(GATEWAY_NAME_LABEL.to_owned(), gw.name_any());
+    labels.insert(
+        GATEWAY_CLASS_LABEL.to_owned(),
+        gw.spec.gateway_class_name.clone(),
+    );
+    labels.insert(MANAGED_LABEL.to_owned(), MANAGED_VALUE.to_owned());
+    labels
+}
+
+fn annotations(gw: &Gateway) -> Option<BTreeMap<String, String>> {
+    gw.spec
+        .infrastructure
+        .as_ref()
+        .and_then(|i| i.annotations.clone())
+        .filter(|a| !a.is_empty())
+}
+
+fn meta(gw: &Gateway, name: String, owner: &OwnerReference) -> Result<ObjectMeta, BuildError> {
+    Ok(ObjectMeta {
+        name: Some(name),
+        namespace: Some(gw.namespace().ok_or(BuildError::NoNamespace)?),
+        labels: Some(labels(gw)),
+        annotations: annotations(gw),
+        owner_references: Some(vec![owner.clone()]),
+        ..ObjectMeta::default()
+    })
+}
+
+/// The dataplane config for a waypoint that has no routes yet, in the shared model:
+/// the mesh listener answers and readiness reports the config loaded. The config
+/// server (a later issue) replaces it with the compiled routes and clusters.
+pub fn initial_dataplane_config() -> String {
+    let config = waypoint_config::Config {
+        listeners: vec![waypoint_config::Listener {
+            name: "mesh".to_owned(),
+            address: std::net::SocketAddr::from(([0, 0, 0, 0], 15008)),
+            routes: Vec::new(),
+        }],
+        clusters: Vec::new(),
+    };
+    // Serializing plain data to YAML cannot fail; an empty config would still load.
+    serde_yaml::to_string(&config).unwrap_or_default()
+}
+
+pub fn build(gw: &Gateway, dataplane_image: &str) -> Result<Children, BuildError> {
+    let name = gw.name_any();
+    let owner = gw.controller_owner_ref(&()).ok_or(BuildError::NoUid)?;
+    let selector = BTreeMap::from([(GATEWAY_NAME_LABEL.to_owned(), name.clone())]);
+    Ok(Children {
+        service_account: ServiceAccount {
+            metadata: meta(gw, name.clone(), &owner)?,
+            ..ServiceAccount::default()
+        },
+        config_map: ConfigMap {
+            metadata: meta(gw, config_map_name(&name), &owner)?,
+            data: Some(BTreeMap::from([(
+                "config.yaml".to_owned(),
+                initial_dataplane_config(),
+            )])),
+            ..ConfigMap::default()
+        },
+        deployment: Deployment {
+            metadata: meta(gw, name.clone(), &owner)?,
+            spec: Some(deployment_spec(
+                gw,
+                &name,
+                selector.clone(),
+                dataplane_image,
+            )),
+            ..Deployment::default()
+        },
+        service: Service {
+            metadata: meta(gw, name, &owner)?,
+            spec: Some(service_spec(selector)),
+            ..Service::default()
+        },
+    })
+}
+
+fn deployment_spec(
+    gw: &Gateway,
+    name: &str,
+    selector: BTreeMap<String, String>,
+    dataplane_image: &str,
+) -> DeploymentSpec {
+    let mut pod_labels = labels(gw);
+    pod_labels.insert(DATAPLANE_MODE_LABEL.to_owned(), "none".to_owned());
+    pod_labels.insert("sidecar.istio.io/inject".to_owned(), "false".to_owned());
+    DeploymentSpec {
+        selector: LabelSelector {
+            match_labels: Some(selector),
+            ..LabelSelector::default()
+        },
+        template: PodTemplateSpec {
+            metadata: Some(ObjectMeta {
+                labels: Some(pod_labels),
+                annotations: Some(BTreeMap::from([
+                    (
+                        "prometheus.io/path".to_owned(),
+                        "/stats/prometheus".to_owned(),
+                    ),
+                    ("prometheus.io/port".to_owned(), METRICS_PORT.to_string()),
+                    ("prometheus.io/scrape".to_owned(), "true".to_owned()),
+                ])),
+                ..ObjectMeta::default()
+            }),
+            spec: Some(PodSpec {
+                service_account_name: Some(name.to_owned()),
+                containers: vec![container(dataplane_image)],
+                volumes: Some(vec![Volume {
+                    name: "config".to_owned(),
+                    config_map: Some(ConfigMapVolumeSource {
+                        name: config_map_name(name),
+                        ..ConfigMapVolumeSource::default()
+                    }),
+                    ..Volume::default()
+                }]),
+                ..PodSpec::default()
+            }),
+        },
+        ..DeploymentSpec::default()
+    }
+}
+
+/// The dataplane container: Istio's ports, probes, resources and hardening.
+fn container(image: &str) -> Container {
+    let probe = |period, failures| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some("/healthz/ready".to_owned()),
+            port: IntOrString::Int(STATUS_PORT),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        ..Probe::default()
+    };
+    let port = |name: &str, port| ContainerPort {
+        name: Some(name.to_owned()),
+        container_port: port,
+        protocol: Some("TCP".to_owned()),
+        ..ContainerPort::default()
+    };
+    let quantities = |cpu: &str, mem: &str| {
+        BTreeMap::from([
+            ("cpu".to_owned(), Quantity(cpu.to_owned())),
+            ("memory".to_owned(), Quantity(mem.to_owned())),
+        ])
+    };
+    Container {
+        name: "waypoint".to_owned(),
+        image: Some(image.to_owned()),
+        image_pull_policy: Some("IfNotPresent".to_owned()),
+        args: Some(vec![
+            "--config".to_owned(),
+            "/etc/waypoint/config.yaml".to_owned(),
+        ]),
+        ports: Some(vec![
+            port("mesh", MESH_PORT),
+            port("metrics", METRICS_PORT),
+            port("status-port", STATUS_PORT),
+        ]),
+        startup_probe: Some(probe(1, 30)),
+        readiness_probe: Some(probe(15, 4)),
+        resources: Some(ResourceRequirements {
+            requests: Some(quantities("100m", "128Mi")),
+            limits: Some(quantities("2", "1Gi")),
+            ..ResourceRequirements::default()
+        }),
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(1337),
+            run_as_group: Some(1337),
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            privileged: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_owned()]),
+                ..Capabilities::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "config".to_owned(),
+            mount_path: "/etc/waypoint".to_owned(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        }]),
+        ..Container::default()
+    }
+}
+
+fn service_spec(selector: BTreeMap<String, String>) -> ServiceSpec {
+    let port = |name: &str, port, app: &str| ServicePort {
+        name: Some(name.to_owned()),
+        port,
+        target_port: Some(IntOrString::Int(port)),
+        protocol: Some("TCP".to_owned()),
+        app_protocol: Some(app.to_owned()),
+        ..ServicePort::default()
+    };
+    ServiceSpec {
+        type_: Some("ClusterIP".to_owned()),
+        selector: Some(selector),
+        ports: Some(vec![
+            port("status-port", STATUS_PORT, "tcp"),
+            port("mesh", MESH_PORT, "hbone"),
+        ]),
+        ..ServiceSpec::default()
+    }
+}
+
+/// The kind and name of a generated object, for messages.
+pub fn describe<K: Resource<DynamicType = ()>>(obj: &K) -> String {
+    format!(
+        "{} {}",
+        K::kind(&()),
+        obj.meta().name.as_deref().unwrap_or("?")
+    )
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,209 @@
+//! The I/O half: kube-runtime controllers for waypoint Gateways and our
+//! GatewayClass. Objects are server-side-applied with our field manager and Force;
+//! status is patched only when it differs from what the API already has.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use gateway_api::apis::standard::gatewayclasses::{GatewayClass, GatewayClassSpec};
+use gateway_api::apis::standard::gateways::Gateway;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::builders::{self, BuildError};
+use crate::names::{CONTROLLER_NAME, FIELD_MANAGER, MANAGED_LABEL, MANAGED_VALUE, WAYPOINT_CLASS};
+use crate::status::{self, Observed};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("building the waypoint's objects: {0}")]
+    Build(#[from] BuildError),
+}
+
+pub struct Context {
+    pub client: Client,
+    pub dataplane_image: String,
+    pub cluster_domain: String,
+}
+
+fn now() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
+}
+
+/// Creates `istio-waypoint` if it is missing; never touches an existing one.
+pub async fn ensure_class(client: &Client) -> Result<(), Error> {
+    let classes: Api<GatewayClass> = Api::all(client.clone());
+    match classes.get_opt(WAYPOINT_CLASS).await? {
+        Some(c) if c.spec.controller_name != CONTROLLER_NAME => tracing::warn!(
+            class = WAYPOINT_CLASS,
+            owner = %c.spec.controller_name,
+            "GatewayClass belongs to another controller; leaving it and its Gateways alone"
+        ),
+        Some(_) => {}
+        None => {
+            let class = GatewayClass {
+                metadata: ObjectMeta {
+                    name: Some(WAYPOINT_CLASS.to_owned()),
+                    ..ObjectMeta::default()
+                },
+                spec: GatewayClassSpec {
+                    controller_name: CONTROLLER_NAME.to_owned(),
+                    description: Some("Waypoints served by waypoint-operator".to_owned()),
+                    parameters_ref: None,
+                },
+                status: None,
+            };
+            classes.create(&PostParams::default(), &class).await?;
+            tracing::info!(class = WAYPOINT_CLASS, "created GatewayClass");
+        }
+    }
+    Ok(())
+}
+
+async fn reconcile_class(class: Arc<GatewayClass>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if class.spec.controller_name != CONTROLLER_NAME {
+        return Ok(Action::await_change());
+    }
+    let status = status::class_status(class.status.as_ref(), class.metadata.generation, &now());
+    if class.status.as_ref() != Some(&status) {
+        let api: Api<GatewayClass> = Api::all(ctx.client.clone());
+        let patch = serde_json::json!({ "status": status });
+        api.patch_status(
+            &class.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+    }
+    Ok(Action::await_change())
+}
+
+/// The name of a same-named object we must not manage, if there is one.
+async fn conflict<K>(api: &Api<K>, name: &str) -> Result<Option<String>, Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    Ok(api
+        .get_opt(name)
+        .await?
+        .filter(|o| o.labels().get(MANAGED_LABEL).map(String::as_str) != Some(MANAGED_VALUE))
+        .map(|o| builders::describe(&o)))
+}
+
+async fn apply<K>(api: &Api<K>, obj: &K) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+{
+    let name = obj.meta().name.clone().unwrap_or_default();
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(obj),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn reconcile_gateway(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let classes: Api<GatewayClass> = Api::all(ctx.client.clone());
+    let ours = classes
+        .get_opt(&gw.spec.gateway_class_name)
+        .await?
+        .is_some_and(|c| c.spec.controller_name == CONTROLLER_NAME);
+    if !ours || gw.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let ns = gw.namespace().ok_or(BuildError::NoNamespace)?;
+    let name = gw.name_any();
+    let children = builders::build(&gw, &ctx.dataplane_image)?;
+    let (sas, cms, deploys, svcs): (
+        Api<ServiceAccount>,
+        Api<ConfigMap>,
+        Api<Deployment>,
+        Api<Service>,
+    ) = (
+        Api::namespaced(ctx.client.clone(), &ns),
+        Api::namespaced(ctx.client.clone(), &ns),
+        Api::namespaced(ctx.client.clone(), &ns),
+        Api::namespaced(ctx.client.clone(), &ns),
+    );
+    let mut clash = None;
+    for found in [
+        conflict(&deploys, &name).await?,
+        conflict(&svcs, &name).await?,
+        conflict(&sas, &name).await?,
+        conflict(&cms, &crate::names::config_map_name(&name)).await?,
+    ] {
+        clash = clash.or(found);
+    }
+    if clash.is_none() {
+        apply(&sas, &children.service_account).await?;
+        apply(&cms, &children.config_map).await?;
+        apply(&svcs, &children.service).await?;
+        apply(&deploys, &children.deployment).await?;
+    } else {
+        tracing::warn!(gateway = %name, namespace = %ns, conflict = ?clash, "not adopting an object we do not manage");
+    }
+    let deployment = deploys.get_opt(&name).await?;
+    let service = svcs.get_opt(&name).await?;
+    let observed = Observed {
+        ready_replicas: deployment
+            .and_then(|d| d.status)
+            .and_then(|s| s.ready_replicas)
+            .unwrap_or(0),
+        cluster_ips: service
+            .and_then(|s| s.spec)
+            .and_then(|s| s.cluster_ips.or(s.cluster_ip.map(|ip| vec![ip])))
+            .unwrap_or_default(),
+        conflict: clash,
+        cluster_domain: ctx.cluster_domain.clone(),
+    };
+    let status = status::gateway_status(&gw, &observed, &now());
+    if gw.status.as_ref() != Some(&status) {
+        let api: Api<Gateway> = Api::namespaced(ctx.client.clone(), &ns);
+        let patch = serde_json::json!({ "status": status });
+        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        tracing::info!(gateway = %name, namespace = %ns, ready = observed.ready_replicas, "status updated");
+    }
+    Ok(Action::requeue(Duration::from_mins(5)))
+}
+
+fn error_policy<K>(_obj: Arc<K>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(%error, "reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// Runs both controllers until the process is asked to stop.
+pub async fn run(ctx: Arc<Context>) {
+    let client = ctx.client.clone();
+    let managed = watcher::Config::default().labels(&format!("{MANAGED_LABEL}={MANAGED_VALUE}"));
+    let gateways = Controller::new(
+        Api::<Gateway>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(Api::<Deployment>::all(client.clone()), managed.clone())
+    .owns(Api::<Service>::all(client.clone()), managed)
+    .shutdown_on_signal()
+    .run(reconcile_gateway, error_policy, Arc::clone(&ctx))
+    .for_each(|res| async move {
+        if let Err(e) = res {
+            tracing::debug!(error = %e, "gateway reconcile");
+        }
+    });
+    let classes = Controller::new(Api::<GatewayClass>::all(client), watcher::Config::default())
+        .shutdown_on_signal()
+        .run(reconcile_class, error_policy, ctx)
+        .for_each(|_| async {});
+    futures::join!(gateways, classes);
+}
