@@ -1,7 +1,10 @@
-//! waypoint-dataplane: serves a config model file (standalone mode).
+//! waypoint-dataplane: serves a config model file (standalone mode), reloading it
+//! when it changes.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -10,7 +13,7 @@ use waypoint_dataplane::{admin, proxy};
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// The config model, as YAML.
+    /// The config model, as YAML; reloaded when it changes.
     #[arg(long, env = "WAYPOINT_CONFIG")]
     config: PathBuf,
     /// Readiness endpoint (`/healthz/ready`).
@@ -36,16 +39,39 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the admin address {}", args.admin_address))?;
     tokio::spawn(admin::serve(admin_socket, readiness.clone()));
-    let runtime = proxy::Runtime::new(config);
-    let sockets = proxy::bind(&runtime).await?;
-    let _timers = runtime.spawn_timers();
-    for (socket, i) in sockets {
-        tracing::info!(listener = %runtime.config.listeners[i].name, address = %runtime.config.listeners[i].address, "serving");
-        tokio::spawn(proxy::serve(runtime.clone(), socket, i));
+    let shared = proxy::Shared::new(config);
+    for (socket, name) in proxy::bind(&shared.current()).await? {
+        tracing::info!(listener = %name, address = ?socket.local_addr().ok(), "serving");
+        tokio::spawn(proxy::serve(Arc::clone(&shared), socket, name));
     }
     readiness.set_ready();
+    tokio::spawn(watch_config(args.config, text, shared));
     tokio::signal::ctrl_c()
         .await
         .context("waiting for a signal")?;
     Ok(())
+}
+
+/// Polls the config file: a mounted ConfigMap is swapped by the kubelet through a
+/// symlink, which path-based inotify misses.
+async fn watch_config(path: PathBuf, mut last: String, shared: Arc<proxy::Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let Ok(text) = tokio::fs::read_to_string(&path).await else {
+            continue;
+        };
+        if text == last {
+            continue;
+        }
+        match shared.reload(&text) {
+            Ok(()) => tracing::info!(path = %path.display(), "config reloaded"),
+            Err(e) => tracing::error!(
+                path = %path.display(),
+                error = %e,
+                "config rejected; the previous config stays in force"
+            ),
+        }
+        last = text;
+    }
 }

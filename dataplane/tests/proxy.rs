@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use waypoint_dataplane::proxy::{self, Runtime};
+use waypoint_dataplane::proxy::{self, Shared};
 
 const CLUSTER: &str = "inbound-vip|8000|http|in-ambient.httpbin.svc.cluster.local";
 
@@ -43,7 +43,7 @@ async fn backend(addr: SocketAddr, name: &'static str) -> (SocketAddr, JoinHandl
 }
 
 struct Harness {
-    runtime: Arc<Runtime>,
+    shared: Arc<Shared>,
     proxy: SocketAddr,
     backends: Vec<(SocketAddr, JoinHandle<()>)>,
     client: hyper_util::client::legacy::Client<
@@ -81,16 +81,15 @@ clusters:
 {endpoints}"
         );
         let config = waypoint_config::Config::from_yaml(&yaml).unwrap();
-        let runtime = Runtime::new(config);
-        let mut sockets = proxy::bind(&runtime).await.unwrap();
-        let (socket, i) = sockets.remove(0);
+        let shared = Shared::new(config);
+        let mut sockets = proxy::bind(&shared.current()).await.unwrap();
+        let (socket, name) = sockets.remove(0);
         let proxy_addr = socket.local_addr().unwrap();
-        let mut tasks = runtime.spawn_timers();
-        tasks.push(tokio::spawn(proxy::serve(runtime.clone(), socket, i)));
+        let tasks = vec![tokio::spawn(proxy::serve(shared.clone(), socket, name))];
         let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
             .build(hyper_util::client::legacy::connect::HttpConnector::new());
         Self {
-            runtime,
+            shared,
             proxy: proxy_addr,
             backends,
             client,
@@ -130,7 +129,7 @@ clusters:
     }
 
     fn ejected(&self) -> Vec<usize> {
-        self.runtime.cluster(CLUSTER).unwrap().ejected()
+        self.shared.current().cluster(CLUSTER).unwrap().ejected()
     }
 }
 
@@ -204,4 +203,36 @@ async fn unknown_hosts_get_404_and_all_ejected_gets_no_healthy_upstream() {
     let results = h.burst(12).await;
     assert!(results.iter().all(|(s, _)| *s == 503));
     assert_eq!(h.ejected().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_swaps_routes_keeps_state_and_refuses_bad_config() {
+    let mut h = Harness::start(2).await;
+    h.kill(0);
+    h.burst(6).await;
+    assert_eq!(h.ejected(), [0]);
+    let yaml = serde_yaml::to_string(&h.shared.current().config).unwrap();
+
+    // A route for a new host; the unchanged cluster keeps its ejection.
+    let grown = yaml.replace("- in-ambient\n", "- in-ambient\n    - httpbin\n");
+    assert_ne!(grown, yaml, "the test's edit must change the config");
+    h.shared.reload(&grown).unwrap();
+    assert_eq!(h.get("httpbin:8000").await.0, 200);
+    assert_eq!(
+        h.ejected(),
+        [0],
+        "outlier state survives a reload that keeps the cluster"
+    );
+
+    // An invalid config names the field and changes nothing.
+    let err = h
+        .shared
+        .reload(&grown.replace("maxEjectionPercent: 50", "maxEjectionPercent: 500"))
+        .unwrap_err();
+    assert!(err.to_string().contains("maxEjectionPercent"), "{err}");
+    assert_eq!(h.get("httpbin:8000").await.0, 200);
+
+    // Dropping the route takes effect at once.
+    h.shared.reload(&yaml).unwrap();
+    assert_eq!(h.get("httpbin:8000").await.0, 404);
 }

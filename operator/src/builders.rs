@@ -75,23 +75,18 @@ fn meta(gw: &Gateway, name: String, owner: &OwnerReference) -> Result<ObjectMeta
     })
 }
 
-/// The dataplane config for a waypoint that has no routes yet, in the shared model:
-/// the mesh listener answers and readiness reports the config loaded. The config
-/// server (a later issue) replaces it with the compiled routes and clusters.
-pub fn initial_dataplane_config() -> String {
-    let config = waypoint_config::Config {
-        listeners: vec![waypoint_config::Listener {
-            name: "mesh".to_owned(),
-            address: std::net::SocketAddr::from(([0, 0, 0, 0], 15008)),
-            routes: Vec::new(),
-        }],
-        clusters: Vec::new(),
-    };
-    // Serializing plain data to YAML cannot fail; an empty config would still load.
-    serde_yaml::to_string(&config).unwrap_or_default()
+/// The config's YAML for the ConfigMap. Serializing plain data cannot fail; if it
+/// ever did, an empty document would fail the dataplane's validation loudly.
+fn config_yaml(config: &waypoint_config::Config) -> String {
+    serde_yaml::to_string(config).unwrap_or_default()
 }
 
-pub fn build(gw: &Gateway, dataplane_image: &str) -> Result<Children, BuildError> {
+/// `config` is what `compile` made of the Services bound to this waypoint.
+pub fn build(
+    gw: &Gateway,
+    dataplane_image: &str,
+    config: &waypoint_config::Config,
+) -> Result<Children, BuildError> {
     let name = gw.name_any();
     let owner = gw.controller_owner_ref(&()).ok_or(BuildError::NoUid)?;
     let selector = BTreeMap::from([(GATEWAY_NAME_LABEL.to_owned(), name.clone())]);
@@ -104,7 +99,7 @@ pub fn build(gw: &Gateway, dataplane_image: &str) -> Result<Children, BuildError
             metadata: meta(gw, config_map_name(&name), &owner)?,
             data: Some(BTreeMap::from([(
                 "config.yaml".to_owned(),
-                initial_dataplane_config(),
+                config_yaml(config),
             )])),
             ..ConfigMap::default()
         },

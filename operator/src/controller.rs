@@ -9,16 +9,21 @@ use futures::StreamExt as _;
 use gateway_api::apis::standard::gatewayclasses::{GatewayClass, GatewayClassSpec};
 use gateway_api::apis::standard::gateways::Gateway;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use waypoint_crds::DestinationRule;
+
 use crate::builders::{self, BuildError};
+use crate::compile;
 use crate::names::{CONTROLLER_NAME, FIELD_MANAGER, MANAGED_LABEL, MANAGED_VALUE, WAYPOINT_CLASS};
 use crate::status::{self, Observed};
 
@@ -125,7 +130,32 @@ async fn reconcile_gateway(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action
     }
     let ns = gw.namespace().ok_or(BuildError::NoNamespace)?;
     let name = gw.name_any();
-    let children = builders::build(&gw, &ctx.dataplane_image)?;
+    let view_services = Api::<Service>::namespaced(ctx.client.clone(), &ns)
+        .list(&ListParams::default())
+        .await?
+        .items;
+    let view_slices = Api::<EndpointSlice>::namespaced(ctx.client.clone(), &ns)
+        .list(&ListParams::default())
+        .await?
+        .items;
+    let view_rules = Api::<DestinationRule>::namespaced(ctx.client.clone(), &ns)
+        .list(&ListParams::default())
+        .await?
+        .items;
+    let view_namespace = Api::<Namespace>::all(ctx.client.clone())
+        .get_opt(&ns)
+        .await?;
+    let config = compile::compile(
+        &gw,
+        &compile::View {
+            namespace: view_namespace.as_ref(),
+            services: &view_services,
+            slices: &view_slices,
+            destination_rules: &view_rules,
+            cluster_domain: &ctx.cluster_domain,
+        },
+    );
+    let children = builders::build(&gw, &ctx.dataplane_image, &config)?;
     let (sas, cms, deploys, svcs): (
         Api<ServiceAccount>,
         Api<ConfigMap>,
@@ -188,19 +218,55 @@ fn error_policy<K>(_obj: Arc<K>, error: &Error, _ctx: Arc<Context>) -> Action {
 pub async fn run(ctx: Arc<Context>) {
     let client = ctx.client.clone();
     let managed = watcher::Config::default().labels(&format!("{MANAGED_LABEL}={MANAGED_VALUE}"));
-    let gateways = Controller::new(
+    let controller = Controller::new(
         Api::<Gateway>::all(client.clone()),
         watcher::Config::default(),
-    )
-    .owns(Api::<Deployment>::all(client.clone()), managed.clone())
-    .owns(Api::<Service>::all(client.clone()), managed)
-    .shutdown_on_signal()
-    .run(reconcile_gateway, error_policy, Arc::clone(&ctx))
-    .for_each(|res| async move {
-        if let Err(e) = res {
-            tracing::debug!(error = %e, "gateway reconcile");
-        }
-    });
+    );
+    // Anything in a namespace can change what its waypoints serve: map it to them.
+    let store = controller.store();
+    let in_namespace = move |ns: Option<String>| {
+        store
+            .state()
+            .iter()
+            .filter(|g| g.namespace() == ns)
+            .map(|g| ObjectRef::from_obj(g.as_ref()))
+            .collect::<Vec<_>>()
+    };
+    let (a, b, c, d) = (
+        in_namespace.clone(),
+        in_namespace.clone(),
+        in_namespace.clone(),
+        in_namespace,
+    );
+    let gateways = controller
+        .owns(Api::<Deployment>::all(client.clone()), managed)
+        .watches(
+            Api::<Service>::all(client.clone()),
+            watcher::Config::default(),
+            move |o| a(o.namespace()),
+        )
+        .watches(
+            Api::<EndpointSlice>::all(client.clone()),
+            watcher::Config::default(),
+            move |o| b(o.namespace()),
+        )
+        .watches(
+            Api::<DestinationRule>::all(client.clone()),
+            watcher::Config::default(),
+            move |o| c(o.namespace()),
+        )
+        .watches(
+            Api::<Namespace>::all(client.clone()),
+            watcher::Config::default(),
+            move |o| d(Some(o.name_any())),
+        )
+        .shutdown_on_signal()
+        .run(reconcile_gateway, error_policy, Arc::clone(&ctx))
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "gateway reconcile");
+            }
+        });
     let classes = Controller::new(Api::<GatewayClass>::all(client), watcher::Config::default())
         .shutdown_on_signal()
         .run(reconcile_class, error_policy, ctx)

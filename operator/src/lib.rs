@@ -1,8 +1,10 @@
 //! waypoint-operator: turns each waypoint Gateway into a ServiceAccount, Deployment,
-//! Service and dataplane ConfigMap, and writes honest status. Decision logic
-//! (`builders`, `status`) is pure; `controller` does the I/O.
+//! Service and dataplane ConfigMap, compiles the Services bound to it into the
+//! dataplane's config, and writes honest status. Decision logic (`builders`,
+//! `compile`, `status`) is pure; `controller` does the I/O.
 
 pub mod builders;
+pub mod compile;
 pub mod controller;
 pub mod names;
 pub mod status;

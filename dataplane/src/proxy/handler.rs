@@ -15,7 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use waypoint_config::{RetryConfig, Route};
 
-use super::{Cluster, Runtime};
+use super::{Cluster, Runtime, Shared};
 use crate::access_log::Entry;
 use crate::outlier::Outcome;
 use crate::retry::{Attempt, RetryOn, RetryPolicy};
@@ -33,15 +33,16 @@ pub fn client() -> Client {
 }
 
 pub async fn serve_connection(
-    runtime: Arc<Runtime>,
-    listener: usize,
+    shared: Arc<Shared>,
+    listener: Arc<str>,
     stream: TcpStream,
     peer: SocketAddr,
 ) {
     let local = stream.local_addr().ok();
     let service = hyper::service::service_fn(move |req| {
-        let runtime = Arc::clone(&runtime);
-        async move { Ok::<_, Infallible>(handle(&runtime, listener, req, peer, local).await) }
+        let runtime = shared.current();
+        let listener = Arc::clone(&listener);
+        async move { Ok::<_, Infallible>(handle(&runtime, &listener, req, peer, local).await) }
     });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     if let Err(e) = builder
@@ -153,14 +154,19 @@ fn request_id() -> String {
 
 async fn handle(
     runtime: &Runtime,
-    listener: usize,
+    listener: &str,
     req: Request<Incoming>,
     peer: SocketAddr,
     local: Option<SocketAddr>,
 ) -> Response<Full<Bytes>> {
     let start_time = SystemTime::now();
     let started = Instant::now();
-    let l = &runtime.config.listeners[listener];
+    let routes = runtime
+        .config
+        .listeners
+        .iter()
+        .find(|l| l.name == listener)
+        .map_or(&[][..], |l| &l.routes[..]);
     let authority = authority(&req);
     let mut entry = Entry {
         start_time: Some(start_time),
@@ -178,7 +184,7 @@ async fn handle(
         ..Entry::default()
     };
     let (resp, flags, details) =
-        forward(runtime, &l.routes, authority.as_deref(), req, &mut entry).await;
+        forward(runtime, routes, authority.as_deref(), req, &mut entry).await;
     entry.response_code = resp.status().as_u16();
     entry.response_flags = flags;
     entry.response_code_details = details;

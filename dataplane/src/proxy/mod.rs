@@ -7,7 +7,7 @@ mod cluster;
 mod handler;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Instant;
 
 use tokio::net::TcpListener;
@@ -26,22 +26,33 @@ pub struct Runtime {
 
 impl Runtime {
     pub fn new(config: Config) -> Arc<Self> {
+        Self::next(config, None)
+    }
+
+    /// A runtime for `config` that keeps the state (outlier ejections, round-robin
+    /// position) of every cluster whose config did not change, as Envoy keeps a
+    /// cluster across updates that do not modify it.
+    fn next(config: Config, previous: Option<&Self>) -> Arc<Self> {
         let epoch = Instant::now();
         let mut seed = Rng::from_entropy();
         let clusters = config
             .clusters
             .iter()
             .map(|c| {
-                (
-                    c.name.clone(),
-                    Arc::new(Cluster::new(c, epoch, Rng::seeded(seed.next_u64()))),
-                )
+                let kept = previous
+                    .filter(|p| p.config.cluster(&c.name) == Some(c))
+                    .and_then(|p| p.clusters.get(&c.name).cloned());
+                let cluster = kept.unwrap_or_else(|| {
+                    Arc::new(Cluster::new(c, epoch, Rng::seeded(seed.next_u64())))
+                });
+                (c.name.clone(), cluster)
             })
             .collect();
+        let client = previous.map_or_else(handler::client, |p| p.client.clone());
         Arc::new(Self {
             config,
             clusters,
-            client: handler::client(),
+            client,
         })
     }
 
@@ -68,8 +79,60 @@ impl Runtime {
     }
 }
 
+/// The runtime in force, swapped whole on reload; requests take a snapshot.
+pub struct Shared {
+    current: RwLock<Arc<Runtime>>,
+    timers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Shared {
+    /// Must be called inside a tokio runtime: it starts the interval timers.
+    pub fn new(config: Config) -> Arc<Self> {
+        let runtime = Runtime::new(config);
+        let timers = runtime.spawn_timers();
+        Arc::new(Self {
+            current: RwLock::new(runtime),
+            timers: Mutex::new(timers),
+        })
+    }
+
+    pub fn current(&self) -> Arc<Runtime> {
+        Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Parses, validates and swaps in a new config. On error the config in force
+    /// stays, and the error names the field. Listener addresses are bound once at
+    /// start: a reload changes routes and clusters, not sockets.
+    pub fn reload(&self, yaml: &str) -> Result<(), waypoint_config::Error> {
+        let config = Config::from_yaml(yaml)?;
+        let previous = self.current();
+        if config == previous.config {
+            return Ok(());
+        }
+        for l in &config.listeners {
+            if previous
+                .config
+                .listeners
+                .iter()
+                .all(|p| p.name != l.name || p.address != l.address)
+            {
+                tracing::warn!(listener = %l.name, address = %l.address, "listener addresses change only on restart");
+            }
+        }
+        let next = Runtime::next(config, Some(&previous));
+        let timers = next.spawn_timers();
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = next;
+        let old = std::mem::replace(
+            &mut *self.timers.lock().unwrap_or_else(PoisonError::into_inner),
+            timers,
+        );
+        old.iter().for_each(tokio::task::JoinHandle::abort);
+        Ok(())
+    }
+}
+
 /// Binds every listener of the config; binding errors name the listener.
-pub async fn bind(runtime: &Arc<Runtime>) -> anyhow::Result<Vec<(TcpListener, usize)>> {
+pub async fn bind(runtime: &Runtime) -> anyhow::Result<Vec<(TcpListener, String)>> {
     let mut out = Vec::new();
     for (i, l) in runtime.config.listeners.iter().enumerate() {
         let socket = TcpListener::bind(l.address).await.map_err(|e| {
@@ -79,13 +142,14 @@ pub async fn bind(runtime: &Arc<Runtime>) -> anyhow::Result<Vec<(TcpListener, us
                 l.address
             )
         })?;
-        out.push((socket, i));
+        out.push((socket, l.name.clone()));
     }
     Ok(out)
 }
 
-/// Serves one bound listener until the task is dropped.
-pub async fn serve(runtime: Arc<Runtime>, socket: TcpListener, listener: usize) {
+/// Serves one bound listener, by name, with whatever config is in force.
+pub async fn serve(shared: Arc<Shared>, socket: TcpListener, listener: String) {
+    let listener: Arc<str> = listener.into();
     loop {
         let (stream, peer) = match socket.accept().await {
             Ok(conn) => conn,
@@ -94,7 +158,11 @@ pub async fn serve(runtime: Arc<Runtime>, socket: TcpListener, listener: usize) 
                 continue;
             }
         };
-        let runtime = Arc::clone(&runtime);
-        tokio::spawn(handler::serve_connection(runtime, listener, stream, peer));
+        tokio::spawn(handler::serve_connection(
+            Arc::clone(&shared),
+            Arc::clone(&listener),
+            stream,
+            peer,
+        ));
     }
 }

@@ -4,6 +4,7 @@ use gateway_api::apis::standard::gateways::{
 use kube::api::ObjectMeta;
 
 use super::*;
+use crate::compile::{View, compile};
 use crate::names::{MANAGED_LABEL, MANAGED_VALUE};
 
 /// The seed guides' waypoint: `httpbin-waypoint` in `httpbin`.
@@ -30,9 +31,26 @@ pub fn seed_gateway() -> Gateway {
     }
 }
 
+/// What `compile` makes of a namespace with nothing bound: the mesh listener only.
+fn empty() -> waypoint_config::Config {
+    let view = View {
+        namespace: None,
+        services: &[],
+        slices: &[],
+        destination_rules: &[],
+        cluster_domain: "cluster.local",
+    };
+    compile(&seed_gateway(), &view)
+}
+
 #[test]
 fn objects_are_named_after_the_gateway_and_owned_by_it() {
-    let c = build(&seed_gateway(), "waypoint.local/waypoint-dataplane:dev").unwrap();
+    let c = build(
+        &seed_gateway(),
+        "waypoint.local/waypoint-dataplane:dev",
+        &empty(),
+    )
+    .unwrap();
     for meta in [
         &c.service_account.metadata,
         &c.deployment.metadata,
@@ -65,7 +83,7 @@ fn objects_are_named_after_the_gateway_and_owned_by_it() {
 
 #[test]
 fn deployment_matches_the_waypoint_contract() {
-    let c = build(&seed_gateway(), "img:1").unwrap();
+    let c = build(&seed_gateway(), "img:1", &empty()).unwrap();
     let spec = c.deployment.spec.unwrap();
     assert_eq!(
         spec.selector.match_labels.unwrap(),
@@ -113,7 +131,7 @@ fn deployment_matches_the_waypoint_contract() {
 
 #[test]
 fn service_exposes_mesh_and_status_ports() {
-    let c = build(&seed_gateway(), "img").unwrap();
+    let c = build(&seed_gateway(), "img", &empty()).unwrap();
     let spec = c.service.spec.unwrap();
     let ports: Vec<_> = spec
         .ports
@@ -146,7 +164,7 @@ fn infrastructure_labels_and_annotations_propagate_but_cannot_override_ours() {
         annotations: Some(BTreeMap::from([("owner".to_owned(), "sre".to_owned())])),
         parameters_ref: None,
     });
-    let c = build(&gw, "img").unwrap();
+    let c = build(&gw, "img", &empty()).unwrap();
     for meta in [
         &c.service_account.metadata,
         &c.config_map.metadata,
@@ -166,7 +184,7 @@ fn infrastructure_labels_and_annotations_propagate_but_cannot_override_ours() {
 
 #[test]
 fn the_initial_dataplane_config_loads_in_the_dataplane_model() {
-    let c = build(&seed_gateway(), "img").unwrap();
+    let c = build(&seed_gateway(), "img", &empty()).unwrap();
     let config =
         waypoint_config::Config::from_yaml(&c.config_map.data.unwrap()["config.yaml"]).unwrap();
     assert_eq!(config.listeners[0].address.to_string(), "0.0.0.0:15008");
@@ -176,8 +194,11 @@ fn the_initial_dataplane_config_loads_in_the_dataplane_model() {
 fn a_gateway_without_uid_or_namespace_is_an_error_not_a_panic() {
     let mut gw = seed_gateway();
     gw.metadata.uid = None;
-    assert_eq!(build(&gw, "img").unwrap_err(), BuildError::NoUid);
+    assert_eq!(build(&gw, "img", &empty()).unwrap_err(), BuildError::NoUid);
     let mut gw = seed_gateway();
     gw.metadata.namespace = None;
-    assert_eq!(build(&gw, "img").unwrap_err(), BuildError::NoNamespace);
+    assert_eq!(
+        build(&gw, "img", &empty()).unwrap_err(),
+        BuildError::NoNamespace
+    );
 }

@@ -1,0 +1,455 @@
+//! Compiles what a waypoint serves into the dataplane config model: the Services
+//! bound to it (`istio.io/use-waypoint`), their ready endpoints (EndpointSlices) and
+//! the DestinationRules for them. Pure: the caller lists the objects.
+//!
+//! Scope today: Services in the waypoint's own namespace (the default
+//! `allowedRoutes: Same`), bound by their own label or their namespace's, top-level
+//! DestinationRule `loadBalancer.simple` and `outlierDetection`, plain HTTP on the
+//! mesh listener (HBONE is issue 7).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use gateway_api::apis::standard::gateways::Gateway;
+use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::ResourceExt;
+use waypoint_config as model;
+use waypoint_crds::DestinationRule;
+use waypoint_crds::destination_rule::{LbAlgorithm, OutlierDetection};
+
+use crate::names::WAYPOINT_FOR_LABEL;
+
+pub const USE_WAYPOINT: &str = "istio.io/use-waypoint";
+pub const USE_WAYPOINT_NAMESPACE: &str = "istio.io/use-waypoint-namespace";
+
+/// The objects of the waypoint's namespace that matter to it.
+pub struct View<'a> {
+    pub namespace: Option<&'a Namespace>,
+    pub services: &'a [Service],
+    pub slices: &'a [EndpointSlice],
+    pub destination_rules: &'a [DestinationRule],
+    pub cluster_domain: &'a str,
+}
+
+/// Whether `svc` binds to `gw`: the Service's own label beats its namespace's, `none`
+/// opts out, and the waypoint must serve service traffic (`waypoint-for`).
+pub fn binds(gw: &Gateway, svc: &Service, namespace: Option<&Namespace>) -> bool {
+    let serves_services = matches!(
+        gw.labels().get(WAYPOINT_FOR_LABEL).map(String::as_str),
+        None | Some("service" | "all")
+    );
+    let label = |labels: &BTreeMap<String, String>| {
+        labels
+            .get(USE_WAYPOINT)
+            .map(|name| (name.clone(), labels.get(USE_WAYPOINT_NAMESPACE).cloned()))
+    };
+    let choice = label(svc.labels()).or_else(|| namespace.and_then(|ns| label(ns.labels())));
+    let Some((name, ns)) = choice else {
+        return false;
+    };
+    serves_services
+        && name != "none"
+        && name == gw.name_any()
+        && ns
+            .as_deref()
+            .unwrap_or(&svc.namespace().unwrap_or_default())
+            == gw.namespace().unwrap_or_default()
+        && svc.namespace() == gw.namespace()
+}
+
+fn outlier(od: &OutlierDetection) -> model::OutlierDetection {
+    model::OutlierDetection {
+        consecutive_5xx_errors: od.effective_consecutive_5xx(),
+        consecutive_gateway_errors: od.effective_consecutive_gateway(),
+        interval: od.effective_interval(),
+        base_ejection_time: od.effective_base_ejection_time(),
+        max_ejection_percent: od.effective_max_ejection_percent(),
+        min_health_percent: od
+            .min_health_percent
+            .and_then(|p| u32::try_from(p).ok())
+            .unwrap_or(0)
+            .min(100),
+    }
+}
+
+/// The first DestinationRule (oldest first, as istiod) whose host names the Service.
+fn rule_for<'a>(
+    svc: &Service,
+    fqdn: &str,
+    rules: &'a [DestinationRule],
+) -> Option<&'a DestinationRule> {
+    let mut matching: Vec<&DestinationRule> = rules
+        .iter()
+        .filter(|r| r.namespace() == svc.namespace())
+        .filter(|r| r.spec.host == svc.name_any() || r.spec.host == fqdn)
+        .collect();
+    matching.sort_by_key(|r| r.metadata.creation_timestamp.clone().map(|t| t.0));
+    matching.first().copied()
+}
+
+/// Ready endpoints of `svc` for its port named `port_name`, at the slice's target
+/// port, sorted and without duplicates (one pod can appear in two slices).
+fn endpoints(
+    slices: &[EndpointSlice],
+    svc: &Service,
+    port_name: Option<&str>,
+) -> Vec<model::Endpoint> {
+    let name = svc.name_any();
+    let mut out: Vec<model::Endpoint> = slices
+        .iter()
+        .filter(|s| {
+            s.labels().get("kubernetes.io/service-name") == Some(&name)
+                && s.namespace() == svc.namespace()
+        })
+        .flat_map(|s| {
+            let number = s
+                .ports
+                .iter()
+                .flatten()
+                .find(|p| p.name.as_deref().unwrap_or("") == port_name.unwrap_or(""))
+                .and_then(|p| p.port);
+            s.endpoints.iter().flatten().filter_map(move |e| {
+                let ready = e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+                let ip: IpAddr = e.addresses.first()?.parse().ok()?;
+                let port = u16::try_from(number?).ok()?;
+                ready.then(|| model::Endpoint {
+                    address: SocketAddr::new(ip, port),
+                    workload: e.target_ref.as_ref().and_then(|t| t.name.clone()),
+                })
+            })
+        })
+        .collect();
+    out.sort_by_key(|e| e.address);
+    out.dedup();
+    out
+}
+
+pub fn compile(gw: &Gateway, view: &View<'_>) -> model::Config {
+    let mut routes = Vec::new();
+    let mut clusters = Vec::new();
+    let mut services: Vec<&Service> = view
+        .services
+        .iter()
+        .filter(|s| binds(gw, s, view.namespace))
+        .collect();
+    services.sort_by_key(|s| s.name_any());
+    for svc in services {
+        let (name, ns) = (svc.name_any(), svc.namespace().unwrap_or_default());
+        let fqdn = format!("{name}.{ns}.svc.{}", view.cluster_domain);
+        let spec = svc.spec.clone().unwrap_or_default();
+        let rule = rule_for(svc, &fqdn, view.destination_rules);
+        let policy = rule.and_then(|r| r.spec.traffic_policy.as_ref());
+        let load_balancer = match policy
+            .and_then(|p| p.load_balancer.as_ref())
+            .map(waypoint_crds::destination_rule::LoadBalancerSettings::effective_algorithm)
+        {
+            Some(LbAlgorithm::RoundRobin) => model::LoadBalancer::RoundRobin,
+            Some(LbAlgorithm::Random) => model::LoadBalancer::Random,
+            // Istio's default, and PASSTHROUGH until original-destination routing exists.
+            _ => model::LoadBalancer::LeastRequest,
+        };
+        let outlier_detection = policy
+            .and_then(|p| p.outlier_detection.as_ref())
+            .map(outlier);
+        let connect_timeout = policy
+            .and_then(|p| p.connection_pool.as_ref())
+            .and_then(|c| c.tcp.as_ref())
+            .and_then(|t| t.connect_timeout.as_ref())
+            .map_or(Duration::from_secs(10), waypoint_crds::Duration::as_std);
+        let mut ports = spec.ports.unwrap_or_default();
+        ports.sort_by_key(|p| p.port);
+        for (i, port) in ports.iter().enumerate() {
+            let cluster = format!("inbound-vip|{}|http|{fqdn}", port.port);
+            let endpoints = endpoints(view.slices, svc, port.name.as_deref());
+            let mut hosts: Vec<String> = [fqdn.clone(), format!("{name}.{ns}"), name.clone()]
+                .into_iter()
+                .map(|h| format!("{h}:{}", port.port))
+                .collect();
+            hosts.extend(
+                spec.cluster_ips
+                    .iter()
+                    .flatten()
+                    .filter(|ip| *ip != "None")
+                    .map(|ip| format!("{ip}:{}", port.port)),
+            );
+            if i == 0 {
+                // Host headers without a port go to the Service's first port.
+                hosts.extend([fqdn.clone(), format!("{name}.{ns}"), name.clone()]);
+            }
+            routes.push(model::Route {
+                hosts,
+                cluster: cluster.clone(),
+                retry: model::RetryConfig::default(),
+                timeout: None,
+            });
+            clusters.push(model::Cluster {
+                name: cluster,
+                endpoints,
+                load_balancer,
+                outlier_detection: outlier_detection.clone(),
+                connect_timeout,
+            });
+        }
+    }
+    model::Config {
+        listeners: vec![model::Listener {
+            name: "mesh".to_owned(),
+            address: SocketAddr::from(([0, 0, 0, 0], 15008)),
+            routes,
+        }],
+        clusters,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use gateway_api::apis::standard::gateways::{GatewayListeners, GatewaySpec};
+    use k8s_openapi::api::core::v1::{ObjectReference, ServicePort, ServiceSpec};
+    use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort};
+    use kube::api::ObjectMeta;
+
+    use super::*;
+
+    fn meta(name: &str, labels: &[(&str, &str)]) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("httpbin".into()),
+            labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            ),
+            ..ObjectMeta::default()
+        }
+    }
+
+    fn waypoint(labels: &[(&str, &str)]) -> Gateway {
+        Gateway {
+            metadata: meta("httpbin-waypoint", labels),
+            spec: GatewaySpec {
+                gateway_class_name: "istio-waypoint".into(),
+                listeners: vec![GatewayListeners {
+                    name: "mesh".into(),
+                    port: 15008,
+                    protocol: "HBONE".into(),
+                    ..GatewayListeners::default()
+                }],
+                ..GatewaySpec::default()
+            },
+            status: None,
+        }
+    }
+
+    fn namespace(labels: &[(&str, &str)]) -> Namespace {
+        Namespace {
+            metadata: ObjectMeta {
+                name: Some("httpbin".into()),
+                ..meta("httpbin", labels)
+            },
+            ..Namespace::default()
+        }
+    }
+
+    fn service(labels: &[(&str, &str)]) -> Service {
+        Service {
+            metadata: meta("in-ambient", labels),
+            spec: Some(ServiceSpec {
+                cluster_ips: Some(vec!["10.96.45.123".into()]),
+                ports: Some(vec![ServicePort {
+                    name: Some("http".into()),
+                    port: 8000,
+                    ..ServicePort::default()
+                }]),
+                ..ServiceSpec::default()
+            }),
+            ..Service::default()
+        }
+    }
+
+    fn slice() -> EndpointSlice {
+        let ep = |ip: &str, pod: &str, ready| Endpoint {
+            addresses: vec![ip.into()],
+            conditions: Some(EndpointConditions {
+                ready: Some(ready),
+                ..EndpointConditions::default()
+            }),
+            target_ref: Some(ObjectReference {
+                name: Some(pod.into()),
+                ..ObjectReference::default()
+            }),
+            ..Endpoint::default()
+        };
+        EndpointSlice {
+            metadata: meta(
+                "in-ambient-abcde",
+                &[("kubernetes.io/service-name", "in-ambient")],
+            ),
+            address_type: "IPv4".into(),
+            endpoints: Some(vec![
+                ep("10.244.0.16", "in-ambient-abc12", true),
+                ep("10.244.0.15", "in-ambient-def34", true),
+                ep("10.244.0.17", "in-ambient-ghi56", true),
+                ep("10.244.0.18", "in-ambient-starting", false),
+            ]),
+            ports: Some(vec![EndpointPort {
+                name: Some("http".into()),
+                port: Some(8080),
+                ..EndpointPort::default()
+            }]),
+        }
+    }
+
+    fn seed_rule() -> DestinationRule {
+        let text = include_str!(
+            "../../crds/tests/fixtures/destinationrule/01-seed-in-ambient-failover.yaml"
+        );
+        serde_yaml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn binding_follows_istios_precedence() {
+        let gw = waypoint(&[]);
+        let ns_bound = namespace(&[(USE_WAYPOINT, "httpbin-waypoint")]);
+        assert!(
+            binds(&gw, &service(&[]), Some(&ns_bound)),
+            "namespace label binds"
+        );
+        assert!(
+            binds(&gw, &service(&[(USE_WAYPOINT, "httpbin-waypoint")]), None),
+            "service label binds"
+        );
+        assert!(
+            !binds(&gw, &service(&[(USE_WAYPOINT, "none")]), Some(&ns_bound)),
+            "none opts out"
+        );
+        assert!(
+            !binds(&gw, &service(&[(USE_WAYPOINT, "other")]), Some(&ns_bound)),
+            "the service's label wins"
+        );
+        assert!(
+            !binds(&gw, &service(&[]), Some(&namespace(&[]))),
+            "no label, no binding"
+        );
+        let workload_only = waypoint(&[(WAYPOINT_FOR_LABEL, "workload")]);
+        assert!(
+            !binds(&workload_only, &service(&[]), Some(&ns_bound)),
+            "waypoint-for must cover services"
+        );
+        assert!(binds(
+            &waypoint(&[(WAYPOINT_FOR_LABEL, "all")]),
+            &service(&[]),
+            Some(&ns_bound)
+        ));
+        let elsewhere = service(&[
+            (USE_WAYPOINT, "httpbin-waypoint"),
+            (USE_WAYPOINT_NAMESPACE, "other-ns"),
+        ]);
+        assert!(
+            !binds(&gw, &elsewhere, None),
+            "use-waypoint-namespace names another namespace"
+        );
+    }
+
+    #[test]
+    fn seed_service_and_rule_compile_to_a_round_robin_cluster_with_outlier_detection() {
+        let (ns, svcs, slices, rules) = (
+            namespace(&[(USE_WAYPOINT, "httpbin-waypoint")]),
+            [service(&[])],
+            [slice()],
+            [seed_rule()],
+        );
+        let view = View {
+            namespace: Some(&ns),
+            services: &svcs,
+            slices: &slices,
+            destination_rules: &rules,
+            cluster_domain: "cluster.local",
+        };
+        let config = compile(&waypoint(&[]), &view);
+        config.validate().unwrap();
+        let cluster = &config.clusters[0];
+        assert_eq!(
+            cluster.name,
+            "inbound-vip|8000|http|in-ambient.httpbin.svc.cluster.local"
+        );
+        assert_eq!(cluster.load_balancer, model::LoadBalancer::RoundRobin);
+        let addrs: Vec<_> = cluster
+            .endpoints
+            .iter()
+            .map(|e| e.address.to_string())
+            .collect();
+        assert_eq!(
+            addrs,
+            ["10.244.0.15:8080", "10.244.0.16:8080", "10.244.0.17:8080"],
+            "ready endpoints only, target port"
+        );
+        assert_eq!(
+            cluster.endpoints[1].workload.as_deref(),
+            Some("in-ambient-abc12")
+        );
+        let od = cluster.outlier_detection.as_ref().unwrap();
+        assert_eq!(
+            (
+                od.consecutive_5xx_errors,
+                od.max_ejection_percent,
+                od.min_health_percent
+            ),
+            (Some(3), 50, 0)
+        );
+        assert_eq!(
+            (od.interval.as_secs(), od.base_ejection_time.as_secs()),
+            (10, 30)
+        );
+        let route = &config.listeners[0].routes[0];
+        for host in [
+            "in-ambient:8000",
+            "in-ambient.httpbin.svc.cluster.local:8000",
+            "10.96.45.123:8000",
+            "in-ambient",
+        ] {
+            assert!(
+                route.hosts.iter().any(|h| h == host),
+                "{host} missing from {:?}",
+                route.hosts
+            );
+        }
+        assert_eq!(route.retry, model::RetryConfig::default());
+    }
+
+    #[test]
+    fn without_a_rule_istios_defaults_apply() {
+        let (ns, svcs, slices) = (
+            namespace(&[(USE_WAYPOINT, "httpbin-waypoint")]),
+            [service(&[])],
+            [slice()],
+        );
+        let view = View {
+            namespace: Some(&ns),
+            services: &svcs,
+            slices: &slices,
+            destination_rules: &[],
+            cluster_domain: "cluster.local",
+        };
+        let cluster = &compile(&waypoint(&[]), &view).clusters[0];
+        assert_eq!(cluster.load_balancer, model::LoadBalancer::LeastRequest);
+        assert_eq!(cluster.outlier_detection, None);
+        assert_eq!(cluster.connect_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn unbound_services_are_not_served() {
+        let (ns, svcs, slices) = (namespace(&[]), [service(&[])], [slice()]);
+        let view = View {
+            namespace: Some(&ns),
+            services: &svcs,
+            slices: &slices,
+            destination_rules: &[],
+            cluster_domain: "cluster.local",
+        };
+        let config = compile(&waypoint(&[]), &view);
+        assert!(config.clusters.is_empty() && config.listeners[0].routes.is_empty());
+    }
+}
