@@ -122,6 +122,13 @@ impl RetryPolicy {
 mod tests {
     use super::*;
 
+    fn status(status: u16) -> Attempt {
+        Attempt::Response {
+            status,
+            grpc_status: None,
+        }
+    }
+
     #[test]
     fn istio_default_retries_connect_failures_but_not_503() {
         let p = RetryPolicy::istio_default();
@@ -131,20 +138,8 @@ mod tests {
             !p.should_retry(Attempt::ConnectFailure, 2),
             "only 2 retries"
         );
-        assert!(!p.should_retry(
-            Attempt::Response {
-                status: 503,
-                grpc_status: None
-            },
-            0
-        ));
-        assert!(!p.should_retry(
-            Attempt::Response {
-                status: 500,
-                grpc_status: None
-            },
-            0
-        ));
+        assert!(!p.should_retry(status(503), 0));
+        assert!(!p.should_retry(status(500), 0));
         assert!(
             !p.should_retry(Attempt::Reset, 0),
             "reset is not in Istio's default"
@@ -179,43 +174,19 @@ mod tests {
             retry_on: vec![RetryOn::GatewayError],
             ..RetryPolicy::istio_default()
         };
-        assert!(p.should_retry(
-            Attempt::Response {
-                status: 503,
-                grpc_status: None
-            },
-            0
-        ));
-        assert!(!p.should_retry(
-            Attempt::Response {
-                status: 500,
-                grpc_status: None
-            },
-            0
-        ));
+        assert!(p.should_retry(status(503), 0));
+        assert!(!p.should_retry(status(500), 0));
         let p = RetryPolicy {
             retry_on: vec![RetryOn::FiveXx],
             ..RetryPolicy::istio_default()
         };
-        assert!(p.should_retry(
-            Attempt::Response {
-                status: 500,
-                grpc_status: None
-            },
-            0
-        ));
+        assert!(p.should_retry(status(500), 0));
         assert!(p.should_retry(Attempt::Reset, 0));
         let p = RetryPolicy {
             retriable_status_codes: vec![418],
             ..RetryPolicy::istio_default()
         };
-        assert!(p.should_retry(
-            Attempt::Response {
-                status: 418,
-                grpc_status: None
-            },
-            0
-        ));
+        assert!(p.should_retry(status(418), 0));
     }
 
     #[test]

@@ -205,7 +205,6 @@ pub fn compile(gw: &Gateway, view: &View<'_>) -> model::Config {
 
 #[cfg(test)]
 mod tests {
-    use gateway_api::apis::standard::gateways::{GatewayListeners, GatewaySpec};
     use k8s_openapi::api::core::v1::{ObjectReference, ServicePort, ServiceSpec};
     use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort};
     use kube::api::ObjectMeta;
@@ -227,20 +226,7 @@ mod tests {
     }
 
     fn waypoint(labels: &[(&str, &str)]) -> Gateway {
-        Gateway {
-            metadata: meta("httpbin-waypoint", labels),
-            spec: GatewaySpec {
-                gateway_class_name: "istio-waypoint".into(),
-                listeners: vec![GatewayListeners {
-                    name: "mesh".into(),
-                    port: 15008,
-                    protocol: "HBONE".into(),
-                    ..GatewayListeners::default()
-                }],
-                ..GatewaySpec::default()
-            },
-            status: None,
-        }
+        crate::fixtures::seed_gateway(labels)
     }
 
     fn namespace(labels: &[(&str, &str)]) -> Namespace {
@@ -309,6 +295,24 @@ mod tests {
         serde_yaml::from_str(text).unwrap()
     }
 
+    /// The seed's namespace (bound or not) with in-ambient, its slice, and `rules`.
+    fn compiled(ns_bound: bool, rules: &[DestinationRule]) -> model::Config {
+        let labels: &[(&str, &str)] = if ns_bound {
+            &[(USE_WAYPOINT, "httpbin-waypoint")]
+        } else {
+            &[]
+        };
+        let (ns, svcs, slices) = (namespace(labels), [service(&[])], [slice()]);
+        let view = View {
+            namespace: Some(&ns),
+            services: &svcs,
+            slices: &slices,
+            destination_rules: rules,
+            cluster_domain: "cluster.local",
+        };
+        compile(&waypoint(&[]), &view)
+    }
+
     #[test]
     fn binding_follows_istios_precedence() {
         let gw = waypoint(&[]);
@@ -355,20 +359,7 @@ mod tests {
 
     #[test]
     fn seed_service_and_rule_compile_to_a_round_robin_cluster_with_outlier_detection() {
-        let (ns, svcs, slices, rules) = (
-            namespace(&[(USE_WAYPOINT, "httpbin-waypoint")]),
-            [service(&[])],
-            [slice()],
-            [seed_rule()],
-        );
-        let view = View {
-            namespace: Some(&ns),
-            services: &svcs,
-            slices: &slices,
-            destination_rules: &rules,
-            cluster_domain: "cluster.local",
-        };
-        let config = compile(&waypoint(&[]), &view);
+        let config = compiled(true, &[seed_rule()]);
         config.validate().unwrap();
         let cluster = &config.clusters[0];
         assert_eq!(
@@ -421,19 +412,7 @@ mod tests {
 
     #[test]
     fn without_a_rule_istios_defaults_apply() {
-        let (ns, svcs, slices) = (
-            namespace(&[(USE_WAYPOINT, "httpbin-waypoint")]),
-            [service(&[])],
-            [slice()],
-        );
-        let view = View {
-            namespace: Some(&ns),
-            services: &svcs,
-            slices: &slices,
-            destination_rules: &[],
-            cluster_domain: "cluster.local",
-        };
-        let cluster = &compile(&waypoint(&[]), &view).clusters[0];
+        let cluster = &compiled(true, &[]).clusters[0];
         assert_eq!(cluster.load_balancer, model::LoadBalancer::LeastRequest);
         assert_eq!(cluster.outlier_detection, None);
         assert_eq!(cluster.connect_timeout, Duration::from_secs(10));
@@ -441,15 +420,7 @@ mod tests {
 
     #[test]
     fn unbound_services_are_not_served() {
-        let (ns, svcs, slices) = (namespace(&[]), [service(&[])], [slice()]);
-        let view = View {
-            namespace: Some(&ns),
-            services: &svcs,
-            slices: &slices,
-            destination_rules: &[],
-            cluster_domain: "cluster.local",
-        };
-        let config = compile(&waypoint(&[]), &view);
+        let config = compiled(false, &[]);
         assert!(config.clusters.is_empty() && config.listeners[0].routes.is_empty());
     }
 }

@@ -8,3 +8,6 @@ pub mod compile;
 pub mod controller;
 pub mod names;
 pub mod status;
+
+#[cfg(test)]
+mod fixtures;

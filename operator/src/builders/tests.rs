@@ -1,34 +1,11 @@
-use gateway_api::apis::standard::gateways::{
-    Gateway, GatewayInfrastructure, GatewayListeners, GatewaySpec,
-};
-use kube::api::ObjectMeta;
+use gateway_api::apis::standard::gateways::{Gateway, GatewayInfrastructure};
 
 use super::*;
 use crate::compile::{View, compile};
 use crate::names::{MANAGED_LABEL, MANAGED_VALUE};
 
-/// The seed guides' waypoint: `httpbin-waypoint` in `httpbin`.
-pub fn seed_gateway() -> Gateway {
-    Gateway {
-        metadata: ObjectMeta {
-            name: Some("httpbin-waypoint".into()),
-            namespace: Some("httpbin".into()),
-            uid: Some("3b9c2f0e-0000-4000-8000-000000000001".into()),
-            generation: Some(1),
-            ..ObjectMeta::default()
-        },
-        spec: GatewaySpec {
-            gateway_class_name: "istio-waypoint".into(),
-            listeners: vec![GatewayListeners {
-                name: "mesh".into(),
-                port: 15008,
-                protocol: "HBONE".into(),
-                ..GatewayListeners::default()
-            }],
-            ..GatewaySpec::default()
-        },
-        status: None,
-    }
+fn seed_gateway() -> Gateway {
+    crate::fixtures::seed_gateway(&[])
 }
 
 /// What `compile` makes of a namespace with nothing bound: the mesh listener only.

@@ -1,0 +1,36 @@
+//! Test fixtures shared by the operator's unit tests.
+
+use std::collections::BTreeMap;
+
+use gateway_api::apis::standard::gateways::{Gateway, GatewayListeners, GatewaySpec};
+use kube::api::ObjectMeta;
+
+/// The seed guides' waypoint: `httpbin-waypoint` in `httpbin`, with `labels`.
+pub fn seed_gateway(labels: &[(&str, &str)]) -> Gateway {
+    Gateway {
+        metadata: ObjectMeta {
+            name: Some("httpbin-waypoint".into()),
+            namespace: Some("httpbin".into()),
+            uid: Some("3b9c2f0e-0000-4000-8000-000000000001".into()),
+            generation: Some(1),
+            labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect::<BTreeMap<_, _>>(),
+            ),
+            ..ObjectMeta::default()
+        },
+        spec: GatewaySpec {
+            gateway_class_name: "istio-waypoint".into(),
+            listeners: vec![GatewayListeners {
+                name: "mesh".into(),
+                port: 15008,
+                protocol: "HBONE".into(),
+                ..GatewayListeners::default()
+            }],
+            ..GatewaySpec::default()
+        },
+        status: None,
+    }
+}
