@@ -22,6 +22,7 @@ use serde::de::DeserializeOwned;
 
 use waypoint_crds::DestinationRule;
 
+use crate::binding;
 use crate::builders::{self, BuildError};
 use crate::compile;
 use crate::names::{CONTROLLER_NAME, FIELD_MANAGER, MANAGED_LABEL, MANAGED_VALUE, WAYPOINT_CLASS};
@@ -209,6 +210,49 @@ async fn reconcile_gateway(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action
     Ok(Action::requeue(Duration::from_mins(5)))
 }
 
+/// Writes `istio.io/WaypointBound` on a Service that asks for a waypoint, and removes
+/// it from one that no longer does. Other controllers' conditions are kept.
+async fn reconcile_service(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = svc.namespace().unwrap_or_default();
+    let namespace = Api::<Namespace>::all(ctx.client.clone())
+        .get_opt(&ns)
+        .await?;
+    let existing = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let previous = existing.iter().find(|c| c.type_ == binding::CONDITION);
+    let wanted = match binding::requested(&svc, namespace.as_ref()) {
+        None => None,
+        Some((waypoint_ns, _)) => {
+            let gateways = Api::<Gateway>::namespaced(ctx.client.clone(), &waypoint_ns)
+                .list(&ListParams::default())
+                .await?
+                .items;
+            binding::condition(&svc, namespace.as_ref(), &gateways, previous, &now())
+        }
+    };
+    if wanted.as_ref() == previous {
+        return Ok(Action::await_change());
+    }
+    let mut conditions: Vec<_> = existing
+        .iter()
+        .filter(|c| c.type_ != binding::CONDITION)
+        .cloned()
+        .collect();
+    conditions.extend(wanted);
+    let patch = serde_json::json!({ "status": { "conditions": conditions } });
+    Api::<Service>::namespaced(ctx.client.clone(), &ns)
+        .patch_status(
+            &svc.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+    Ok(Action::await_change())
+}
+
 fn error_policy<K>(_obj: Arc<K>, error: &Error, _ctx: Arc<Context>) -> Action {
     tracing::warn!(%error, "reconcile failed; retrying");
     Action::requeue(Duration::from_secs(5))
@@ -267,9 +311,42 @@ pub async fn run(ctx: Arc<Context>) {
                 tracing::debug!(error = %e, "gateway reconcile");
             }
         });
-    let classes = Controller::new(Api::<GatewayClass>::all(client), watcher::Config::default())
+    let classes = Controller::new(
+        Api::<GatewayClass>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .shutdown_on_signal()
+    .run(reconcile_class, error_policy, Arc::clone(&ctx))
+    .for_each(|_| async {});
+    // A Service's binding changes with its own labels, its namespace's, and the
+    // Gateways of its namespace (existence, readiness, waypoint-for, allowedRoutes).
+    let services = Controller::new(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let service_store = services.store();
+    let services_in = move |ns: Option<String>| {
+        service_store
+            .state()
+            .iter()
+            .filter(|s| s.namespace() == ns)
+            .map(|s| ObjectRef::from_obj(s.as_ref()))
+            .collect::<Vec<_>>()
+    };
+    let by_gateway = services_in.clone();
+    let services = services
+        .watches(
+            Api::<Gateway>::all(client.clone()),
+            watcher::Config::default(),
+            move |g| by_gateway(g.namespace()),
+        )
+        .watches(
+            Api::<Namespace>::all(client),
+            watcher::Config::default(),
+            move |n| services_in(Some(n.name_any())),
+        )
         .shutdown_on_signal()
-        .run(reconcile_class, error_policy, ctx)
+        .run(reconcile_service, error_policy, ctx)
         .for_each(|_| async {});
-    futures::join!(gateways, classes);
+    futures::join!(gateways, classes, services);
 }

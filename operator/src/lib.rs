@@ -3,6 +3,7 @@
 //! dataplane's config, and writes honest status. Decision logic (`builders`,
 //! `compile`, `status`) is pure; `controller` does the I/O.
 
+pub mod binding;
 pub mod builders;
 pub mod compile;
 pub mod controller;
