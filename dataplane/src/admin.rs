@@ -1,5 +1,5 @@
-//! The admin port (15021): `/healthz/ready` answers 200 once the first config is
-//! serving, 503 before. Kubelet probes and the operator's Programmed condition use it.
+//! The admin ports: 15021 `/healthz/ready` answers 200 once the first config is
+//! serving, 503 before (kubelet probes use it); 15020 `/stats/prometheus`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -45,6 +45,39 @@ pub async fn serve(socket: TcpListener, readiness: Readiness) {
                         let mut resp =
                             Response::new(Full::new(Bytes::from_static(body.as_bytes())));
                         *resp.status_mut() = status;
+                        Ok::<_, Infallible>(resp)
+                    }
+                });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// Serves `/stats/prometheus` (15020), from whichever runtime is in force.
+pub async fn serve_metrics(socket: TcpListener, shared: Arc<crate::proxy::Shared>) {
+    loop {
+        let Ok((stream, _)) = socket.accept().await else {
+            continue;
+        };
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let service =
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let body = (req.uri().path() == "/stats/prometheus")
+                        .then(|| shared.current().metrics.render());
+                    async move {
+                        let (status, text) = body
+                            .map_or((StatusCode::NOT_FOUND, "not found\n".to_owned()), |t| {
+                                (StatusCode::OK, t)
+                            });
+                        let mut resp = Response::new(Full::new(Bytes::from(text)));
+                        *resp.status_mut() = status;
+                        resp.headers_mut().insert(
+                            http::header::CONTENT_TYPE,
+                            http::HeaderValue::from_static("text/plain; version=0.0.4"),
+                        );
                         Ok::<_, Infallible>(resp)
                     }
                 });

@@ -6,6 +6,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod lb;
+pub mod metrics;
 pub mod outlier;
 pub mod proxy;
 pub mod retry;

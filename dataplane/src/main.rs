@@ -19,6 +19,9 @@ struct Args {
     /// Readiness endpoint (`/healthz/ready`).
     #[arg(long, default_value = "0.0.0.0:15021")]
     admin_address: SocketAddr,
+    /// Prometheus endpoint (`/stats/prometheus`).
+    #[arg(long, default_value = "0.0.0.0:15020")]
+    metrics_address: SocketAddr,
 }
 
 #[tokio::main]
@@ -40,6 +43,10 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("binding the admin address {}", args.admin_address))?;
     tokio::spawn(admin::serve(admin_socket, readiness.clone()));
     let shared = proxy::Shared::new(config);
+    let metrics_socket = tokio::net::TcpListener::bind(args.metrics_address)
+        .await
+        .with_context(|| format!("binding the metrics address {}", args.metrics_address))?;
+    tokio::spawn(admin::serve_metrics(metrics_socket, Arc::clone(&shared)));
     for (socket, name) in proxy::bind(&shared.current()).await? {
         tracing::info!(listener = %name, address = ?socket.local_addr().ok(), "serving");
         tokio::spawn(proxy::serve(Arc::clone(&shared), socket, name));

@@ -154,6 +154,10 @@ async fn seed_001_with_retries_no_request_fails_and_the_dead_pod_is_ejected() {
     let results = h.burst(15).await;
     assert!(results.iter().all(|(s, _)| *s == 200), "{results:?}");
     assert_eq!(h.ejected(), [0]);
+    let metrics = h.shared.current().metrics.render();
+    let enforced = format!("envoy_cluster_outlier_detection_ejections_enforced_total{{cluster_name=\"{CLUSTER}\"}} 1");
+    assert!(metrics.contains(&enforced), "{metrics}");
+    assert!(metrics.contains("istio_requests_total{reporter=\"waypoint\""), "{metrics}");
 
     // The two healthy pods share traffic evenly.
     let c = counts(&h.burst(10).await);

@@ -11,6 +11,7 @@ use waypoint_config as config;
 
 use crate::access_log::rfc3339_millis;
 use crate::lb::{Balancer, Candidate, Policy};
+use crate::metrics::Metrics;
 use crate::outlier::{self, Detector, Event, Outcome};
 use crate::rng::Rng;
 
@@ -45,10 +46,16 @@ pub struct Cluster {
     interval: Option<Duration>,
     epoch: Instant,
     state: Mutex<State>,
+    metrics: std::sync::Arc<Metrics>,
 }
 
 impl Cluster {
-    pub fn new(c: &config::Cluster, epoch: Instant, rng: Rng) -> Self {
+    pub fn new(
+        c: &config::Cluster,
+        epoch: Instant,
+        rng: Rng,
+        metrics: std::sync::Arc<Metrics>,
+    ) -> Self {
         let policy = match c.load_balancer {
             config::LoadBalancer::RoundRobin => Policy::RoundRobin,
             config::LoadBalancer::LeastRequest => Policy::LeastRequest,
@@ -88,6 +95,7 @@ impl Cluster {
                 balancer: Balancer::new(policy, min_health, rng),
                 detector,
             }),
+            metrics,
         }
     }
 
@@ -150,6 +158,11 @@ impl Cluster {
         }
         let mut out = std::io::stdout().lock();
         for e in events {
+            match e {
+                Event::Ejected { .. } => self.metrics.ejection_enforced(&self.name),
+                Event::Overflow { .. } => self.metrics.ejection_overflow(&self.name),
+                Event::Unejected { .. } => self.metrics.unejected(&self.name),
+            }
             let (host, text) = match e {
                 Event::Ejected {
                     host,

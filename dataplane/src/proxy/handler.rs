@@ -193,7 +193,35 @@ async fn handle(
         .unwrap_or(0);
     entry.duration_ms = started.elapsed().as_millis();
     crate::log_line(&entry.to_istio_text());
+    record_metrics(runtime, &entry);
     resp
+}
+
+/// Istio's request metrics for one request, labelled from what the access log knows.
+fn record_metrics(runtime: &Runtime, entry: &Entry) {
+    let cluster = entry.upstream_cluster.as_deref();
+    let workload = cluster
+        .and_then(|c| runtime.cluster(c))
+        .zip(entry.upstream_host.as_deref())
+        .and_then(|(c, host)| c.endpoints.iter().find(|e| e.address.to_string() == host))
+        .and_then(|e| e.workload.as_deref())
+        .map_or("unknown", crate::metrics::workload_of);
+    let labels = crate::metrics::RequestLabels {
+        // Waypoint cluster names end with the service FQDN: inbound-vip|<port>|http|<fqdn>.
+        destination_service: cluster
+            .and_then(|c| c.rsplit('|').next())
+            .unwrap_or("unknown")
+            .to_owned(),
+        destination_workload: workload.to_owned(),
+        response_code: entry.response_code,
+        response_flags: entry.response_flags.unwrap_or("-").to_owned(),
+    };
+    runtime.metrics.record(
+        labels,
+        entry.duration_ms,
+        entry.bytes_received,
+        entry.bytes_sent,
+    );
 }
 
 type Verdict = (Response<Full<Bytes>>, Option<&'static str>, &'static str);

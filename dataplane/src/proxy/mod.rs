@@ -15,6 +15,7 @@ use waypoint_config::Config;
 
 pub use cluster::Cluster;
 
+use crate::metrics::Metrics;
 use crate::rng::Rng;
 
 /// Everything a request needs, built once per config.
@@ -22,17 +23,19 @@ pub struct Runtime {
     pub config: Config,
     clusters: HashMap<String, Arc<Cluster>>,
     client: handler::Client,
+    /// Shared by every runtime of one process, so counters survive reloads.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Runtime {
     pub fn new(config: Config) -> Arc<Self> {
-        Self::next(config, None)
+        Self::next(config, None, Arc::default())
     }
 
     /// A runtime for `config` that keeps the state (outlier ejections, round-robin
     /// position) of every cluster whose config did not change, as Envoy keeps a
     /// cluster across updates that do not modify it.
-    fn next(config: Config, previous: Option<&Self>) -> Arc<Self> {
+    fn next(config: Config, previous: Option<&Self>, metrics: Arc<Metrics>) -> Arc<Self> {
         let epoch = Instant::now();
         let mut seed = Rng::from_entropy();
         let clusters = config
@@ -43,7 +46,12 @@ impl Runtime {
                     .filter(|p| p.config.cluster(&c.name) == Some(c))
                     .and_then(|p| p.clusters.get(&c.name).cloned());
                 let cluster = kept.unwrap_or_else(|| {
-                    Arc::new(Cluster::new(c, epoch, Rng::seeded(seed.next_u64())))
+                    Arc::new(Cluster::new(
+                        c,
+                        epoch,
+                        Rng::seeded(seed.next_u64()),
+                        Arc::clone(&metrics),
+                    ))
                 });
                 (c.name.clone(), cluster)
             })
@@ -53,6 +61,7 @@ impl Runtime {
             config,
             clusters,
             client,
+            metrics,
         })
     }
 
@@ -119,7 +128,7 @@ impl Shared {
                 tracing::warn!(listener = %l.name, address = %l.address, "listener addresses change only on restart");
             }
         }
-        let next = Runtime::next(config, Some(&previous));
+        let next = Runtime::next(config, Some(&previous), Arc::clone(&previous.metrics));
         let timers = next.spawn_timers();
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = next;
         let old = std::mem::replace(
