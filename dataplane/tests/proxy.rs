@@ -155,9 +155,14 @@ async fn seed_001_with_retries_no_request_fails_and_the_dead_pod_is_ejected() {
     assert!(results.iter().all(|(s, _)| *s == 200), "{results:?}");
     assert_eq!(h.ejected(), [0]);
     let metrics = h.shared.current().metrics.render();
-    let enforced = format!("envoy_cluster_outlier_detection_ejections_enforced_total{{cluster_name=\"{CLUSTER}\"}} 1");
+    let enforced = format!(
+        "envoy_cluster_outlier_detection_ejections_enforced_total{{cluster_name=\"{CLUSTER}\"}} 1"
+    );
     assert!(metrics.contains(&enforced), "{metrics}");
-    assert!(metrics.contains("istio_requests_total{reporter=\"waypoint\""), "{metrics}");
+    assert!(
+        metrics.contains("istio_requests_total{reporter=\"waypoint\""),
+        "{metrics}"
+    );
 
     // The two healthy pods share traffic evenly.
     let c = counts(&h.burst(10).await);
@@ -246,4 +251,50 @@ async fn reload_swaps_routes_keeps_state_and_refuses_bad_config() {
     // Dropping the route takes effect at once.
     h.shared.reload(&yaml).unwrap();
     assert_eq!(h.get("httpbin:8000").await.0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_timeout_bounds_the_connect_not_a_slow_response() {
+    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = socket.local_addr().unwrap();
+    let _slow = tokio::spawn(async move {
+        loop {
+            let (stream, _) = socket.accept().await.unwrap();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req| async {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from_static(b"slow"))))
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    let yaml = format!(
+        "listeners:
+- name: mesh
+  address: 127.0.0.1:0
+  routes:
+  - cluster: slow
+    retry: {{attempts: 0, retryOn: []}}
+clusters:
+- name: slow
+  connectTimeout: 100ms
+  endpoints: [{{address: \"{backend}\"}}]
+"
+    );
+    let shared = Shared::new(waypoint_config::Config::from_yaml(&yaml).unwrap());
+    let (socket, name) = proxy::bind(&shared.current()).await.unwrap().remove(0);
+    let addr = socket.local_addr().unwrap();
+    let _proxy = tokio::spawn(proxy::serve(shared.clone(), socket, name));
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let req = http::Request::builder()
+        .uri(format!("http://{addr}/"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "slow");
 }

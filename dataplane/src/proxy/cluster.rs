@@ -42,6 +42,7 @@ struct State {
 pub struct Cluster {
     pub name: String,
     pub connect_timeout: Duration,
+    pub(super) client: super::handler::Client,
     pub endpoints: Vec<Endpoint>,
     interval: Option<Duration>,
     epoch: Instant,
@@ -80,6 +81,7 @@ impl Cluster {
         Self {
             name: c.name.clone(),
             connect_timeout: c.connect_timeout,
+            client: super::handler::client(c.connect_timeout),
             endpoints: c
                 .endpoints
                 .iter()

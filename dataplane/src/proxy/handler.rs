@@ -26,9 +26,13 @@ pub type Client = hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>
 /// Request bodies are buffered so that retries can replay them; beyond this, 413.
 const MAX_BUFFERED_BODY: usize = 16 << 20;
 
-pub fn client() -> Client {
+/// One client (and connection pool) per cluster: the cluster's connect timeout bounds
+/// the TCP connect only, as Envoy's `connect_timeout`; a slow response is not a
+/// connect failure (route and per-try timeouts are separate).
+pub fn client(connect_timeout: std::time::Duration) -> Client {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(connect_timeout));
     hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(connector)
 }
 
@@ -275,7 +279,7 @@ async fn forward(
     }
     strip_hop_by_hop(&mut parts.headers);
     let policy = policy(&route.retry);
-    let attempts = attempts(runtime, cluster, &policy, &parts, &body, entry);
+    let attempts = attempts(cluster, &policy, &parts, &body, entry);
     match route.timeout {
         None => attempts.await,
         Some(t) => tokio::time::timeout(t, attempts).await.unwrap_or_else(|_| {
@@ -290,7 +294,6 @@ async fn forward(
 
 /// Envoy's router loop: pick, send, report to outlier detection, maybe retry.
 async fn attempts(
-    runtime: &Runtime,
     cluster: &Cluster,
     policy: &RetryPolicy,
     parts: &http::request::Parts,
@@ -310,7 +313,7 @@ async fn attempts(
         };
         tried.push(i);
         entry.upstream_host = Some(cluster.endpoints[i].address.to_string());
-        let (result, service_started) = send(runtime, cluster, i, parts, body).await;
+        let (result, service_started) = send(cluster, i, parts, body).await;
         let attempt = match result {
             Ok(resp) => {
                 let status = resp.status().as_u16();
@@ -406,7 +409,6 @@ fn reset_reply(connect: bool, was_retried: bool) -> Verdict {
 /// One attempt to one endpoint. `Err(true)` is a connect failure, `Err(false)` a
 /// reset or protocol error before response headers.
 async fn send(
-    runtime: &Runtime,
     cluster: &Cluster,
     i: usize,
     parts: &http::request::Parts,
@@ -424,12 +426,7 @@ async fn send(
     *req.headers_mut() = parts.headers.clone();
     let started = Instant::now();
     endpoint.begin();
-    let result = tokio::time::timeout(cluster.connect_timeout, runtime.client.request(req)).await;
+    let result = cluster.client.request(req).await;
     endpoint.end();
-    let result = match result {
-        Ok(Ok(resp)) => Ok(resp),
-        Ok(Err(e)) => Err(e.is_connect()),
-        Err(_elapsed) => Err(true),
-    };
-    (result, started)
+    (result.map_err(|e| e.is_connect()), started)
 }

@@ -22,7 +22,6 @@ use crate::rng::Rng;
 pub struct Runtime {
     pub config: Config,
     clusters: HashMap<String, Arc<Cluster>>,
-    client: handler::Client,
     /// Shared by every runtime of one process, so counters survive reloads.
     pub metrics: Arc<Metrics>,
 }
@@ -56,11 +55,9 @@ impl Runtime {
                 (c.name.clone(), cluster)
             })
             .collect();
-        let client = previous.map_or_else(handler::client, |p| p.client.clone());
         Arc::new(Self {
             config,
             clusters,
-            client,
             metrics,
         })
     }
