@@ -19,6 +19,11 @@ impl Readiness {
         self.0.store(true, Ordering::SeqCst);
     }
 
+    /// Draining: report not ready so the endpoint leaves the Service first.
+    pub fn set_not_ready(&self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+
     pub fn is_ready(&self) -> bool {
         self.0.load(Ordering::SeqCst)
     }

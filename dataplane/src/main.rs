@@ -19,6 +19,9 @@ struct Args {
     /// Readiness endpoint (`/healthz/ready`).
     #[arg(long, default_value = "0.0.0.0:15021")]
     admin_address: SocketAddr,
+    /// On SIGTERM, how long in-flight requests may take to finish.
+    #[arg(long, default_value = "5", value_name = "SECONDS")]
+    drain_seconds: u64,
     /// Prometheus endpoint (`/stats/prometheus`).
     #[arg(long, default_value = "0.0.0.0:15020")]
     metrics_address: SocketAddr,

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -20,32 +21,53 @@ use waypoint_dataplane::proxy::{self, Shared};
 const CLUSTER: &str = "inbound-vip|8000|http|in-ambient.httpbin.svc.cluster.local";
 
 /// A backend answering every request with its pod name, like httpbin's /hostname.
-async fn backend(addr: SocketAddr, name: &'static str) -> (SocketAddr, JoinHandle<()>) {
+async fn backend(addr: SocketAddr, name: &'static str) -> (SocketAddr, Backend) {
     let socket = TcpListener::bind(addr).await.unwrap();
     let addr = socket.local_addr().unwrap();
-    // Connections live in a JoinSet owned by the accept loop, so aborting the backend
-    // closes them all, as killing a process would.
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         let mut conns = tokio::task::JoinSet::new();
         loop {
-            let (stream, _) = socket.accept().await.unwrap();
-            conns.spawn(async move {
-                let svc = hyper::service::service_fn(move |_req| async move {
-                    Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(name))))
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
+            tokio::select! {
+                _ = &mut stopped => {
+                    // Close the listener and every connection, and wait until they are gone.
+                    drop(socket);
+                    conns.shutdown().await;
+                    return;
+                }
+                accepted = socket.accept() => {
+                    let (stream, _) = accepted.unwrap();
+                    conns.spawn(async move {
+                        let svc = hyper::service::service_fn(move |_req| async move {
+                            Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(name))))
+                        });
+                        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                            .serve_connection(TokioIo::new(stream), svc)
+                            .await;
+                    });
+                }
+            }
         }
     });
-    (addr, task)
+    (
+        addr,
+        Backend {
+            stop: Some(stop),
+            task,
+        },
+    )
+}
+
+/// A running backend; `kill` stops it the way a dying process would.
+struct Backend {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: JoinHandle<()>,
 }
 
 struct Harness {
     shared: Arc<Shared>,
     proxy: SocketAddr,
-    backends: Vec<(SocketAddr, JoinHandle<()>)>,
+    backends: Vec<(SocketAddr, Backend)>,
     client: hyper_util::client::legacy::Client<
         hyper_util::client::legacy::connect::HttpConnector,
         Full<Bytes>,
@@ -97,14 +119,19 @@ clusters:
         }
     }
 
-    /// Kills a backend: its port now refuses connections.
-    fn kill(&mut self, i: usize) {
-        self.backends[i].1.abort();
+    /// Kills a backend: its port refuses connections and every connection it had is
+    /// closed, as when a process dies. Waiting for the task to finish makes the closes
+    /// happen before the next request, not racing it.
+    async fn kill(&mut self, i: usize) {
+        let b = &mut self.backends[i].1;
+        if let Some(stop) = b.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut b.task).await;
     }
 
     async fn revive(&mut self, i: usize) {
         let addr = self.backends[i].0;
-        tokio::time::sleep(Duration::from_millis(50)).await; // let the aborted task drop its socket
         self.backends[i] = backend(addr, PODS[i]).await;
     }
 
@@ -150,7 +177,7 @@ async fn seed_001_with_retries_no_request_fails_and_the_dead_pod_is_ejected() {
     let c = counts(&h.burst(6).await);
     assert_eq!(c.values().copied().collect::<Vec<_>>(), [2, 2, 2], "{c:?}");
 
-    h.kill(0);
+    h.kill(0).await;
     let results = h.burst(15).await;
     assert!(results.iter().all(|(s, _)| *s == 200), "{results:?}");
     assert_eq!(h.ejected(), [0]);
@@ -186,7 +213,7 @@ async fn seed_001_with_retries_no_request_fails_and_the_dead_pod_is_ejected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_001_without_retries_exactly_three_requests_fail() {
     let mut h = Harness::start(0).await;
-    h.kill(1);
+    h.kill(1).await;
     let results = h.burst(15).await;
     let failures: Vec<_> = results.iter().filter(|(s, _)| *s != 200).collect();
     assert_eq!(failures.len(), 3, "{results:?}");
@@ -206,9 +233,9 @@ async fn unknown_hosts_get_404_and_all_ejected_gets_no_healthy_upstream() {
     assert_eq!(h.get("elsewhere:80").await.0, 404);
     assert_eq!(h.get("in-ambient.httpbin.svc.cluster.local").await.0, 200);
     // maxEjectionPercent 50 of 3 hosts lets only one go: the others keep serving.
-    h.kill(0);
-    h.kill(1);
-    h.kill(2);
+    h.kill(0).await;
+    h.kill(1).await;
+    h.kill(2).await;
     let results = h.burst(12).await;
     assert!(results.iter().all(|(s, _)| *s == 503));
     assert_eq!(h.ejected().len(), 1);
@@ -217,7 +244,7 @@ async fn unknown_hosts_get_404_and_all_ejected_gets_no_healthy_upstream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_swaps_routes_keeps_state_and_refuses_bad_config() {
     let mut h = Harness::start(2).await;
-    h.kill(0);
+    h.kill(0).await;
     // Round robin starts at a random offset and retries take turns too: send until the
     // dead pod has seen its third failure (at most 15 requests, as in the seed).
     for _ in 0..15 {
@@ -253,17 +280,26 @@ async fn reload_swaps_routes_keeps_state_and_refuses_bad_config() {
     assert_eq!(h.get("httpbin:8000").await.0, 404);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connect_timeout_bounds_the_connect_not_a_slow_response() {
+/// A backend that answers "slow" after `delay`, raising `answered` as it does.
+async fn slow_backend(delay: Duration) -> (SocketAddr, JoinHandle<()>, Arc<AtomicBool>) {
     let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let backend = socket.local_addr().unwrap();
-    let _slow = tokio::spawn(async move {
+    let addr = socket.local_addr().unwrap();
+    let answered = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&answered);
+    let task = tokio::spawn(async move {
         loop {
             let (stream, _) = socket.accept().await.unwrap();
+            let flag = Arc::clone(&flag);
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(|_req| async {
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                    Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from_static(b"slow"))))
+                let svc = hyper::service::service_fn(move |_req| {
+                    let flag = Arc::clone(&flag);
+                    async move {
+                        tokio::time::sleep(delay).await;
+                        flag.store(true, Ordering::SeqCst);
+                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from_static(
+                            b"slow",
+                        ))))
+                    }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), svc)
@@ -271,30 +307,83 @@ async fn connect_timeout_bounds_the_connect_not_a_slow_response() {
             });
         }
     });
+    (addr, task, answered)
+}
+
+/// A proxy whose only route goes to `backend`, without retries.
+async fn single_cluster_proxy(
+    backend: SocketAddr,
+    connect_timeout: &str,
+) -> (Arc<Shared>, SocketAddr, JoinHandle<()>) {
     let yaml = format!(
         "listeners:
 - name: mesh
   address: 127.0.0.1:0
   routes:
-  - cluster: slow
+  - cluster: one
     retry: {{attempts: 0, retryOn: []}}
 clusters:
-- name: slow
-  connectTimeout: 100ms
+- name: one
+  connectTimeout: {connect_timeout}
   endpoints: [{{address: \"{backend}\"}}]
 "
     );
     let shared = Shared::new(waypoint_config::Config::from_yaml(&yaml).unwrap());
     let (socket, name) = proxy::bind(&shared.current()).await.unwrap().remove(0);
     let addr = socket.local_addr().unwrap();
-    let _proxy = tokio::spawn(proxy::serve(shared.clone(), socket, name));
-    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .build(hyper_util::client::legacy::connect::HttpConnector::new());
-    let req = http::Request::builder()
+    let task = tokio::spawn(proxy::serve(shared.clone(), socket, name));
+    (shared, addr, task)
+}
+
+fn get(addr: SocketAddr) -> http::Request<Full<Bytes>> {
+    http::Request::builder()
         .uri(format!("http://{addr}/"))
         .body(Full::new(Bytes::new()))
-        .unwrap();
-    let resp = client.request(req).await.unwrap();
+        .unwrap()
+}
+
+fn client() -> hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+> {
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build(hyper_util::client::legacy::connect::HttpConnector::new())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_timeout_bounds_the_connect_not_a_slow_response() {
+    let (backend, _b, _) = slow_backend(Duration::from_millis(300)).await;
+    let (_shared, addr, _p) = single_cluster_proxy(backend, "100ms").await;
+    let resp = client().request(get(addr)).await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "slow");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_waits_for_the_request_in_flight_and_closes_keep_alive() {
+    let (backend, _b, answered) = slow_backend(Duration::from_millis(300)).await;
+    let (shared, addr, _p) = single_cluster_proxy(backend, "10s").await;
+    let request = tokio::spawn(async move { client().request(get(addr)).await.unwrap() });
+    for _ in 0..100 {
+        if shared.in_flight() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(shared.in_flight(), 1, "the request should be in flight");
+    assert_eq!(shared.drain(Duration::from_secs(10)).await, 0);
+    assert!(
+        answered.load(Ordering::SeqCst),
+        "drain returned before the upstream answered"
+    );
+    let resp = request.await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()
+            .get("connection")
+            .map(http::HeaderValue::as_bytes),
+        Some(&b"close"[..])
+    );
+    // Nothing in flight: a second drain returns at once.
+    assert_eq!(shared.drain(Duration::ZERO).await, 0);
 }

@@ -46,7 +46,18 @@ pub async fn serve_connection(
     let service = hyper::service::service_fn(move |req| {
         let runtime = shared.current();
         let listener = Arc::clone(&listener);
-        async move { Ok::<_, Infallible>(handle(&runtime, &listener, req, peer, local).await) }
+        let shared = Arc::clone(&shared);
+        let in_flight = shared.begin();
+        async move {
+            let mut resp = handle(&runtime, &listener, req, peer, local).await;
+            if shared.is_draining() {
+                // Tell keep-alive clients to reconnect elsewhere while we drain.
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            drop(in_flight);
+            Ok::<_, Infallible>(resp)
+        }
     });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     if let Err(e) = builder

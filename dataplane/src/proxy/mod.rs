@@ -7,6 +7,7 @@ mod cluster;
 mod handler;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Instant;
 
@@ -89,6 +90,20 @@ impl Runtime {
 pub struct Shared {
     current: RwLock<Arc<Runtime>>,
     timers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    in_flight: AtomicUsize,
+    idle: tokio::sync::Notify,
+    draining: AtomicBool,
+}
+
+/// Counts a request in flight for as long as it lives, even if its task is dropped.
+pub(crate) struct InFlight(Arc<Shared>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
 }
 
 impl Shared {
@@ -99,7 +114,40 @@ impl Shared {
         Arc::new(Self {
             current: RwLock::new(runtime),
             timers: Mutex::new(timers),
+            in_flight: AtomicUsize::new(0),
+            idle: tokio::sync::Notify::new(),
+            draining: AtomicBool::new(false),
         })
+    }
+
+    pub(crate) fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(Arc::clone(self))
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Graceful shutdown: from now on responses carry `connection: close`, and this
+    /// waits until no request is in flight or `within` has passed. Returns how many
+    /// requests were still in flight at the end (0 after a clean drain).
+    pub async fn drain(&self, within: std::time::Duration) -> usize {
+        self.draining.store(true, Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let idle = self.idle.notified();
+            if self.in_flight() == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                return self.in_flight();
+            }
+        }
     }
 
     pub fn current(&self) -> Arc<Runtime> {
