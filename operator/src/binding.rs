@@ -129,7 +129,6 @@ mod tests {
         GatewayListenersAllowedRoutes, GatewayListenersAllowedRoutesNamespaces, GatewayStatus,
         GatewayStatusAddresses,
     };
-    use kube::api::ObjectMeta;
 
     use super::*;
     use crate::fixtures::seed_gateway;
@@ -140,17 +139,7 @@ mod tests {
         labels: &[(&str, &str)],
     ) -> T {
         let mut obj = T::default();
-        *obj.meta_mut() = ObjectMeta {
-            name: Some(name.into()),
-            namespace: (!ns.is_empty()).then(|| ns.into()),
-            labels: Some(
-                labels
-                    .iter()
-                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                    .collect(),
-            ),
-            ..ObjectMeta::default()
-        };
+        *obj.meta_mut() = crate::fixtures::meta(ns, name, labels);
         obj
     }
 

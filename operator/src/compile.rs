@@ -212,17 +212,7 @@ mod tests {
     use super::*;
 
     fn meta(name: &str, labels: &[(&str, &str)]) -> ObjectMeta {
-        ObjectMeta {
-            name: Some(name.into()),
-            namespace: Some("httpbin".into()),
-            labels: Some(
-                labels
-                    .iter()
-                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                    .collect(),
-            ),
-            ..ObjectMeta::default()
-        }
+        crate::fixtures::meta("httpbin", name, labels)
     }
 
     fn waypoint(labels: &[(&str, &str)]) -> Gateway {

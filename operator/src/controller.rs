@@ -14,7 +14,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
@@ -258,7 +258,22 @@ fn error_policy<K>(_obj: Arc<K>, error: &Error, _ctx: Arc<Context>) -> Action {
     Action::requeue(Duration::from_secs(5))
 }
 
-/// Runs both controllers until the process is asked to stop.
+/// Maps a namespace to the objects of a controller's store that live in it.
+fn in_namespace<K>(store: Store<K>) -> impl Fn(Option<String>) -> Vec<ObjectRef<K>> + Clone
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    move |ns| {
+        store
+            .state()
+            .iter()
+            .filter(|o| o.namespace() == ns)
+            .map(|o| ObjectRef::from_obj(o.as_ref()))
+            .collect()
+    }
+}
+
+/// Runs the three controllers (Gateways, GatewayClasses, Services) until asked to stop.
 pub async fn run(ctx: Arc<Context>) {
     let client = ctx.client.clone();
     let managed = watcher::Config::default().labels(&format!("{MANAGED_LABEL}={MANAGED_VALUE}"));
@@ -267,20 +282,12 @@ pub async fn run(ctx: Arc<Context>) {
         watcher::Config::default(),
     );
     // Anything in a namespace can change what its waypoints serve: map it to them.
-    let store = controller.store();
-    let in_namespace = move |ns: Option<String>| {
-        store
-            .state()
-            .iter()
-            .filter(|g| g.namespace() == ns)
-            .map(|g| ObjectRef::from_obj(g.as_ref()))
-            .collect::<Vec<_>>()
-    };
+    let gateways_in = in_namespace(controller.store());
     let (a, b, c, d) = (
-        in_namespace.clone(),
-        in_namespace.clone(),
-        in_namespace.clone(),
-        in_namespace,
+        gateways_in.clone(),
+        gateways_in.clone(),
+        gateways_in.clone(),
+        gateways_in,
     );
     let gateways = controller
         .owns(Api::<Deployment>::all(client.clone()), managed)
@@ -324,15 +331,7 @@ pub async fn run(ctx: Arc<Context>) {
         Api::<Service>::all(client.clone()),
         watcher::Config::default(),
     );
-    let service_store = services.store();
-    let services_in = move |ns: Option<String>| {
-        service_store
-            .state()
-            .iter()
-            .filter(|s| s.namespace() == ns)
-            .map(|s| ObjectRef::from_obj(s.as_ref()))
-            .collect::<Vec<_>>()
-    };
+    let services_in = in_namespace(services.store());
     let by_gateway = services_in.clone();
     let services = services
         .watches(

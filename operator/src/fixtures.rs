@@ -5,6 +5,21 @@ use std::collections::BTreeMap;
 use gateway_api::apis::standard::gateways::{Gateway, GatewayListeners, GatewaySpec};
 use kube::api::ObjectMeta;
 
+/// Metadata with a name, a namespace (none when empty) and labels.
+pub fn meta(namespace: &str, name: &str, labels: &[(&str, &str)]) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.into()),
+        namespace: (!namespace.is_empty()).then(|| namespace.into()),
+        labels: Some(
+            labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect::<BTreeMap<_, _>>(),
+        ),
+        ..ObjectMeta::default()
+    }
+}
+
 /// The seed guides' waypoint: `httpbin-waypoint` in `httpbin`, with `labels`.
 pub fn seed_gateway(labels: &[(&str, &str)]) -> Gateway {
     Gateway {
