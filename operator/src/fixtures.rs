@@ -24,17 +24,9 @@ pub fn meta(namespace: &str, name: &str, labels: &[(&str, &str)]) -> ObjectMeta 
 pub fn seed_gateway(labels: &[(&str, &str)]) -> Gateway {
     Gateway {
         metadata: ObjectMeta {
-            name: Some("httpbin-waypoint".into()),
-            namespace: Some("httpbin".into()),
             uid: Some("3b9c2f0e-0000-4000-8000-000000000001".into()),
             generation: Some(1),
-            labels: Some(
-                labels
-                    .iter()
-                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                    .collect::<BTreeMap<_, _>>(),
-            ),
-            ..ObjectMeta::default()
+            ..meta("httpbin", "httpbin-waypoint", labels)
         },
         spec: GatewaySpec {
             gateway_class_name: "istio-waypoint".into(),
