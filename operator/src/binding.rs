@@ -3,13 +3,13 @@
 //! §3). Beyond Istio, a missing waypoint says that no such Gateway exists, because a
 //! typo in the label is the usual cause and Istio's message hides it.
 
-use gateway_api::apis::standard::gateways::{Gateway, GatewayListenersAllowedRoutesNamespacesFrom};
+use gateway_api::apis::standard::gateways::Gateway;
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 
-use crate::compile::{USE_WAYPOINT, USE_WAYPOINT_NAMESPACE};
-use crate::names::WAYPOINT_FOR_LABEL;
+use waypoint_mesh::binding;
+use waypoint_mesh::names::USE_WAYPOINT;
 
 pub const CONDITION: &str = "istio.io/WaypointBound";
 
@@ -17,17 +17,8 @@ pub const CONDITION: &str = "istio.io/WaypointBound";
 /// none (no label anywhere, or `none`). The Service's label beats its namespace's.
 pub fn requested(svc: &Service, namespace: Option<&Namespace>) -> Option<(String, String)> {
     let svc_ns = svc.namespace().unwrap_or_default();
-    let from = |labels: &std::collections::BTreeMap<String, String>| {
-        labels.get(USE_WAYPOINT).map(|name| {
-            let ns = labels
-                .get(USE_WAYPOINT_NAMESPACE)
-                .cloned()
-                .unwrap_or_else(|| svc_ns.clone());
-            (ns, name.clone())
-        })
-    };
-    let (ns, name) = from(svc.labels()).or_else(|| namespace.and_then(|n| from(n.labels())))?;
-    (name != "none").then_some((ns, name))
+    binding::resolve(svc.labels(), &svc_ns, namespace.map(ResourceExt::labels))
+        .map(|w| (w.namespace, w.name))
 }
 
 /// The condition for `svc`, or `None` when it asks for no waypoint. `waypoints` are
@@ -60,7 +51,7 @@ pub fn condition(
                 "attempting to bind to traffic type \"service\" which the waypoint {id:?} does not support"
             ),
         ),
-        Some(gw) if !admits(gw, svc) => (
+        Some(gw) if !admits(gw, svc, namespace) => (
             false,
             "AttachmentDenied",
             format!("we are not permitted to attach to waypoint {id:?} (missing allowedRoutes?)"),
@@ -99,36 +90,23 @@ pub fn condition(
 }
 
 fn serves_services(gw: &Gateway) -> bool {
-    matches!(
-        gw.labels().get(WAYPOINT_FOR_LABEL).map(String::as_str),
-        None | Some("service" | "all")
-    )
+    binding::serves(binding::waypoint_for(gw), binding::TrafficType::Service)
 }
 
-/// Whether the mesh listener's `allowedRoutes` admits the Service's namespace
-/// (unset means `Same`). Label selectors are not evaluated yet: `Selector` admits.
-fn admits(gw: &Gateway, svc: &Service) -> bool {
-    let from = gw
-        .spec
-        .listeners
-        .first()
-        .and_then(|l| l.allowed_routes.as_ref())
-        .and_then(|a| a.namespaces.as_ref())
-        .and_then(|n| n.from.clone());
-    match from {
-        None | Some(GatewayListenersAllowedRoutesNamespacesFrom::Same) => {
-            svc.namespace() == gw.namespace()
-        }
-        Some(_) => true,
-    }
+/// Whether the mesh listener's `allowedRoutes` admits the Service's namespace.
+fn admits(gw: &Gateway, svc: &Service, namespace: Option<&Namespace>) -> bool {
+    let svc_ns = svc.namespace().unwrap_or_default();
+    let empty = std::collections::BTreeMap::new();
+    binding::admits(gw, &svc_ns, namespace.map_or(&empty, ResourceExt::labels))
 }
 
 #[cfg(test)]
 mod tests {
     use gateway_api::apis::standard::gateways::{
-        GatewayListenersAllowedRoutes, GatewayListenersAllowedRoutesNamespaces, GatewayStatus,
-        GatewayStatusAddresses,
+        GatewayListenersAllowedRoutes, GatewayListenersAllowedRoutesNamespaces,
+        GatewayListenersAllowedRoutesNamespacesFrom, GatewayStatus, GatewayStatusAddresses,
     };
+    use waypoint_mesh::names::{USE_WAYPOINT_NAMESPACE, WAYPOINT_FOR_LABEL};
 
     use super::*;
     use crate::fixtures::seed_gateway;

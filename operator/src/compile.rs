@@ -7,7 +7,6 @@
 //! DestinationRule `loadBalancer.simple` and `outlierDetection`, plain HTTP on the
 //! mesh listener (HBONE is issue 7).
 
-use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -19,10 +18,7 @@ use waypoint_config as model;
 use waypoint_crds::DestinationRule;
 use waypoint_crds::destination_rule::{LbAlgorithm, OutlierDetection};
 
-use crate::names::WAYPOINT_FOR_LABEL;
-
-pub const USE_WAYPOINT: &str = "istio.io/use-waypoint";
-pub const USE_WAYPOINT_NAMESPACE: &str = "istio.io/use-waypoint-namespace";
+use waypoint_mesh::binding;
 
 /// The objects of the waypoint's namespace that matter to it.
 pub struct View<'a> {
@@ -33,29 +29,17 @@ pub struct View<'a> {
     pub cluster_domain: &'a str,
 }
 
-/// Whether `svc` binds to `gw`: the Service's own label beats its namespace's, `none`
-/// opts out, and the waypoint must serve service traffic (`waypoint-for`).
+/// Whether `svc` binds to `gw`: the shared resolution rules, the waypoint serves
+/// service traffic, and (for now) only Services of the waypoint's own namespace.
 pub fn binds(gw: &Gateway, svc: &Service, namespace: Option<&Namespace>) -> bool {
-    let serves_services = matches!(
-        gw.labels().get(WAYPOINT_FOR_LABEL).map(String::as_str),
-        None | Some("service" | "all")
-    );
-    let label = |labels: &BTreeMap<String, String>| {
-        labels
-            .get(USE_WAYPOINT)
-            .map(|name| (name.clone(), labels.get(USE_WAYPOINT_NAMESPACE).cloned()))
-    };
-    let choice = label(svc.labels()).or_else(|| namespace.and_then(|ns| label(ns.labels())));
-    let Some((name, ns)) = choice else {
+    let svc_ns = svc.namespace().unwrap_or_default();
+    let Some(target) = binding::resolve(svc.labels(), &svc_ns, namespace.map(ResourceExt::labels))
+    else {
         return false;
     };
-    serves_services
-        && name != "none"
-        && name == gw.name_any()
-        && ns
-            .as_deref()
-            .unwrap_or(&svc.namespace().unwrap_or_default())
-            == gw.namespace().unwrap_or_default()
+    binding::serves(binding::waypoint_for(gw), binding::TrafficType::Service)
+        && target.name == gw.name_any()
+        && Some(&target.namespace) == gw.namespace().as_ref()
         && svc.namespace() == gw.namespace()
 }
 
@@ -210,6 +194,7 @@ mod tests {
     use kube::api::ObjectMeta;
 
     use super::*;
+    use waypoint_mesh::names::{USE_WAYPOINT, USE_WAYPOINT_NAMESPACE, WAYPOINT_FOR_LABEL};
 
     fn meta(name: &str, labels: &[(&str, &str)]) -> ObjectMeta {
         crate::fixtures::meta("httpbin", name, labels)

@@ -7,8 +7,9 @@ pub mod binding;
 pub mod builders;
 pub mod compile;
 pub mod controller;
-pub mod names;
 pub mod status;
+
+pub use waypoint_mesh::names;
 
 #[cfg(test)]
 mod fixtures;

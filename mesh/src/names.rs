@@ -13,6 +13,12 @@ pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
 pub const GATEWAY_CLASS_LABEL: &str = "gateway.networking.k8s.io/gateway-class-name";
 pub const WAYPOINT_FOR_LABEL: &str = "istio.io/waypoint-for";
 pub const DATAPLANE_MODE_LABEL: &str = "istio.io/dataplane-mode";
+pub const USE_WAYPOINT: &str = "istio.io/use-waypoint";
+pub const USE_WAYPOINT_NAMESPACE: &str = "istio.io/use-waypoint-namespace";
+/// Istio's label for ingress gateways that should send traffic through the waypoint.
+pub const INGRESS_USE_WAYPOINT: &str = "istio.io/ingress-use-waypoint";
+/// The value of `istio.io/use-waypoint` that opts an object out of its namespace's waypoint.
+pub const NO_WAYPOINT: &str = "none";
 
 pub const MESH_PORT: i32 = 15008;
 pub const METRICS_PORT: i32 = 15020;
