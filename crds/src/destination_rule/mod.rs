@@ -2,7 +2,8 @@
 //! (istio/api `networking/v1alpha3/destination_rule.proto`), with the JSON names the
 //! Istio CRD uses. Numeric zero means "unset" in Istio's translation; the effective
 //! values Envoy would use live in the `effective_*` accessors, not in serde defaults,
-//! so that a round trip writes back exactly what the user wrote.
+//! so that a round trip writes back exactly what the user wrote. istiod's admission
+//! checks are in [`validate`](mod@validate).
 
 use std::collections::BTreeMap;
 
@@ -11,6 +12,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::Duration;
+
+pub mod validate;
+
+pub use validate::{Finding, Report, validate};
 
 /// Traffic policy applied to a service after routing: load balancing, connection pool
 /// limits, outlier detection and TLS to the upstream.
