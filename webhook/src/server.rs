@@ -89,6 +89,9 @@ pub fn handle(
             return (status, format!("{}\n", rejection.body_text())).into_response();
         }
     };
+    // At trace level the raw review is logged: that is how tests/fixtures/recorded
+    // was captured from the real API server.
+    tracing::trace!(endpoint = endpoint.as_str(), body = %String::from_utf8_lossy(&body), "review");
     let req = match admission::decode(&body) {
         Ok(req) => req,
         Err(e) => {
