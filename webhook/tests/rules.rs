@@ -261,6 +261,11 @@ fn destination_rules() {
 }
 
 #[test]
+fn reviews_recorded_from_the_api_server() {
+    assert!(run_file(&fixture("recorded.yaml")) >= 7);
+}
+
+#[test]
 fn httproutes() {
     assert!(run_file(&fixture("httproute.yaml")) >= 2);
 }
