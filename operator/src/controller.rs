@@ -25,6 +25,7 @@ use waypoint_crds::DestinationRule;
 use crate::binding;
 use crate::builders::{self, BuildError};
 use crate::compile;
+use crate::metrics::Metrics;
 use crate::names::{CONTROLLER_NAME, FIELD_MANAGER, MANAGED_LABEL, MANAGED_VALUE, WAYPOINT_CLASS};
 use crate::status::{self, Observed};
 
@@ -40,6 +41,7 @@ pub struct Context {
     pub client: Client,
     pub dataplane_image: String,
     pub cluster_domain: String,
+    pub metrics: Arc<Metrics>,
 }
 
 fn now() -> Time {
@@ -47,14 +49,17 @@ fn now() -> Time {
 }
 
 /// Creates `istio-waypoint` if it is missing; never touches an existing one.
-pub async fn ensure_class(client: &Client) -> Result<(), Error> {
+pub async fn ensure_class(client: &Client, metrics: &Metrics) -> Result<(), Error> {
     let classes: Api<GatewayClass> = Api::all(client.clone());
     match classes.get_opt(WAYPOINT_CLASS).await? {
-        Some(c) if c.spec.controller_name != CONTROLLER_NAME => tracing::warn!(
-            class = WAYPOINT_CLASS,
-            owner = %c.spec.controller_name,
-            "GatewayClass belongs to another controller; leaving it and its Gateways alone"
-        ),
+        Some(c) if c.spec.controller_name != CONTROLLER_NAME => {
+            metrics.class_conflict.store(true, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(
+                class = WAYPOINT_CLASS,
+                owner = %c.spec.controller_name,
+                "GatewayClass belongs to another controller; leaving it and its Gateways alone"
+            );
+        }
         Some(_) => {}
         None => {
             let class = GatewayClass {
@@ -90,6 +95,7 @@ async fn reconcile_class(class: Arc<GatewayClass>, ctx: Arc<Context>) -> Result<
             &Patch::Merge(&patch),
         )
         .await?;
+        ctx.metrics.status_written("GatewayClass");
     }
     Ok(Action::await_change())
 }
@@ -106,7 +112,7 @@ where
         .map(|o| builders::describe(&o)))
 }
 
-async fn apply<K>(api: &Api<K>, obj: &K) -> Result<(), Error>
+async fn apply<K>(api: &Api<K>, obj: &K, metrics: &Metrics) -> Result<(), Error>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
 {
@@ -117,6 +123,10 @@ where
         &Patch::Apply(obj),
     )
     .await?;
+    metrics.applied(match K::kind(&()) {
+        std::borrow::Cow::Borrowed(kind) => kind,
+        std::borrow::Cow::Owned(_) => "other",
+    });
     Ok(())
 }
 
@@ -178,10 +188,10 @@ async fn reconcile_gateway(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action
         clash = clash.or(found);
     }
     if clash.is_none() {
-        apply(&sas, &children.service_account).await?;
-        apply(&cms, &children.config_map).await?;
-        apply(&svcs, &children.service).await?;
-        apply(&deploys, &children.deployment).await?;
+        apply(&sas, &children.service_account, &ctx.metrics).await?;
+        apply(&cms, &children.config_map, &ctx.metrics).await?;
+        apply(&svcs, &children.service, &ctx.metrics).await?;
+        apply(&deploys, &children.deployment, &ctx.metrics).await?;
     } else {
         tracing::warn!(gateway = %name, namespace = %ns, conflict = ?clash, "not adopting an object we do not manage");
     }
@@ -205,6 +215,7 @@ async fn reconcile_gateway(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action
         let patch = serde_json::json!({ "status": status });
         api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await?;
+        ctx.metrics.status_written("Gateway");
         tracing::info!(gateway = %name, namespace = %ns, ready = observed.ready_replicas, "status updated");
     }
     Ok(Action::requeue(Duration::from_mins(5)))
@@ -250,7 +261,21 @@ async fn reconcile_service(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
             &Patch::Merge(&patch),
         )
         .await?;
+    ctx.metrics.status_written("Service");
     Ok(Action::await_change())
+}
+
+/// Runs one reconcile, counting it and its duration.
+async fn timed<F>(controller: &'static str, metrics: Arc<Metrics>, reconcile: F) -> Result<Action, Error>
+where
+    F: Future<Output = Result<Action, Error>>,
+{
+    metrics.in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let started = std::time::Instant::now();
+    let result = reconcile.await;
+    metrics.in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    metrics.reconciled(controller, result.is_ok(), started.elapsed());
+    result
 }
 
 fn error_policy<K>(_obj: Arc<K>, error: &Error, _ctx: Arc<Context>) -> Action {
@@ -312,7 +337,11 @@ pub async fn run(ctx: Arc<Context>) {
             move |o| d(Some(o.name_any())),
         )
         .shutdown_on_signal()
-        .run(reconcile_gateway, error_policy, Arc::clone(&ctx))
+        .run(
+            |gw, ctx| timed("gateway", ctx.metrics.clone(), reconcile_gateway(gw, ctx)),
+            error_policy,
+            Arc::clone(&ctx),
+        )
         .for_each(|res| async move {
             if let Err(e) = res {
                 tracing::debug!(error = %e, "gateway reconcile");
@@ -323,7 +352,11 @@ pub async fn run(ctx: Arc<Context>) {
         watcher::Config::default(),
     )
     .shutdown_on_signal()
-    .run(reconcile_class, error_policy, Arc::clone(&ctx))
+    .run(
+        |class, ctx| timed("gatewayclass", ctx.metrics.clone(), reconcile_class(class, ctx)),
+        error_policy,
+        Arc::clone(&ctx),
+    )
     .for_each(|_| async {});
     // A Service's binding changes with its own labels, its namespace's, and the
     // Gateways of its namespace (existence, readiness, waypoint-for, allowedRoutes).
@@ -345,7 +378,11 @@ pub async fn run(ctx: Arc<Context>) {
             move |n| services_in(Some(n.name_any())),
         )
         .shutdown_on_signal()
-        .run(reconcile_service, error_policy, ctx)
+        .run(
+            |svc, ctx| timed("service", ctx.metrics.clone(), reconcile_service(svc, ctx)),
+            error_policy,
+            ctx,
+        )
         .for_each(|_| async {});
     futures::join!(gateways, classes, services);
 }

@@ -7,6 +7,8 @@ pub mod binding;
 pub mod builders;
 pub mod compile;
 pub mod controller;
+pub mod leader;
+pub mod metrics;
 pub mod status;
 
 pub use waypoint_mesh::names;

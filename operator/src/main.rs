@@ -1,10 +1,17 @@
-//! waypoint-operator: reconciles waypoint Gateways on the cluster it runs in.
+//! waypoint-operator: reconciles waypoint Gateways on the cluster it runs in. Only the
+//! replica holding the Lease reconciles; the others wait, ready to take over.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use anyhow::Context as _;
+use axum::routing::get;
 use clap::Parser;
 use waypoint_operator::controller::{self, Context};
+use waypoint_operator::leader::{self, LeaseConfig};
+use waypoint_operator::metrics::Metrics;
 
 #[derive(Parser, Debug)]
 #[command(version, about)]
@@ -18,28 +25,103 @@ struct Args {
     dataplane_image: String,
     #[arg(long, env = "WAYPOINT_CLUSTER_DOMAIN", default_value = "cluster.local")]
     cluster_domain: String,
+    /// `/metrics`, `/healthz` and `/readyz`.
+    #[arg(long, default_value = "0.0.0.0:9090")]
+    admin_address: SocketAddr,
+    /// This replica's name in the Lease (the pod name in a cluster).
+    #[arg(long, env = "POD_NAME", default_value = "waypoint-operator-local")]
+    identity: String,
+    #[arg(long, env = "POD_NAMESPACE", default_value = "waypoint-system")]
+    lease_namespace: String,
+    #[arg(long, default_value = "waypoint-operator")]
+    lease_name: String,
+    #[arg(long, default_value = "15", value_name = "SECONDS")]
+    lease_seconds: u64,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     let args = Args::parse();
+    let metrics = Arc::new(Metrics::default());
+    let listener = tokio::net::TcpListener::bind(args.admin_address)
+        .await
+        .with_context(|| format!("binding {}", args.admin_address))?;
+    tokio::spawn(serve_admin(listener, metrics.clone()));
+
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;
-    controller::ensure_class(&client)
+    let lease = LeaseConfig {
+        namespace: args.lease_namespace,
+        name: args.lease_name,
+        identity: args.identity,
+        duration: Duration::from_secs(args.lease_seconds.max(3)),
+        renew_every: Duration::from_secs(args.lease_seconds.max(3) / 3),
+        retry_every: Duration::from_secs(1),
+    };
+    tokio::select! {
+        () = leader::acquire(&client, &lease) => {}
+        () = terminated() => return Ok(()),
+    }
+    metrics.leader.store(true, Ordering::Relaxed);
+    controller::ensure_class(&client, &metrics)
         .await
         .context("ensuring the istio-waypoint GatewayClass")?;
     let ctx = Arc::new(Context {
-        client,
+        client: client.clone(),
         dataplane_image: args.dataplane_image,
         cluster_domain: args.cluster_domain,
+        metrics: metrics.clone(),
     });
     tracing::info!(image = %ctx.dataplane_image, "reconciling waypoint Gateways");
-    controller::run(ctx).await;
-    Ok(())
+    tokio::select! {
+        // The controllers stop on SIGTERM/SIGINT (shutdown_on_signal).
+        () = controller::run(ctx) => {
+            metrics.leader.store(false, Ordering::Relaxed);
+            leader::release(&client, &lease).await;
+            Ok(())
+        }
+        () = leader::hold(&client, &lease) => {
+            anyhow::bail!("lost the leader lease; exiting so that only the new leader writes")
+        }
+    }
+}
+
+async fn terminated() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        () = term => {},
+    }
+}
+
+/// Liveness and readiness say the process serves; a standby replica is ready too
+/// (it is what a failover needs). `waypoint_operator_leader` says who leads.
+async fn serve_admin(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
+    let app = axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(|| async { "ok\n" }))
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move { metrics.render() }
+            }),
+        );
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "admin server stopped");
+    }
 }
