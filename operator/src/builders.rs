@@ -5,15 +5,21 @@ use std::collections::BTreeMap;
 
 use gateway_api::apis::standard::gateways::Gateway;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::autoscaling::v2::{
+    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec,
+};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction,
     PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SecurityContext, Service,
     ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
+
+use crate::overlay::{self, OverlayError, Overlays};
 
 use crate::names::{
     DATAPLANE_MODE_LABEL, GATEWAY_CLASS_LABEL, GATEWAY_NAME_LABEL, MANAGED_LABEL, MANAGED_VALUE,
@@ -26,6 +32,9 @@ pub struct Children {
     pub config_map: ConfigMap,
     pub deployment: Deployment,
     pub service: Service,
+    /// Only when a parametersRef overlay asks for one, as in Istio.
+    pub horizontal_pod_autoscaler: Option<HorizontalPodAutoscaler>,
+    pub pod_disruption_budget: Option<PodDisruptionBudget>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -34,6 +43,8 @@ pub enum BuildError {
     NoNamespace,
     #[error("the Gateway has no uid yet")]
     NoUid,
+    #[error(transparent)]
+    Overlay(#[from] OverlayError),
 }
 
 /// Labels on every generated object: infrastructure labels first, ours on top.
@@ -81,8 +92,105 @@ fn config_yaml(config: &waypoint_config::Config) -> String {
     serde_yaml::to_string(config).unwrap_or_default()
 }
 
-/// `config` is what `compile` made of the Services bound to this waypoint.
+/// `config` is what `compile` made of the Services bound to this waypoint;
+/// `overlays` come from its parametersRef ConfigMap.
 pub fn build(
+    gw: &Gateway,
+    dataplane_image: &str,
+    config: &waypoint_config::Config,
+    overlays: &Overlays,
+) -> Result<Children, BuildError> {
+    let base = base(gw, dataplane_image, config)?;
+    let ours = labels(gw);
+    let reassert = |meta: &mut ObjectMeta| {
+        meta.labels.get_or_insert_default().extend(ours.clone());
+    };
+    let mut service_account = overlay::apply(
+        &base.service_account,
+        overlays.service_account.as_ref(),
+        "serviceAccount",
+        "ServiceAccount",
+    )?;
+    reassert(&mut service_account.metadata);
+    let mut deployment = overlay::apply(
+        &base.deployment,
+        overlays.deployment.as_ref(),
+        "deployment",
+        "Deployment",
+    )?;
+    reassert(&mut deployment.metadata);
+    let mut service = overlay::apply(
+        &base.service,
+        overlays.service.as_ref(),
+        "service",
+        "Service",
+    )?;
+    reassert(&mut service.metadata);
+    let name = gw.name_any();
+    let owner = gw.controller_owner_ref(&()).ok_or(BuildError::NoUid)?;
+    let horizontal_pod_autoscaler = match overlays.horizontal_pod_autoscaler.as_ref() {
+        None => None,
+        Some(patch) => {
+            let mut hpa = overlay::apply(
+                &HorizontalPodAutoscaler {
+                    metadata: meta(gw, name.clone(), &owner)?,
+                    spec: HorizontalPodAutoscalerSpec {
+                        scale_target_ref: CrossVersionObjectReference {
+                            api_version: Some("apps/v1".to_owned()),
+                            kind: "Deployment".to_owned(),
+                            name: name.clone(),
+                        },
+                        max_replicas: 1,
+                        ..HorizontalPodAutoscalerSpec::default()
+                    },
+                    status: None,
+                },
+                Some(patch),
+                "horizontalPodAutoscaler",
+                "HorizontalPodAutoscaler",
+            )?;
+            reassert(&mut hpa.metadata);
+            Some(hpa)
+        }
+    };
+    let pod_disruption_budget = match overlays.pod_disruption_budget.as_ref() {
+        None => None,
+        Some(patch) => {
+            let mut pdb = overlay::apply(
+                &PodDisruptionBudget {
+                    metadata: meta(gw, name.clone(), &owner)?,
+                    spec: Some(PodDisruptionBudgetSpec {
+                        selector: Some(LabelSelector {
+                            match_labels: Some(BTreeMap::from([(
+                                GATEWAY_NAME_LABEL.to_owned(),
+                                name,
+                            )])),
+                            ..LabelSelector::default()
+                        }),
+                        ..PodDisruptionBudgetSpec::default()
+                    }),
+                    status: None,
+                },
+                Some(patch),
+                "podDisruptionBudget",
+                "PodDisruptionBudget",
+            )?;
+            reassert(&mut pdb.metadata);
+            Some(pdb)
+        }
+    };
+    Ok(Children {
+        service_account,
+        config_map: base.config_map,
+        deployment,
+        service,
+        horizontal_pod_autoscaler,
+        pod_disruption_budget,
+    })
+}
+
+/// The objects before overlays.
+fn base(
     gw: &Gateway,
     dataplane_image: &str,
     config: &waypoint_config::Config,
@@ -118,6 +226,8 @@ pub fn build(
             spec: Some(service_spec(selector)),
             ..Service::default()
         },
+        horizontal_pod_autoscaler: None,
+        pod_disruption_budget: None,
     })
 }
 

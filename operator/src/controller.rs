@@ -9,8 +9,10 @@ use futures::StreamExt as _;
 use gateway_api::apis::standard::gatewayclasses::{GatewayClass, GatewayClassSpec};
 use gateway_api::apis::standard::gateways::Gateway;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
@@ -27,6 +29,7 @@ use crate::builders::{self, BuildError};
 use crate::compile;
 use crate::metrics::Metrics;
 use crate::names::{CONTROLLER_NAME, FIELD_MANAGER, MANAGED_LABEL, MANAGED_VALUE, WAYPOINT_CLASS};
+use crate::overlay::{self, Overlays};
 use crate::status::{self, Observed};
 
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +56,9 @@ pub async fn ensure_class(client: &Client, metrics: &Metrics) -> Result<(), Erro
     let classes: Api<GatewayClass> = Api::all(client.clone());
     match classes.get_opt(WAYPOINT_CLASS).await? {
         Some(c) if c.spec.controller_name != CONTROLLER_NAME => {
-            metrics.class_conflict.store(true, std::sync::atomic::Ordering::Relaxed);
+            metrics
+                .class_conflict
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(
                 class = WAYPOINT_CLASS,
                 owner = %c.spec.controller_name,
@@ -130,6 +135,112 @@ where
     Ok(())
 }
 
+/// The overlays of the Gateway's `infrastructure.parametersRef`: `Ok(Err(why))` when
+/// the reference cannot be used (messages as Istio logs them).
+async fn parameters(
+    client: &Client,
+    gw: &Gateway,
+    ns: &str,
+) -> Result<Result<Overlays, String>, Error> {
+    let Some(r) = gw
+        .spec
+        .infrastructure
+        .as_ref()
+        .and_then(|i| i.parameters_ref.as_ref())
+    else {
+        return Ok(Ok(Overlays::default()));
+    };
+    if !(r.group.is_empty() || r.group == "core") || r.kind != "ConfigMap" {
+        return Ok(Err(format!(
+            "unknown infrastructure parameters type {}/{}",
+            r.group, r.kind
+        )));
+    }
+    let Some(cm) = Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .get_opt(&r.name)
+        .await?
+    else {
+        return Ok(Err(format!(
+            "parametersRef targeting configmap \"{ns}/{}\", but configmap does not exist",
+            r.name
+        )));
+    };
+    Ok(overlay::parse(&cm.data.unwrap_or_default()).map_err(|e| e.to_string()))
+}
+
+/// Deletes the named object if we manage it (an overlay that was removed).
+async fn delete_ours<K>(api: &Api<K>, name: &str) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    if let Some(o) = api.get_opt(name).await?
+        && o.labels().get(MANAGED_LABEL).map(String::as_str) == Some(MANAGED_VALUE)
+    {
+        api.delete(name, &kube::api::DeleteParams::default())
+            .await?;
+    }
+    Ok(())
+}
+
+/// Server-side applies every object a waypoint is made of; deletes an HPA or PDB
+/// whose overlay was removed.
+async fn apply_children(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    children: &builders::Children,
+) -> Result<(), Error> {
+    let client = &ctx.client;
+    let (sas, cms, deploys, svcs): (
+        Api<ServiceAccount>,
+        Api<ConfigMap>,
+        Api<Deployment>,
+        Api<Service>,
+    ) = (
+        Api::namespaced(client.clone(), ns),
+        Api::namespaced(client.clone(), ns),
+        Api::namespaced(client.clone(), ns),
+        Api::namespaced(client.clone(), ns),
+    );
+    apply(&sas, &children.service_account, &ctx.metrics).await?;
+    apply(&cms, &children.config_map, &ctx.metrics).await?;
+    apply(&svcs, &children.service, &ctx.metrics).await?;
+    apply(&deploys, &children.deployment, &ctx.metrics).await?;
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), ns);
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(ctx.client.clone(), ns);
+    match &children.horizontal_pod_autoscaler {
+        Some(hpa) => apply(&hpas, hpa, &ctx.metrics).await?,
+        None => delete_ours(&hpas, name).await?,
+    }
+    match &children.pod_disruption_budget {
+        Some(pdb) => apply(&pdbs, pdb, &ctx.metrics).await?,
+        None => delete_ours(&pdbs, name).await?,
+    }
+    Ok(())
+}
+
+/// The waypoint's objects with its overlays, or without them and the reason the
+/// overlays cannot be used.
+async fn children_for(
+    ctx: &Context,
+    gw: &Gateway,
+    ns: &str,
+    config: &waypoint_config::Config,
+) -> Result<(builders::Children, Option<String>), Error> {
+    let (overlays, invalid) = match parameters(&ctx.client, gw, ns).await? {
+        Ok(o) => (o, None),
+        Err(why) => (Overlays::default(), Some(why)),
+    };
+    match builders::build(gw, &ctx.dataplane_image, config, &overlays) {
+        Ok(c) => Ok((c, invalid)),
+        Err(BuildError::Overlay(e)) => Ok((
+            builders::build(gw, &ctx.dataplane_image, config, &Overlays::default())?,
+            Some(e.to_string()),
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
 async fn reconcile_gateway(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action, Error> {
     let classes: Api<GatewayClass> = Api::all(ctx.client.clone());
     let ours = classes
@@ -166,7 +277,7 @@ async fn reconcile_gateway(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action
             cluster_domain: &ctx.cluster_domain,
         },
     );
-    let children = builders::build(&gw, &ctx.dataplane_image, &config)?;
+    let (children, invalid_parameters) = children_for(&ctx, &gw, &ns, &config).await?;
     let (sas, cms, deploys, svcs): (
         Api<ServiceAccount>,
         Api<ConfigMap>,
@@ -187,11 +298,11 @@ async fn reconcile_gateway(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action
     ] {
         clash = clash.or(found);
     }
-    if clash.is_none() {
-        apply(&sas, &children.service_account, &ctx.metrics).await?;
-        apply(&cms, &children.config_map, &ctx.metrics).await?;
-        apply(&svcs, &children.service, &ctx.metrics).await?;
-        apply(&deploys, &children.deployment, &ctx.metrics).await?;
+    if let Some(why) = &invalid_parameters {
+        // Istio renders nothing then; we keep what runs and say why in status.
+        tracing::warn!(gateway = %name, namespace = %ns, %why, "parametersRef unusable; objects left as they are");
+    } else if clash.is_none() {
+        apply_children(&ctx, &ns, &name, &children).await?;
     } else {
         tracing::warn!(gateway = %name, namespace = %ns, conflict = ?clash, "not adopting an object we do not manage");
     }
@@ -207,6 +318,7 @@ async fn reconcile_gateway(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action
             .and_then(|s| s.cluster_ips.or(s.cluster_ip.map(|ip| vec![ip])))
             .unwrap_or_default(),
         conflict: clash,
+        invalid_parameters,
         cluster_domain: ctx.cluster_domain.clone(),
     };
     let status = status::gateway_status(&gw, &observed, &now());
@@ -266,14 +378,22 @@ async fn reconcile_service(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
 }
 
 /// Runs one reconcile, counting it and its duration.
-async fn timed<F>(controller: &'static str, metrics: Arc<Metrics>, reconcile: F) -> Result<Action, Error>
+async fn timed<F>(
+    controller: &'static str,
+    metrics: Arc<Metrics>,
+    reconcile: F,
+) -> Result<Action, Error>
 where
     F: Future<Output = Result<Action, Error>>,
 {
-    metrics.in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    metrics
+        .in_flight
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let started = std::time::Instant::now();
     let result = reconcile.await;
-    metrics.in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    metrics
+        .in_flight
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     metrics.reconciled(controller, result.is_ok(), started.elapsed());
     result
 }
@@ -281,6 +401,24 @@ where
 fn error_policy<K>(_obj: Arc<K>, error: &Error, _ctx: Arc<Context>) -> Action {
     tracing::warn!(%error, "reconcile failed; retrying");
     Action::requeue(Duration::from_secs(5))
+}
+
+/// The Gateways whose parametersRef names this ConfigMap.
+fn parameters_of(store: &Store<Gateway>, cm: &ConfigMap) -> Vec<ObjectRef<Gateway>> {
+    let (ns, name) = (cm.namespace(), cm.name_any());
+    store
+        .state()
+        .iter()
+        .filter(|g| g.namespace() == ns)
+        .filter(|g| {
+            g.spec
+                .infrastructure
+                .as_ref()
+                .and_then(|i| i.parameters_ref.as_ref())
+                .is_some_and(|r| r.kind == "ConfigMap" && r.name == name)
+        })
+        .map(|g| ObjectRef::from_obj(g.as_ref()))
+        .collect()
 }
 
 /// Maps a namespace to the objects of a controller's store that live in it.
@@ -308,6 +446,7 @@ pub async fn run(ctx: Arc<Context>) {
     );
     // Anything in a namespace can change what its waypoints serve: map it to them.
     let gateways_in = in_namespace(controller.store());
+    let params_store = controller.store();
     let (a, b, c, d) = (
         gateways_in.clone(),
         gateways_in.clone(),
@@ -336,6 +475,11 @@ pub async fn run(ctx: Arc<Context>) {
             watcher::Config::default(),
             move |o| d(Some(o.name_any())),
         )
+        .watches(
+            Api::<ConfigMap>::all(client.clone()),
+            watcher::Config::default(),
+            move |cm| parameters_of(&params_store, &cm),
+        )
         .shutdown_on_signal()
         .run(
             |gw, ctx| timed("gateway", ctx.metrics.clone(), reconcile_gateway(gw, ctx)),
@@ -353,7 +497,13 @@ pub async fn run(ctx: Arc<Context>) {
     )
     .shutdown_on_signal()
     .run(
-        |class, ctx| timed("gatewayclass", ctx.metrics.clone(), reconcile_class(class, ctx)),
+        |class, ctx| {
+            timed(
+                "gatewayclass",
+                ctx.metrics.clone(),
+                reconcile_class(class, ctx),
+            )
+        },
         error_policy,
         Arc::clone(&ctx),
     )

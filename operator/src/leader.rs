@@ -8,8 +8,8 @@ use std::time::Duration;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{Api, ObjectMeta, PostParams};
 use kube::Client;
+use kube::api::{Api, ObjectMeta, PostParams};
 
 #[derive(Debug, Clone)]
 pub struct LeaseConfig {
@@ -39,7 +39,9 @@ pub enum Decision {
 /// The decision for `identity` given the lease's spec at `now`. A lease without a
 /// holder or a renew time is free; a released lease has an empty holder.
 pub fn decide(spec: Option<&LeaseSpec>, identity: &str, now: Timestamp) -> Decision {
-    let Some(spec) = spec else { return Decision::Acquire };
+    let Some(spec) = spec else {
+        return Decision::Acquire;
+    };
     let holder = spec.holder_identity.as_deref().unwrap_or_default();
     if holder.is_empty() {
         return Decision::Acquire;
@@ -85,7 +87,11 @@ pub fn claimed(previous: Option<&LeaseSpec>, cfg: &LeaseConfig, now: Timestamp) 
 pub async fn try_claim(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<bool, kube::Error> {
     let now = Timestamp::now();
     let existing = api.get_opt(&cfg.name).await?;
-    match decide(existing.as_ref().and_then(|l| l.spec.as_ref()), &cfg.identity, now) {
+    match decide(
+        existing.as_ref().and_then(|l| l.spec.as_ref()),
+        &cfg.identity,
+        now,
+    ) {
         Decision::Wait { .. } => Ok(false),
         Decision::Acquire | Decision::Renew => {
             let spec = claimed(existing.as_ref().and_then(|l| l.spec.as_ref()), cfg, now);
@@ -159,8 +165,14 @@ pub async fn hold(client: &Client, cfg: &LeaseConfig) {
 /// of waiting for the lease to run out.
 pub async fn release(client: &Client, cfg: &LeaseConfig) {
     let api: Api<Lease> = Api::namespaced(client.clone(), &cfg.namespace);
-    let Ok(Some(mut lease)) = api.get_opt(&cfg.name).await else { return };
-    let ours = lease.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some(cfg.identity.as_str());
+    let Ok(Some(mut lease)) = api.get_opt(&cfg.name).await else {
+        return;
+    };
+    let ours = lease
+        .spec
+        .as_ref()
+        .and_then(|s| s.holder_identity.as_deref())
+        == Some(cfg.identity.as_str());
     if !ours {
         return;
     }

@@ -9,6 +9,7 @@ pub mod compile;
 pub mod controller;
 pub mod leader;
 pub mod metrics;
+pub mod overlay;
 pub mod status;
 
 pub use waypoint_mesh::names;

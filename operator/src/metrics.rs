@@ -64,21 +64,39 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         let gauge = |out: &mut String, name: &str, help: &str, v: u64| {
-            let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n");
+            let _ = write!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n"
+            );
         };
-        gauge(&mut out, "waypoint_operator_leader", "1 while this replica holds the lease.", u64::from(self.leader.load(Ordering::Relaxed)));
+        gauge(
+            &mut out,
+            "waypoint_operator_leader",
+            "1 while this replica holds the lease.",
+            u64::from(self.leader.load(Ordering::Relaxed)),
+        );
         gauge(
             &mut out,
             "waypoint_operator_gatewayclass_conflict",
             "1 when GatewayClass istio-waypoint belongs to another controller.",
             u64::from(self.class_conflict.load(Ordering::Relaxed)),
         );
-        gauge(&mut out, "waypoint_operator_reconciles_in_flight", "Reconciles running now.", self.in_flight.load(Ordering::Relaxed));
+        gauge(
+            &mut out,
+            "waypoint_operator_reconciles_in_flight",
+            "Reconciles running now.",
+            self.in_flight.load(Ordering::Relaxed),
+        );
         let Ok(m) = self.inner.lock() else { return out };
-        out.push_str("# HELP waypoint_operator_reconciles_total Reconciles, by controller and result.\n");
+        out.push_str(
+            "# HELP waypoint_operator_reconciles_total Reconciles, by controller and result.\n",
+        );
         out.push_str("# TYPE waypoint_operator_reconciles_total counter\n");
         for ((controller, result), n) in &m.reconciles {
-            let _ = writeln!(out, "waypoint_operator_reconciles_total{{controller=\"{controller}\",result=\"{result}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "waypoint_operator_reconciles_total{{controller=\"{controller}\",result=\"{result}\"}} {n}"
+            );
         }
         out.push_str("# HELP waypoint_operator_reconcile_duration_seconds Time per reconcile.\n");
         out.push_str("# TYPE waypoint_operator_reconcile_duration_seconds histogram\n");
@@ -93,12 +111,26 @@ impl Metrics {
                 out,
                 "waypoint_operator_reconcile_duration_seconds_bucket{{controller=\"{controller}\",le=\"+Inf\"}} {count}"
             );
-            let _ = writeln!(out, "waypoint_operator_reconcile_duration_seconds_sum{{controller=\"{controller}\"}} {sum}");
-            let _ = writeln!(out, "waypoint_operator_reconcile_duration_seconds_count{{controller=\"{controller}\"}} {count}");
+            let _ = writeln!(
+                out,
+                "waypoint_operator_reconcile_duration_seconds_sum{{controller=\"{controller}\"}} {sum}"
+            );
+            let _ = writeln!(
+                out,
+                "waypoint_operator_reconcile_duration_seconds_count{{controller=\"{controller}\"}} {count}"
+            );
         }
         for (name, help, map) in [
-            ("waypoint_operator_status_writes_total", "Status subresource writes, by kind.", &m.status_writes),
-            ("waypoint_operator_applies_total", "Server-side applies, by kind.", &m.applies),
+            (
+                "waypoint_operator_status_writes_total",
+                "Status subresource writes, by kind.",
+                &m.status_writes,
+            ),
+            (
+                "waypoint_operator_applies_total",
+                "Server-side applies, by kind.",
+                &m.applies,
+            ),
         ] {
             let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} counter\n");
             for (kind, n) in map {
@@ -120,8 +152,12 @@ mod tests {
         m.reconciled("gateway", false, Duration::from_secs(2));
         m.status_written("Gateway");
         let text = m.render();
-        assert!(text.contains("waypoint_operator_reconciles_total{controller=\"gateway\",result=\"ok\"} 1\n"));
-        assert!(text.contains("waypoint_operator_reconciles_total{controller=\"gateway\",result=\"error\"} 1\n"));
+        assert!(text.contains(
+            "waypoint_operator_reconciles_total{controller=\"gateway\",result=\"ok\"} 1\n"
+        ));
+        assert!(text.contains(
+            "waypoint_operator_reconciles_total{controller=\"gateway\",result=\"error\"} 1\n"
+        ));
         assert!(text.contains("waypoint_operator_reconcile_duration_seconds_bucket{controller=\"gateway\",le=\"0.05\"} 1\n"));
         assert!(text.contains("waypoint_operator_reconcile_duration_seconds_bucket{controller=\"gateway\",le=\"+Inf\"} 2\n"));
         assert!(text.contains("waypoint_operator_status_writes_total{kind=\"Gateway\"} 1\n"));

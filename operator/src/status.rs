@@ -18,6 +18,9 @@ pub struct Observed {
     pub cluster_ips: Vec<String>,
     /// A same-name object we may not manage ("Deployment httpbin-waypoint").
     pub conflict: Option<String>,
+    /// Why `infrastructure.parametersRef` cannot be used (missing ConfigMap, bad
+    /// overlay), in words for the user.
+    pub invalid_parameters: Option<String>,
     pub cluster_domain: String,
 }
 
@@ -56,13 +59,21 @@ pub fn gateway_status(gw: &Gateway, observed: &Observed, now: &Time) -> GatewayS
         gw.namespace().unwrap_or_default(),
         observed.cluster_domain
     );
-    let ready = observed.conflict.is_none() && observed.ready_replicas > 0;
+    let ready = observed.conflict.is_none()
+        && observed.invalid_parameters.is_none()
+        && observed.ready_replicas > 0;
     let old_conditions = previous.and_then(|s| s.conditions.as_deref());
     let cond = |t: &str, ok, reason: &str, msg: String| {
         condition(old_conditions, t, ok, reason, msg, generation, now)
     };
 
     let programmed = match (&observed.conflict, ready) {
+        _ if observed.invalid_parameters.is_some() => cond(
+            "Programmed",
+            false,
+            "Invalid",
+            "Not deployed: the Gateway's parametersRef cannot be used (see Accepted)".to_owned(),
+        ),
         (Some(what), _) => cond(
             "Programmed",
             false,
@@ -120,7 +131,10 @@ pub fn gateway_status(gw: &Gateway, observed: &Observed, now: &Time) -> GatewayS
         addresses,
         attached_listener_sets: previous.and_then(|s| s.attached_listener_sets),
         conditions: Some(vec![
-            cond("Accepted", true, "Accepted", "Resource accepted".to_owned()),
+            match &observed.invalid_parameters {
+                Some(why) => cond("Accepted", false, "InvalidParameters", why.clone()),
+                None => cond("Accepted", true, "Accepted", "Resource accepted".to_owned()),
+            },
             programmed,
         ]),
         listeners: Some(listeners),
@@ -242,8 +256,26 @@ mod tests {
             ready_replicas: ready,
             cluster_ips: vec!["10.96.0.42".into()],
             conflict: None,
+            invalid_parameters: None,
             cluster_domain: "cluster.local".into(),
         }
+    }
+
+    #[test]
+    fn unusable_parameters_are_not_accepted_and_not_programmed() {
+        let why = "parametersRef targeting configmap \"ns/params\", but configmap does not exist";
+        let obs = Observed {
+            invalid_parameters: Some(why.into()),
+            ..observed(1)
+        };
+        let s = gateway_status(&gw(15008, "HBONE"), &obs, &at(1));
+        let a = cond(&s, "Accepted");
+        assert_eq!(
+            (a.status.as_str(), a.reason.as_str(), a.message.as_str()),
+            ("False", "InvalidParameters", why)
+        );
+        assert_eq!(cond(&s, "Programmed").status, "False");
+        assert!(s.addresses.is_none());
     }
 
     fn cond<'a>(s: &'a GatewayStatus, t: &str) -> &'a Condition {

@@ -3,6 +3,7 @@ use gateway_api::apis::standard::gateways::{Gateway, GatewayInfrastructure};
 use super::*;
 use crate::compile::{View, compile};
 use crate::names::{MANAGED_LABEL, MANAGED_VALUE};
+use crate::overlay::Overlays;
 
 fn seed_gateway() -> Gateway {
     crate::fixtures::seed_gateway(&[])
@@ -26,6 +27,7 @@ fn objects_are_named_after_the_gateway_and_owned_by_it() {
         &seed_gateway(),
         "waypoint.local/waypoint-dataplane:dev",
         &empty(),
+        &Overlays::default(),
     )
     .unwrap();
     for meta in [
@@ -60,7 +62,7 @@ fn objects_are_named_after_the_gateway_and_owned_by_it() {
 
 #[test]
 fn deployment_matches_the_waypoint_contract() {
-    let c = build(&seed_gateway(), "img:1", &empty()).unwrap();
+    let c = build(&seed_gateway(), "img:1", &empty(), &Overlays::default()).unwrap();
     let spec = c.deployment.spec.unwrap();
     assert_eq!(
         spec.selector.match_labels.unwrap(),
@@ -108,7 +110,7 @@ fn deployment_matches_the_waypoint_contract() {
 
 #[test]
 fn service_exposes_mesh_and_status_ports() {
-    let c = build(&seed_gateway(), "img", &empty()).unwrap();
+    let c = build(&seed_gateway(), "img", &empty(), &Overlays::default()).unwrap();
     let spec = c.service.spec.unwrap();
     let ports: Vec<_> = spec
         .ports
@@ -141,7 +143,7 @@ fn infrastructure_labels_and_annotations_propagate_but_cannot_override_ours() {
         annotations: Some(BTreeMap::from([("owner".to_owned(), "sre".to_owned())])),
         parameters_ref: None,
     });
-    let c = build(&gw, "img", &empty()).unwrap();
+    let c = build(&gw, "img", &empty(), &Overlays::default()).unwrap();
     for meta in [
         &c.service_account.metadata,
         &c.config_map.metadata,
@@ -161,7 +163,7 @@ fn infrastructure_labels_and_annotations_propagate_but_cannot_override_ours() {
 
 #[test]
 fn the_initial_dataplane_config_loads_in_the_dataplane_model() {
-    let c = build(&seed_gateway(), "img", &empty()).unwrap();
+    let c = build(&seed_gateway(), "img", &empty(), &Overlays::default()).unwrap();
     let config =
         waypoint_config::Config::from_yaml(&c.config_map.data.unwrap()["config.yaml"]).unwrap();
     assert_eq!(config.listeners[0].address.to_string(), "0.0.0.0:15008");
@@ -171,11 +173,85 @@ fn the_initial_dataplane_config_loads_in_the_dataplane_model() {
 fn a_gateway_without_uid_or_namespace_is_an_error_not_a_panic() {
     let mut gw = seed_gateway();
     gw.metadata.uid = None;
-    assert_eq!(build(&gw, "img", &empty()).unwrap_err(), BuildError::NoUid);
+    assert_eq!(
+        build(&gw, "img", &empty(), &Overlays::default()).unwrap_err(),
+        BuildError::NoUid
+    );
     let mut gw = seed_gateway();
     gw.metadata.namespace = None;
     assert_eq!(
-        build(&gw, "img", &empty()).unwrap_err(),
+        build(&gw, "img", &empty(), &Overlays::default()).unwrap_err(),
         BuildError::NoNamespace
+    );
+}
+
+#[test]
+fn overlays_patch_the_objects_and_add_an_hpa_and_a_pdb() {
+    let overlays = overlay::parse(
+        &[
+            ("deployment", "metadata: {labels: {team: a, gateway.istio.io/managed: hijack}}\nspec:\n  replicas: 0\n  template:\n    spec:\n      containers:\n      - name: waypoint\n        resources: {limits: {cpu: '2'}}\n"),
+            ("service", "spec: {type: NodePort}"),
+            ("horizontalPodAutoscaler", "spec: {minReplicas: 2, maxReplicas: 5}"),
+            ("podDisruptionBudget", "spec: {minAvailable: 1}"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect(),
+    )
+    .unwrap();
+    let c = build(&seed_gateway(), "img", &empty(), &overlays).unwrap();
+    let d = c.deployment.spec.as_ref().unwrap();
+    assert_eq!(d.replicas, Some(0));
+    let container = &d.template.spec.as_ref().unwrap().containers[0];
+    assert_eq!(
+        container.name, "waypoint",
+        "the overlay merged into our container, not beside it"
+    );
+    assert_eq!(d.template.spec.as_ref().unwrap().containers.len(), 1);
+    assert_eq!(
+        container
+            .resources
+            .as_ref()
+            .unwrap()
+            .limits
+            .as_ref()
+            .unwrap()["cpu"]
+            .0,
+        "2"
+    );
+    let labels = c.deployment.metadata.labels.as_ref().unwrap();
+    assert_eq!(labels["team"], "a");
+    assert_eq!(
+        labels[MANAGED_LABEL], MANAGED_VALUE,
+        "our labels win over an overlay's"
+    );
+    assert_eq!(
+        c.service.spec.as_ref().unwrap().type_.as_deref(),
+        Some("NodePort")
+    );
+    let hpa = c.horizontal_pod_autoscaler.unwrap();
+    assert_eq!((hpa.spec.min_replicas, hpa.spec.max_replicas), (Some(2), 5));
+    assert_eq!(hpa.spec.scale_target_ref.name, "httpbin-waypoint");
+    assert_eq!(hpa.metadata.owner_references.unwrap()[0].kind, "Gateway");
+    let pdb = c.pod_disruption_budget.unwrap().spec.unwrap();
+    assert_eq!(
+        pdb.selector.unwrap().match_labels.unwrap()["gateway.networking.k8s.io/gateway-name"],
+        "httpbin-waypoint"
+    );
+    // Without overlays there is neither.
+    let plain = build(&seed_gateway(), "img", &empty(), &Overlays::default()).unwrap();
+    assert!(plain.horizontal_pod_autoscaler.is_none() && plain.pod_disruption_budget.is_none());
+}
+
+#[test]
+fn an_overlay_that_breaks_the_object_is_an_error_naming_it() {
+    let overlays =
+        overlay::parse(&[("deployment".to_owned(), "spec: {replicas: many}".to_owned())].into())
+            .unwrap();
+    let e = build(&seed_gateway(), "img", &empty(), &overlays).unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("overlay \"deployment\" does not make a valid Deployment: "),
+        "{e}"
     );
 }
