@@ -15,8 +15,10 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::core::PartialObjectMeta;
+use kube::runtime::WatchStreamExt as _;
+use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
@@ -45,6 +47,76 @@ pub struct Context {
     pub dataplane_image: String,
     pub cluster_domain: String,
     pub metrics: Arc<Metrics>,
+    pub caches: Caches,
+}
+
+/// Watch caches that reconciles read instead of calling the API server: with
+/// thousands of Services, a GET per reconcile starves everything else.
+#[derive(Clone)]
+pub struct Caches {
+    namespaces: Store<PartialObjectMeta<Namespace>>,
+    gateways: Store<Gateway>,
+}
+
+impl Caches {
+    /// The caches, and the future that keeps them filled (run it forever).
+    pub fn start(client: &Client) -> (Self, impl Future<Output = ()> + Send + use<>) {
+        let (namespaces, ns_writer) = reflector::store();
+        let (gateways, gw_writer) = reflector::store();
+        let ns_run = reflector::reflector(
+            ns_writer,
+            watcher(
+                Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+                watcher::Config::default(),
+            ),
+        )
+        .default_backoff()
+        .for_each(|_| futures::future::ready(()));
+        let gw_run = reflector::reflector(
+            gw_writer,
+            watcher(
+                Api::<Gateway>::all(client.clone()),
+                watcher::Config::default(),
+            ),
+        )
+        .default_backoff()
+        .for_each(|_| futures::future::ready(()));
+        (
+            Self {
+                namespaces,
+                gateways,
+            },
+            async move {
+                futures::join!(ns_run, gw_run);
+            },
+        )
+    }
+
+    pub async fn synced(&self) {
+        let _ = futures::join!(
+            self.namespaces.wait_until_ready(),
+            self.gateways.wait_until_ready()
+        );
+    }
+
+    /// The namespace as a `Namespace` with only its metadata (labels are what matter).
+    fn namespace(&self, name: &str) -> Option<Namespace> {
+        self.namespaces
+            .get(&ObjectRef::new(name))
+            .map(|m| Namespace {
+                metadata: m.metadata.clone(),
+                ..Namespace::default()
+            })
+    }
+
+    fn gateways_in(&self, namespace: &str) -> Vec<Gateway> {
+        self.gateways
+            .state()
+            .iter()
+            .filter(|g| g.namespace().as_deref() == Some(namespace))
+            .map(|g| (**g).clone())
+            .collect()
+    }
 }
 
 fn now() -> Time {
@@ -264,9 +336,7 @@ async fn reconcile_gateway(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action
         .list(&ListParams::default())
         .await?
         .items;
-    let view_namespace = Api::<Namespace>::all(ctx.client.clone())
-        .get_opt(&ns)
-        .await?;
+    let view_namespace = ctx.caches.namespace(&ns);
     let config = compile::compile(
         &gw,
         &compile::View {
@@ -337,9 +407,7 @@ async fn reconcile_gateway(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action
 /// it from one that no longer does. Other controllers' conditions are kept.
 async fn reconcile_service(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = svc.namespace().unwrap_or_default();
-    let namespace = Api::<Namespace>::all(ctx.client.clone())
-        .get_opt(&ns)
-        .await?;
+    let namespace = ctx.caches.namespace(&ns);
     let existing = svc
         .status
         .as_ref()
@@ -349,10 +417,7 @@ async fn reconcile_service(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
     let wanted = match binding::requested(&svc, namespace.as_ref()) {
         None => None,
         Some((waypoint_ns, _)) => {
-            let gateways = Api::<Gateway>::namespaced(ctx.client.clone(), &waypoint_ns)
-                .list(&ListParams::default())
-                .await?
-                .items;
+            let gateways = ctx.caches.gateways_in(&waypoint_ns);
             binding::condition(&svc, namespace.as_ref(), &gateways, previous, &now())
         }
     };
@@ -438,12 +503,17 @@ where
 
 /// Runs the three controllers (Gateways, GatewayClasses, Services) until asked to stop.
 pub async fn run(ctx: Arc<Context>) {
+    ctx.caches.synced().await;
     let client = ctx.client.clone();
+    // Bounded parallel reconciles: the API server and this process share 2 cores
+    // with everything else on a small node; a burst of thousands must queue.
+    let config = || controller::Config::default().concurrency(8);
     let managed = watcher::Config::default().labels(&format!("{MANAGED_LABEL}={MANAGED_VALUE}"));
     let controller = Controller::new(
         Api::<Gateway>::all(client.clone()),
         watcher::Config::default(),
-    );
+    )
+    .with_config(config());
     // Anything in a namespace can change what its waypoints serve: map it to them.
     let gateways_in = in_namespace(controller.store());
     let params_store = controller.store();
@@ -513,7 +583,8 @@ pub async fn run(ctx: Arc<Context>) {
     let services = Controller::new(
         Api::<Service>::all(client.clone()),
         watcher::Config::default(),
-    );
+    )
+    .with_config(config());
     let services_in = in_namespace(services.store());
     let by_gateway = services_in.clone();
     let services = services

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use axum::routing::get;
 use clap::Parser;
-use waypoint_operator::controller::{self, Context};
+use waypoint_operator::controller::{self, Caches, Context};
 use waypoint_operator::leader::{self, LeaseConfig};
 use waypoint_operator::metrics::Metrics;
 
@@ -73,11 +73,14 @@ async fn main() -> anyhow::Result<()> {
     controller::ensure_class(&client, &metrics)
         .await
         .context("ensuring the istio-waypoint GatewayClass")?;
+    let (caches, fill) = Caches::start(&client);
+    tokio::spawn(fill);
     let ctx = Arc::new(Context {
         client: client.clone(),
         dataplane_image: args.dataplane_image,
         cluster_domain: args.cluster_domain,
         metrics: metrics.clone(),
+        caches,
     });
     tracing::info!(image = %ctx.dataplane_image, "reconciling waypoint Gateways");
     tokio::select! {
