@@ -21,6 +21,15 @@ pub fn requested(svc: &Service, namespace: Option<&Namespace>) -> Option<(String
         .map(|w| (w.namespace, w.name))
 }
 
+/// What a binding is reported on: the object's kind decides which traffic type the
+/// waypoint must carry (a Namespace's label binds both kinds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subject {
+    Service,
+    Pod,
+    Namespace,
+}
+
 /// The condition for `svc`, or `None` when it asks for no waypoint. `waypoints` are
 /// the Gateways of the requested namespace.
 pub fn condition(
@@ -30,11 +39,49 @@ pub fn condition(
     previous: Option<&Condition>,
     now: &Time,
 ) -> Option<Condition> {
-    let (ns, name) = requested(svc, namespace)?;
+    let svc_ns = svc.namespace().unwrap_or_default();
+    condition_for(
+        Subject::Service,
+        svc.labels(),
+        &svc_ns,
+        svc.metadata.generation,
+        namespace.map(ResourceExt::labels),
+        waypoints,
+        previous,
+        now,
+    )
+}
+
+/// The `istio.io/WaypointBound` condition of any bound object: `labels` are the
+/// object's, `namespace` the namespace it lives in (for a Namespace, itself), and
+/// `namespace_labels` that namespace's labels.
+#[allow(clippy::too_many_arguments)]
+pub fn condition_for(
+    subject: Subject,
+    labels: &std::collections::BTreeMap<String, String>,
+    namespace: &str,
+    generation: Option<i64>,
+    namespace_labels: Option<&std::collections::BTreeMap<String, String>>,
+    waypoints: &[Gateway],
+    previous: Option<&Condition>,
+    now: &Time,
+) -> Option<Condition> {
+    let target = binding::resolve(labels, namespace, namespace_labels)?;
+    let (ns, name) = (target.namespace, target.name);
     let id = format!("{ns}/{name}");
     let gw = waypoints
         .iter()
         .find(|g| g.name_any() == name && g.namespace().as_deref() == Some(ns.as_str()));
+    let traffic = match subject {
+        Subject::Service => Some(binding::TrafficType::Service),
+        Subject::Pod => Some(binding::TrafficType::Workload),
+        Subject::Namespace => None,
+    };
+    let carries = |gw: &Gateway| {
+        let wf = binding::waypoint_for(gw);
+        traffic.map_or(wf != "none", |t| binding::serves(wf, t))
+    };
+    let empty = std::collections::BTreeMap::new();
     let (ok, reason, message) = match gw {
         None => (
             false,
@@ -44,14 +91,15 @@ pub fn condition(
                  (check the {USE_WAYPOINT} label for a typo)"
             ),
         ),
-        Some(gw) if !serves_services(gw) => (
+        Some(gw) if !carries(gw) => (
             false,
             "UnsupportedTrafficType",
             format!(
-                "attempting to bind to traffic type \"service\" which the waypoint {id:?} does not support"
+                "attempting to bind to traffic type {:?} which the waypoint {id:?} does not support",
+                traffic.map_or("service", binding::TrafficType::as_str)
             ),
         ),
-        Some(gw) if !admits(gw, svc, namespace) => (
+        Some(gw) if !binding::admits(gw, namespace, namespace_labels.unwrap_or(&empty)) => (
             false,
             "AttachmentDenied",
             format!("we are not permitted to attach to waypoint {id:?} (missing allowedRoutes?)"),
@@ -83,21 +131,10 @@ pub fn condition(
         status,
         reason: reason.to_owned(),
         message,
-        observed_generation: svc.metadata.generation,
+        observed_generation: generation,
         last_transition_time: unchanged
             .map_or_else(|| now.clone(), |c| c.last_transition_time.clone()),
     })
-}
-
-fn serves_services(gw: &Gateway) -> bool {
-    binding::serves(binding::waypoint_for(gw), binding::TrafficType::Service)
-}
-
-/// Whether the mesh listener's `allowedRoutes` admits the Service's namespace.
-fn admits(gw: &Gateway, svc: &Service, namespace: Option<&Namespace>) -> bool {
-    let svc_ns = svc.namespace().unwrap_or_default();
-    let empty = std::collections::BTreeMap::new();
-    binding::admits(gw, &svc_ns, namespace.map_or(&empty, ResourceExt::labels))
 }
 
 #[cfg(test)]
@@ -253,5 +290,50 @@ mod tests {
             condition(&bound, None, &gws, Some(&first), &later),
             Some(first)
         );
+    }
+
+    fn reason_for(
+        subject: Subject,
+        labels: &[(&str, &str)],
+        ns: &str,
+        gws: &[Gateway],
+    ) -> Option<String> {
+        let labels = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        condition_for(subject, &labels, ns, None, None, gws, None, &now()).map(|c| c.reason)
+    }
+
+    #[test]
+    fn pods_need_a_waypoint_that_carries_workload_traffic() {
+        let service_only = ready(seed_gateway(&[]));
+        let both = ready(seed_gateway(&[(WAYPOINT_FOR_LABEL, "all")]));
+        let label = [(USE_WAYPOINT, "httpbin-waypoint")];
+        assert_eq!(
+            reason_for(
+                Subject::Pod,
+                &label,
+                "httpbin",
+                std::slice::from_ref(&service_only)
+            )
+            .as_deref(),
+            Some("UnsupportedTrafficType")
+        );
+        assert_eq!(
+            reason_for(Subject::Pod, &label, "httpbin", &[both]).as_deref(),
+            Some("WaypointAccepted")
+        );
+        // A namespace binds both kinds: any waypoint that carries traffic will do.
+        assert_eq!(
+            reason_for(Subject::Namespace, &label, "httpbin", &[service_only]).as_deref(),
+            Some("WaypointAccepted")
+        );
+        let none = ready(seed_gateway(&[(WAYPOINT_FOR_LABEL, "none")]));
+        assert_eq!(
+            reason_for(Subject::Namespace, &label, "httpbin", &[none]).as_deref(),
+            Some("UnsupportedTrafficType")
+        );
+        assert_eq!(reason_for(Subject::Pod, &[], "httpbin", &[]), None);
     }
 }

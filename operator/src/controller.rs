@@ -48,6 +48,7 @@ pub struct Context {
     pub cluster_domain: String,
     pub metrics: Arc<Metrics>,
     pub caches: Caches,
+    pub recorder: kube::runtime::events::Recorder,
 }
 
 /// Watch caches that reconciles read instead of calling the API server: with
@@ -100,7 +101,7 @@ impl Caches {
     }
 
     /// The namespace as a `Namespace` with only its metadata (labels are what matter).
-    fn namespace(&self, name: &str) -> Option<Namespace> {
+    pub(crate) fn namespace(&self, name: &str) -> Option<Namespace> {
         self.namespaces
             .get(&ObjectRef::new(name))
             .map(|m| Namespace {
@@ -109,7 +110,7 @@ impl Caches {
             })
     }
 
-    fn gateways_in(&self, namespace: &str) -> Vec<Gateway> {
+    pub(crate) fn gateways_in(&self, namespace: &str) -> Vec<Gateway> {
         self.gateways
             .state()
             .iter()
@@ -443,7 +444,7 @@ async fn reconcile_service(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
 }
 
 /// Runs one reconcile, counting it and its duration.
-async fn timed<F>(
+pub(crate) async fn timed<F>(
     controller: &'static str,
     metrics: Arc<Metrics>,
     reconcile: F,
@@ -504,6 +505,7 @@ where
 /// Runs the three controllers (Gateways, GatewayClasses, Services) until asked to stop.
 pub async fn run(ctx: Arc<Context>) {
     ctx.caches.synced().await;
+    let ctx2 = Arc::clone(&ctx);
     let client = ctx.client.clone();
     // Bounded parallel reconciles: the API server and this process share 2 cores
     // with everything else on a small node; a burst of thousands must queue.
@@ -578,13 +580,24 @@ pub async fn run(ctx: Arc<Context>) {
         Arc::clone(&ctx),
     )
     .for_each(|_| async {});
-    // A Service's binding changes with its own labels, its namespace's, and the
-    // Gateways of its namespace (existence, readiness, waypoint-for, allowedRoutes).
+    futures::join!(
+        gateways,
+        classes,
+        run_services(ctx),
+        crate::bound::run(Arc::clone(&ctx2))
+    );
+}
+
+/// The Service controller. A Service's binding changes with its own labels, its
+/// namespace's, and the Gateways of its namespace (existence, readiness,
+/// waypoint-for, allowedRoutes).
+async fn run_services(ctx: Arc<Context>) {
+    let client = ctx.client.clone();
     let services = Controller::new(
         Api::<Service>::all(client.clone()),
         watcher::Config::default(),
     )
-    .with_config(config());
+    .with_config(controller::Config::default().concurrency(8));
     let services_in = in_namespace(services.store());
     let by_gateway = services_in.clone();
     let services = services
@@ -605,5 +618,5 @@ pub async fn run(ctx: Arc<Context>) {
             ctx,
         )
         .for_each(|_| async {});
-    futures::join!(gateways, classes, services);
+    services.await;
 }

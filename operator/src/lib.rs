@@ -4,6 +4,7 @@
 //! `compile`, `status`) is pure; `controller` does the I/O.
 
 pub mod binding;
+pub mod bound;
 pub mod builders;
 pub mod compile;
 pub mod controller;

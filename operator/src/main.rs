@@ -81,6 +81,13 @@ async fn main() -> anyhow::Result<()> {
         cluster_domain: args.cluster_domain,
         metrics: metrics.clone(),
         caches,
+        recorder: kube::runtime::events::Recorder::new(
+            client.clone(),
+            kube::runtime::events::Reporter {
+                controller: "waypoint-operator".to_owned(),
+                instance: Some(lease.identity.clone()),
+            },
+        ),
     });
     tracing::info!(image = %ctx.dataplane_image, "reconciling waypoint Gateways");
     tokio::select! {
