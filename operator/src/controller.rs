@@ -30,6 +30,7 @@ use crate::binding;
 use crate::builders::{self, BuildError};
 use crate::compile;
 use crate::metrics::Metrics;
+use crate::names::USE_WAYPOINT;
 use crate::names::{CONTROLLER_NAME, FIELD_MANAGER, MANAGED_LABEL, MANAGED_VALUE, WAYPOINT_CLASS};
 use crate::overlay::{self, Overlays};
 use crate::status::{self, Observed};
@@ -49,6 +50,32 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub caches: Caches,
     pub recorder: kube::runtime::events::Recorder,
+    /// The Services each waypoint served at its last reconcile, so that an event
+    /// on a Service that is neither bound nor was bound wakes no waypoint.
+    pub served: Served,
+}
+
+/// `(namespace, gateway)` → names of the Services it serves.
+#[derive(Debug, Default)]
+pub struct Served(
+    std::sync::Mutex<
+        std::collections::BTreeMap<(String, String), std::collections::BTreeSet<String>>,
+    >,
+);
+
+impl Served {
+    fn set(&self, namespace: &str, gateway: &str, services: std::collections::BTreeSet<String>) {
+        if let Ok(mut m) = self.0.lock() {
+            m.insert((namespace.to_owned(), gateway.to_owned()), services);
+        }
+    }
+
+    fn contains(&self, namespace: &str, service: &str) -> bool {
+        self.0.lock().is_ok_and(|m| {
+            m.iter()
+                .any(|((ns, _), services)| ns == namespace && services.contains(service))
+        })
+    }
 }
 
 /// Watch caches that reconciles read instead of calling the API server: with
@@ -348,6 +375,15 @@ async fn reconcile_gateway(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action
             cluster_domain: &ctx.cluster_domain,
         },
     );
+    ctx.served.set(
+        &ns,
+        &name,
+        view_services
+            .iter()
+            .filter(|s| compile::binds(&gw, s, view_namespace.as_ref()))
+            .map(ResourceExt::name_any)
+            .collect(),
+    );
     let (children, invalid_parameters) = children_for(&ctx, &gw, &ns, &config).await?;
     let (sas, cms, deploys, svcs): (
         Api<ServiceAccount>,
@@ -487,6 +523,28 @@ fn parameters_of(store: &Store<Gateway>, cm: &ConfigMap) -> Vec<ObjectRef<Gatewa
         .collect()
 }
 
+/// Whether a Service event concerns the waypoints of its namespace: it, or its
+/// namespace, asks for a waypoint, or a waypoint served it until now.
+fn service_wakes(ctx: &Context, svc: &Service) -> bool {
+    let ns = svc.namespace().unwrap_or_default();
+    let labelled = |l: &std::collections::BTreeMap<String, String>| l.contains_key(USE_WAYPOINT);
+    labelled(svc.labels())
+        || ctx
+            .caches
+            .namespace(&ns)
+            .is_some_and(|n| labelled(n.labels()))
+        || ctx.served.contains(&ns, &svc.name_any())
+}
+
+/// Whether an EndpointSlice belongs to a Service some waypoint serves.
+fn slice_wakes(ctx: &Context, slice: &EndpointSlice) -> bool {
+    let ns = slice.namespace().unwrap_or_default();
+    slice
+        .labels()
+        .get("kubernetes.io/service-name")
+        .is_some_and(|service| ctx.served.contains(&ns, service))
+}
+
 /// Maps a namespace to the objects of a controller's store that live in it.
 fn in_namespace<K>(store: Store<K>) -> impl Fn(Option<String>) -> Vec<ObjectRef<K>> + Clone
 where
@@ -525,17 +583,33 @@ pub async fn run(ctx: Arc<Context>) {
         gateways_in.clone(),
         gateways_in,
     );
+    // Services and their EndpointSlices wake the namespace's waypoints only when
+    // they are (or just were) bound: thousands of unrelated Services must not
+    // reconcile every waypoint over and over.
+    let (relevant_svc, relevant_slice) = (Arc::clone(&ctx), Arc::clone(&ctx));
     let gateways = controller
         .owns(Api::<Deployment>::all(client.clone()), managed)
         .watches(
             Api::<Service>::all(client.clone()),
             watcher::Config::default(),
-            move |o| a(o.namespace()),
+            move |o| {
+                if service_wakes(&relevant_svc, &o) {
+                    a(o.namespace())
+                } else {
+                    Vec::new()
+                }
+            },
         )
         .watches(
             Api::<EndpointSlice>::all(client.clone()),
             watcher::Config::default(),
-            move |o| b(o.namespace()),
+            move |o| {
+                if slice_wakes(&relevant_slice, &o) {
+                    b(o.namespace())
+                } else {
+                    Vec::new()
+                }
+            },
         )
         .watches(
             Api::<DestinationRule>::all(client.clone()),

@@ -81,6 +81,7 @@ async fn main() -> anyhow::Result<()> {
         cluster_domain: args.cluster_domain,
         metrics: metrics.clone(),
         caches,
+        served: controller::Served::default(),
         recorder: kube::runtime::events::Recorder::new(
             client.clone(),
             kube::runtime::events::Reporter {
