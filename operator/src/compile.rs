@@ -172,8 +172,10 @@ pub fn compile(gw: &Gateway, view: &View<'_>) -> model::Config {
                 name: cluster,
                 endpoints,
                 load_balancer,
+                consistent_hash: None,
                 outlier_detection: outlier_detection.clone(),
                 connect_timeout,
+                connection_pool: model::ConnectionPool::default(),
             });
         }
     }

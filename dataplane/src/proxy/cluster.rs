@@ -60,7 +60,11 @@ impl Cluster {
         let policy = match c.load_balancer {
             config::LoadBalancer::RoundRobin => Policy::RoundRobin,
             config::LoadBalancer::LeastRequest => Policy::LeastRequest,
-            config::LoadBalancer::Random => Policy::Random,
+            // Until the ring and table are wired in, a hashing cluster behaves as Envoy's
+            // does for a request without a hash: a random host.
+            config::LoadBalancer::Random
+            | config::LoadBalancer::RingHash
+            | config::LoadBalancer::Maglev => Policy::Random,
         };
         let detector = c.outlier_detection.as_ref().map(|od| {
             let cfg = outlier::Config::new(od.base_ejection_time)
