@@ -11,6 +11,7 @@ pub mod outlier;
 pub mod proxy;
 pub mod retry;
 pub mod rng;
+pub mod xxhash;
 
 /// Writes one line to stdout (access log and outlier events), where `kubectl logs`
 /// finds it. A closed stdout loses the line rather than failing the request.
