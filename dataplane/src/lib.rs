@@ -5,6 +5,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod hash_policy;
 pub mod lb;
 pub mod metrics;
 pub mod outlier;
