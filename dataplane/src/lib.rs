@@ -9,6 +9,7 @@ pub mod hash_policy;
 pub mod lb;
 pub mod metrics;
 pub mod outlier;
+pub mod pool;
 pub mod proxy;
 pub mod retry;
 pub mod rng;
