@@ -31,6 +31,10 @@ struct Backend {
 }
 
 async fn backend(name: &'static str, gated: bool) -> Backend {
+    backend_answering(name, gated, 200).await
+}
+
+async fn backend_answering(name: &'static str, gated: bool, status: u16) -> Backend {
     let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = socket.local_addr().unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
@@ -50,7 +54,9 @@ async fn backend(name: &'static str, gated: bool) -> Backend {
                         if let Some(g) = g {
                             g.acquire().await.unwrap().forget();
                         }
-                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(name))))
+                        let mut resp = http::Response::new(Full::new(Bytes::from(name)));
+                        *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                        Ok::<_, Infallible>(resp)
                     }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -67,16 +73,20 @@ async fn backend(name: &'static str, gated: bool) -> Backend {
     }
 }
 
-/// A proxy with one route (no retries unless the cluster says so) to `CLUSTER`,
-/// whose settings are `cluster_yaml` (indented under the cluster), collecting its
-/// access log.
+/// A proxy with one route to `CLUSTER` with retry policy `retry`, the cluster's
+/// settings being `cluster_yaml` (indented under it), collecting its access log.
+/// Istio's default retry policy, and its variant for consistent-hash clusters.
+const DEFAULT_RETRY: &str =
+    "{attempts: 2, retryOn: [connect-failure, refused-stream, unavailable, cancelled]}";
+const HASH_RETRY: &str = "{attempts: 2, retryOn: [connect-failure, refused-stream, unavailable, cancelled], avoidPreviousHosts: false}";
+
 struct Proxy {
     shared: Arc<Shared>,
     addr: SocketAddr,
     log: Arc<Mutex<Vec<String>>>,
 }
 
-async fn proxy(backends: &[&Backend], cluster_yaml: &str, avoid_previous_hosts: bool) -> Proxy {
+async fn proxy(backends: &[&Backend], cluster_yaml: &str, retry: &str) -> Proxy {
     let mut endpoints = String::new();
     for b in backends {
         endpoints.push_str(&format!("  - {{address: \"{}\"}}\n", b.addr));
@@ -87,7 +97,7 @@ async fn proxy(backends: &[&Backend], cluster_yaml: &str, avoid_previous_hosts: 
   address: 127.0.0.1:0
   routes:
   - cluster: \"{CLUSTER}\"
-    retry: {{attempts: 2, retryOn: [connect-failure], avoidPreviousHosts: {avoid_previous_hosts}}}
+    retry: {retry}
 clusters:
 - name: \"{CLUSTER}\"
 {cluster_yaml}
@@ -167,7 +177,7 @@ async fn header_hash_keeps_each_user_on_one_backend_and_spreads_users() {
         "  loadBalancer: RING_HASH\n  consistentHash: {httpHeaderName: x-user}",
         "  loadBalancer: MAGLEV\n  consistentHash: {httpHeaderName: x-user, tableSize: 251}",
     ] {
-        let p = proxy(&refs, lb, false).await;
+        let p = proxy(&refs, lb, HASH_RETRY).await;
         let c = client();
         let mut homes = BTreeMap::new();
         for round in 0..4 {
@@ -203,7 +213,7 @@ async fn cookie_with_ttl_is_generated_once_and_then_sticks() {
     let p = proxy(
         &refs,
         "  loadBalancer: RING_HASH\n  consistentHash: {httpCookie: {name: session, path: /, ttl: 60s}}",
-        false,
+        HASH_RETRY,
     )
     .await;
     let c = client();
@@ -267,7 +277,7 @@ async fn max_requests_overflow_is_503_uo_and_never_ejects() {
     let p = proxy(
         &[&b],
         &format!("  connectionPool: {{maxRequests: 1}}\n{EJECT_ON_FIRST_ERROR}"),
-        true,
+        DEFAULT_RETRY,
     )
     .await;
     let first = spawn_get(p.addr);
@@ -320,7 +330,7 @@ async fn one_connection_one_pending_then_overflow() {
         &format!(
             "  connectionPool: {{maxConnections: 1, maxPendingRequests: 1}}\n{EJECT_ON_FIRST_ERROR}"
         ),
-        true,
+        DEFAULT_RETRY,
     )
     .await;
     let cluster = p.shared.current().cluster(CLUSTER).unwrap().clone();
@@ -361,7 +371,7 @@ async fn max_requests_per_connection_one_opens_a_connection_per_request() {
         ("  connectionPool: {maxRequestsPerConnection: 1}", 5, 0),
     ] {
         let b = backend("one", false).await;
-        let p = proxy(&[&b], limit, true).await;
+        let p = proxy(&[&b], limit, DEFAULT_RETRY).await;
         let c = client();
         for _ in 0..5 {
             assert_eq!(get(&c, p.addr, &[]).await.status, 200);
@@ -377,4 +387,95 @@ async fn max_requests_per_connection_one_opens_a_connection_per_request() {
         })
         .await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_upstream_connections_close_after_the_idle_timeout() {
+    let b = backend("one", false).await;
+    let p = proxy(
+        &[&b],
+        "  connectionPool: {idleTimeout: 50ms}",
+        DEFAULT_RETRY,
+    )
+    .await;
+    let cluster = p.shared.current().cluster(CLUSTER).unwrap().clone();
+    let c = client();
+    assert_eq!(get(&c, p.addr, &[]).await.status, 200);
+    until("the idle connection is closed", || {
+        cluster.pool_counts().connections == 0
+    })
+    .await;
+    assert_eq!(get(&c, p.addr, &[]).await.status, 200);
+    assert_eq!(
+        b.accepted.load(Ordering::SeqCst),
+        2,
+        "a new connection after the close"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_beyond_max_retries_is_not_made_and_flagged_uo() {
+    // Every answer is a 503 that the route retries once; one retry may be in flight.
+    let b = backend_answering("busy", true, 503).await;
+    let p = proxy(
+        &[&b],
+        "  connectionPool: {maxRetries: 1}",
+        "{attempts: 1, retryOn: [retriable-status-codes], retriableStatusCodes: [503]}",
+    )
+    .await;
+    let gate = b.gate.clone().unwrap();
+    let first = spawn_get(p.addr);
+    until("the first request is held", || {
+        b.arrived.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let second = spawn_get(p.addr);
+    until("the second request is held", || {
+        b.arrived.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    // The first gets its 503 and is retried; the retry is held, keeping the one slot.
+    gate.add_permits(1);
+    until("the first request's retry is held", || {
+        b.arrived.load(Ordering::SeqCst) == 3
+    })
+    .await;
+    // The second gets its 503 (the semaphore serves waiters in order): no slot left,
+    // so it is not retried and its own response goes back, flagged UO.
+    gate.add_permits(1);
+    let second = second.await.unwrap();
+    assert_eq!((second.status, second.body.as_str()), (503, "busy"));
+    assert!(second.headers.get("x-envoy-overloaded").is_none());
+    gate.add_permits(1);
+    assert_eq!(first.await.unwrap().status, 503);
+    assert_eq!(
+        b.arrived.load(Ordering::SeqCst),
+        3,
+        "the second was not retried"
+    );
+    let log = p.log.lock().unwrap().clone();
+    assert_eq!(
+        log.iter()
+            .filter(|l| l.contains("\" 503 UO via_upstream "))
+            .count(),
+        1,
+        "{log:#?}"
+    );
+    let metrics = p.shared.current().metrics.render();
+    assert!(
+        metrics.contains(&format!(
+            "envoy_cluster_upstream_rq_retry_overflow{{cluster_name=\"{CLUSTER}\"}} 1"
+        )),
+        "{metrics}"
+    );
+    assert_eq!(
+        p.shared
+            .current()
+            .cluster(CLUSTER)
+            .unwrap()
+            .pool_counts()
+            .retries,
+        0,
+        "slots are given back"
+    );
 }
