@@ -121,7 +121,8 @@ pub struct CookieAttribute {
 }
 
 impl ConsistentHash {
-    pub(crate) fn validate(&self, at: &str) -> Result<(), Error> {
+    /// The model's checks on this part alone; `at` prefixes the field names.
+    pub fn validate(&self, at: &str) -> Result<(), Error> {
         if self.keys().len() > 1 {
             return invalid(
                 at.to_owned(),
