@@ -1,7 +1,8 @@
 //! The waypoint dataplane. It knows nothing of Kubernetes: its input is the typed
 //! config model (`waypoint-config`). Decision logic lives in pure state machines over
-//! an injected clock (`now` is a `Duration` since an arbitrary epoch): `lb`,
-//! `outlier`, `retry`. `proxy` wires them to sockets.
+//! an injected clock (`now` is a `Duration` since an arbitrary epoch): `lb` (with
+//! ring hash and Maglev), `outlier`, `retry`, `pool` (connections and circuit
+//! breakers), and the pure function `hash_policy`. `proxy` wires them to sockets.
 
 pub mod access_log;
 pub mod admin;

@@ -188,13 +188,12 @@ async fn handle(
         downstream_remote_address: Some(peer.to_string()),
         ..Entry::default()
     };
-    let downstream = (peer, local);
     let (resp, flags, details) = forward(
         runtime,
         routes,
         authority.as_deref(),
         req,
-        downstream,
+        (peer, local),
         &mut entry,
     )
     .await;
@@ -289,7 +288,8 @@ async fn forward(
     }
     strip_hop_by_hop(&mut parts.headers);
     let policy = policy(&route.retry);
-    // Hashed once per request, before any attempt, from the request as received.
+    // Hashed once per request: Envoy hashes at every pick, but from inputs that do not
+    // change between attempts.
     let hashed = cluster.hash(&RequestParts {
         headers: &parts.headers,
         path_and_query: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
