@@ -23,6 +23,15 @@ use std::collections::{BTreeMap, VecDeque};
 pub type ConnId = u64;
 pub type WaiterId = u64;
 
+/// Counters only go down for what went up; a miss is a bug, loud in tests and
+/// harmless (no wrap to 2^32) in production.
+fn dec<T: Copy + PartialEq + Default + std::ops::Sub<Output = T> + From<u8>>(n: &mut T) {
+    debug_assert!(*n != T::default(), "counter below zero");
+    if *n != T::default() {
+        *n = *n - T::from(1);
+    }
+}
+
 /// The thresholds, with Istio's "not set" as `u32::MAX` and `0` per connection as
 /// unlimited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -224,7 +233,7 @@ impl Pool {
     fn available(&mut self, host: usize, conn: ConnId) -> Release {
         let mut handoffs = Vec::new();
         while let Some(waiter) = self.hosts[host].waiters.pop_front() {
-            self.counts.pending -= 1;
+            dec(&mut self.counts.pending);
             if self.counts.requests >= self.limits.max_requests {
                 handoffs.push(Handoff::Overflow { waiter });
                 continue;
@@ -246,7 +255,7 @@ impl Pool {
     pub fn connected(&mut self, host: usize, conn: ConnId) -> Release {
         let h = &mut self.hosts[host];
         match h.conns.get(&conn).map(|c| c.state) {
-            Some(ConnState::Connecting) => h.connecting -= 1,
+            Some(ConnState::Connecting) => dec(&mut h.connecting),
             _ => return Release::Close,
         }
         self.available(host, conn)
@@ -255,24 +264,27 @@ impl Pool {
     /// Opening `conn` failed: every request waiting on `host` fails with it.
     pub fn connect_failed(&mut self, host: usize, conn: ConnId) -> Vec<Handoff> {
         let h = &mut self.hosts[host];
-        if h.conns.remove(&conn).is_none() {
+        if h.conns.get(&conn).map(|c| c.state) != Some(ConnState::Connecting) {
             return Vec::new();
         }
-        h.connecting -= 1;
-        self.counts.connections -= 1;
+        h.conns.remove(&conn);
+        dec(&mut h.connecting);
+        dec(&mut self.counts.connections);
         let failed: Vec<Handoff> = h
             .waiters
             .drain(..)
             .map(|waiter| Handoff::ConnectFailed { waiter })
             .collect();
-        self.counts.pending -= u32::try_from(failed.len()).unwrap_or(u32::MAX);
+        for _ in &failed {
+            dec(&mut self.counts.pending);
+        }
         failed
     }
 
     /// A request is done with `conn`; `reusable` is false when the exchange did not
     /// end cleanly (the connection state is unknown).
     pub fn release(&mut self, host: usize, conn: ConnId, reusable: bool) -> Release {
-        self.counts.requests -= 1;
+        dec(&mut self.counts.requests);
         let limit = self.limits.max_requests_per_connection;
         let h = &mut self.hosts[host];
         let Some(c) = h.conns.get_mut(&conn) else {
@@ -311,7 +323,7 @@ impl Pool {
             ConnState::Busy if c.open => c.open = false,
             ConnState::Busy => return None,
             ConnState::Connecting => {
-                h.connecting -= 1;
+                dec(&mut h.connecting);
                 h.conns.remove(&conn);
             }
             ConnState::Idle(_) | ConnState::Closing => {
@@ -319,7 +331,7 @@ impl Pool {
                 h.conns.remove(&conn);
             }
         }
-        self.counts.connections -= 1;
+        dec(&mut self.counts.connections);
         self.maybe_connect(host).0
     }
 
@@ -329,7 +341,7 @@ impl Pool {
         let before = h.waiters.len();
         h.waiters.retain(|&w| w != waiter);
         if h.waiters.len() < before {
-            self.counts.pending -= 1;
+            dec(&mut self.counts.pending);
         }
     }
 
