@@ -8,14 +8,33 @@
 //!   (with replacement) and keeps the one with strictly fewer active requests.
 //! - A retry's host predicate (previous hosts) is honoured by re-picking up to 5 times;
 //!   after that the last pick stands, as Envoy's `host_selection_retry_max_attempts`.
+//! - Ring hash and Maglev place hosts by key ([`ring_hash`], [`maglev`]) and pick by a
+//!   request hash; without one the hash is random (Envoy's `random()` fallback). The
+//!   ring or table is built from the host source (healthy hosts, or all in panic) and
+//!   rebuilt whenever that set changes, so an ejection moves the ejected host's keys.
+//!   A re-pick for the retry predicate moves along the ring or flips the hash, as in
+//!   Envoy; Istio's default retry has no predicate for hashing clusters.
+
+pub mod maglev;
+pub mod ring_hash;
 
 use crate::rng::Rng;
+use maglev::Maglev;
+use ring_hash::Ring;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Policy {
     RoundRobin,
     LeastRequest,
     Random,
+    RingHash { minimum_ring_size: u64 },
+    Maglev { table_size: u64 },
+}
+
+impl Policy {
+    pub fn is_hashing(self) -> bool {
+        matches!(self, Self::RingHash { .. } | Self::Maglev { .. })
+    }
 }
 
 /// What the balancer needs to know about one endpoint at pick time.
@@ -34,6 +53,25 @@ pub struct Balancer {
     min_health_percent: u32,
     rr_index: usize,
     rng: Rng,
+    /// Hashing policies: each host's placement key, by host index.
+    keys: Vec<String>,
+    /// The ring or table, with the host source it was built from.
+    table: Option<(Vec<usize>, Table)>,
+}
+
+#[derive(Clone, Debug)]
+enum Table {
+    Ring(Ring),
+    Maglev(Maglev),
+}
+
+impl Table {
+    fn choose(&self, hash: u64, attempt: u32) -> Option<usize> {
+        match self {
+            Self::Ring(r) => r.choose(hash, attempt),
+            Self::Maglev(m) => m.choose(hash, attempt),
+        }
+    }
 }
 
 impl Balancer {
@@ -44,7 +82,18 @@ impl Balancer {
             min_health_percent,
             rr_index,
             rng,
+            keys: Vec::new(),
+            table: None,
         }
+    }
+
+    /// The keys hashing policies place hosts by, one per host index: the address as
+    /// Envoy prints it (`10.244.0.15:8080`). A host without a key uses its index.
+    #[must_use]
+    pub fn with_host_keys(mut self, keys: Vec<String>) -> Self {
+        self.keys = keys;
+        self.table = None;
+        self
     }
 
     pub fn policy(&self) -> Policy {
@@ -54,9 +103,32 @@ impl Balancer {
     /// Picks an index into `hosts`, or `None` when no host may be used. `avoid` is the
     /// retry predicate: hosts it rejects are re-picked, a bounded number of times.
     pub fn pick(&mut self, hosts: &[Candidate], avoid: impl Fn(usize) -> bool) -> Option<usize> {
+        self.pick_hashed(hosts, None, avoid)
+    }
+
+    /// [`Balancer::pick`] with the request's hash, which only hashing policies use;
+    /// `None` (no hash key in the request) draws a random hash.
+    pub fn pick_hashed(
+        &mut self,
+        hosts: &[Candidate],
+        hash: Option<u64>,
+        avoid: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
         let source = self.host_source(hosts);
         if source.is_empty() {
             return None;
+        }
+        if self.policy.is_hashing() {
+            let hash = hash.unwrap_or_else(|| self.rng.next_u64());
+            let table = self.table_for(source);
+            let mut choice = table.choose(hash, 0)?;
+            for attempt in 1..=HOST_SELECTION_RETRIES {
+                if !avoid(choice) {
+                    break;
+                }
+                choice = table.choose(hash, u32::try_from(attempt).ok()?)?;
+            }
+            return Some(choice);
         }
         let mut choice = self.pick_once(hosts, &source);
         for _ in 0..HOST_SELECTION_RETRIES {
@@ -81,6 +153,23 @@ impl Balancer {
         }
     }
 
+    /// The ring or table over `source`, rebuilt only when the set changed.
+    fn table_for(&mut self, source: Vec<usize>) -> &Table {
+        if self
+            .table
+            .as_ref()
+            .is_some_and(|(built, _)| *built != source)
+        {
+            self.table = None;
+        }
+        let (policy, keys) = (self.policy, &self.keys);
+        let (_, table) = self.table.get_or_insert_with(|| {
+            let table = build_table(policy, keys, &source);
+            (source, table)
+        });
+        table
+    }
+
     fn pick_once(&mut self, hosts: &[Candidate], source: &[usize]) -> usize {
         match self.policy {
             Policy::RoundRobin => {
@@ -88,7 +177,10 @@ impl Balancer {
                 self.rr_index = self.rr_index.wrapping_add(1);
                 i
             }
-            Policy::Random => source[self.rng.below(source.len())],
+            // Hashing policies never get here; a random host is their no-hash fallback.
+            Policy::Random | Policy::RingHash { .. } | Policy::Maglev { .. } => {
+                source[self.rng.below(source.len())]
+            }
             Policy::LeastRequest => {
                 let first = source[self.rng.below(source.len())];
                 let second = source[self.rng.below(source.len())];
@@ -98,6 +190,25 @@ impl Balancer {
                     first
                 }
             }
+        }
+    }
+}
+
+fn build_table(policy: Policy, keys: &[String], source: &[usize]) -> Table {
+    let owned: Vec<(String, usize)> = source
+        .iter()
+        .map(|&i| (keys.get(i).cloned().unwrap_or_else(|| i.to_string()), i))
+        .collect();
+    let hosts: Vec<(&str, usize)> = owned.iter().map(|(k, i)| (k.as_str(), *i)).collect();
+    match policy {
+        Policy::Maglev { table_size } => Table::Maglev(Maglev::build(&hosts, table_size)),
+        Policy::RingHash { minimum_ring_size } => Table::Ring(Ring::build(
+            &hosts,
+            minimum_ring_size,
+            waypoint_config::MAXIMUM_RING_SIZE,
+        )),
+        Policy::RoundRobin | Policy::LeastRequest | Policy::Random => {
+            Table::Ring(Ring::build(&[], 0, 0))
         }
     }
 }
@@ -215,5 +326,134 @@ mod tests {
         }
         // When every host is avoided, the last pick stands.
         assert!(b.pick(&hosts, |_| true).is_some());
+    }
+
+    fn hashing(policy: Policy, n: usize) -> Balancer {
+        let keys = (0..n)
+            .map(|i| format!("10.0.{}.{}:8080", i / 250, i % 250))
+            .collect();
+        Balancer::new(policy, 0, Rng::seeded(21)).with_host_keys(keys)
+    }
+
+    const RING: Policy = Policy::RingHash {
+        minimum_ring_size: 1024,
+    };
+    const MAGLEV: Policy = Policy::Maglev { table_size: 65_537 };
+
+    #[allow(clippy::unnecessary_wraps)] // the shape `pick_hashed` takes
+    fn key_hash(i: u64) -> Option<u64> {
+        Some(crate::xxhash::xxh64(format!("user-{i}").as_bytes(), 0))
+    }
+
+    #[test]
+    fn the_same_hash_goes_to_the_same_host() {
+        for policy in [RING, MAGLEV] {
+            let hosts = healthy(5);
+            let mut b = hashing(policy, 5);
+            for i in 0..50 {
+                let first = b.pick_hashed(&hosts, key_hash(i), |_| false);
+                for _ in 0..3 {
+                    assert_eq!(b.pick_hashed(&hosts, key_hash(i), |_| false), first);
+                }
+            }
+            // Different hashes spread over every host.
+            let seen: std::collections::BTreeSet<_> = (0..200)
+                .map(|i| b.pick_hashed(&hosts, key_hash(i), |_| false))
+                .collect();
+            assert_eq!(seen.len(), 5, "{policy:?}");
+        }
+    }
+
+    /// Share of 10 000 keys whose host changes when host 3 of `n` is ejected, and
+    /// whether every key of a surviving host that moved is counted.
+    fn moved_share(policy: Policy, n: usize) -> (f64, usize) {
+        let mut hosts = healthy(n);
+        let mut b = hashing(policy, n);
+        let before: Vec<_> = (0..10_000)
+            .map(|i| b.pick_hashed(&hosts, key_hash(i), |_| false).unwrap())
+            .collect();
+        hosts[3].healthy = false;
+        let after: Vec<_> = (0..10_000)
+            .map(|i| b.pick_hashed(&hosts, key_hash(i), |_| false).unwrap())
+            .collect();
+        assert!(!after.contains(&3), "the ejected host leaves the ring");
+        let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count();
+        let bystanders = before
+            .iter()
+            .zip(&after)
+            .filter(|(a, b)| **a != 3 && a != b)
+            .count();
+        (
+            f64::from(u32::try_from(moved).unwrap()) / 10_000.0,
+            bystanders,
+        )
+    }
+
+    #[test]
+    fn removing_one_host_moves_about_one_nth_of_the_keys() {
+        // Ring: host 3's keys (1/10) move, and the nine others grow from 103 to 114
+        // entries each (Envoy rescales to keep the minimum size), taking about another
+        // 1/10 from each other: 17% in all, 8% of them bystanders.
+        let (ring, ring_bystanders) = moved_share(RING, 10);
+        assert!((0.09..0.22).contains(&ring), "ring moved {ring}");
+        assert!(
+            ring_bystanders < 1_100,
+            "{ring_bystanders} keys of other hosts moved"
+        );
+        // Maglev refills the table from the same permutations: little beyond host 3.
+        let (maglev, maglev_bystanders) = moved_share(MAGLEV, 10);
+        assert!((0.09..0.15).contains(&maglev), "maglev moved {maglev}");
+        assert!(
+            maglev_bystanders < 500,
+            "{maglev_bystanders} keys of other hosts moved"
+        );
+    }
+
+    #[test]
+    fn without_a_hash_each_request_takes_a_random_host() {
+        for policy in [RING, MAGLEV] {
+            let hosts = healthy(4);
+            let mut b = hashing(policy, 4);
+            let mut counts = [0u32; 4];
+            for _ in 0..4000 {
+                counts[b.pick_hashed(&hosts, None, |_| false).unwrap()] += 1;
+            }
+            assert!(
+                counts.iter().all(|&c| (800..1200).contains(&c)),
+                "{policy:?} {counts:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_table_is_rebuilt_when_the_healthy_set_changes() {
+        let mut hosts = healthy(3);
+        let mut b = hashing(RING, 3);
+        let h = key_hash(7);
+        let home = b.pick_hashed(&hosts, h, |_| false).unwrap();
+        hosts[home].healthy = false;
+        let away = b.pick_hashed(&hosts, h, |_| false).unwrap();
+        assert_ne!(away, home);
+        hosts[home].healthy = true;
+        assert_eq!(b.pick_hashed(&hosts, h, |_| false), Some(home), "back home");
+        for c in &mut hosts {
+            c.healthy = false;
+        }
+        assert_eq!(b.pick_hashed(&hosts, h, |_| false), None);
+    }
+
+    #[test]
+    fn a_retry_without_the_predicate_returns_to_the_hashed_host() {
+        let hosts = healthy(3);
+        for policy in [RING, MAGLEV] {
+            let mut b = hashing(policy, 3);
+            let h = key_hash(11);
+            let home = b.pick_hashed(&hosts, h, |_| false).unwrap();
+            // Istio's default for hashing clusters: no previous-hosts predicate.
+            assert_eq!(b.pick_hashed(&hosts, h, |_| false), Some(home));
+            // With the predicate, Envoy's offsets find another host within 5 re-picks.
+            let other = b.pick_hashed(&hosts, h, |i| i == home).unwrap();
+            assert_ne!(other, home, "{policy:?}");
+        }
     }
 }

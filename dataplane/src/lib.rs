@@ -1,16 +1,20 @@
 //! The waypoint dataplane. It knows nothing of Kubernetes: its input is the typed
 //! config model (`waypoint-config`). Decision logic lives in pure state machines over
-//! an injected clock (`now` is a `Duration` since an arbitrary epoch): `lb`,
-//! `outlier`, `retry`. `proxy` wires them to sockets.
+//! an injected clock (`now` is a `Duration` since an arbitrary epoch): `lb` (with
+//! ring hash and Maglev), `outlier`, `retry`, `pool` (connections and circuit
+//! breakers), and the pure function `hash_policy`. `proxy` wires them to sockets.
 
 pub mod access_log;
 pub mod admin;
+pub mod hash_policy;
 pub mod lb;
 pub mod metrics;
 pub mod outlier;
+pub mod pool;
 pub mod proxy;
 pub mod retry;
 pub mod rng;
+pub mod xxhash;
 
 /// Writes one line to stdout (access log and outlier events), where `kubectl logs`
 /// finds it. A closed stdout loses the line rather than failing the request.

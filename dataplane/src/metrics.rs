@@ -1,6 +1,7 @@
 //! Istio's standard HTTP metrics as a waypoint reports them (`reporter="waypoint"`,
-//! `shared/reference/traffic-policy.md` §5.4), plus Envoy's outlier-detection
-//! counters per cluster, in the Prometheus text format served on 15020.
+//! `shared/reference/traffic-policy.md` §5.4), plus Envoy's outlier-detection and
+//! circuit-breaker overflow counters per cluster, in the Prometheus text format served
+//! on 15020.
 //!
 //! Labels we cannot know yet (source identity arrives with HBONE) read `unknown`, and
 //! `*_canonical_revision` reads `latest`, as Istio writes them.
@@ -77,10 +78,23 @@ struct Outlier {
     active: u64,
 }
 
+/// Envoy's circuit-breaker overflow counters of one cluster.
+#[derive(Clone, Copy, Debug, Default)]
+struct Overflows {
+    /// `upstream_rq_pending_overflow`: requests refused by max pending or max
+    /// requests (503 `UO`).
+    rq_pending: u64,
+    /// `upstream_rq_retry_overflow`: retries not made because of max retries.
+    rq_retry: u64,
+    /// `upstream_cx_overflow`: connections not opened because of max connections.
+    cx: u64,
+}
+
 #[derive(Debug, Default)]
 pub struct Metrics {
     requests: Mutex<BTreeMap<RequestLabels, Series>>,
     outlier: Mutex<BTreeMap<String, Outlier>>,
+    overflow: Mutex<BTreeMap<String, Overflows>>,
 }
 
 /// The Deployment a ReplicaSet pod belongs to: `<deployment>-<hash>-<suffix>`.
@@ -129,6 +143,28 @@ impl Metrics {
         let mut map = self.outlier.lock().unwrap_or_else(PoisonError::into_inner);
         let o = map.entry(cluster.to_owned()).or_default();
         o.active = o.active.saturating_sub(1);
+    }
+
+    fn overflow(&self, cluster: &str, bump: impl FnOnce(&mut Overflows)) {
+        bump(
+            self.overflow
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(cluster.to_owned())
+                .or_default(),
+        );
+    }
+
+    pub fn pending_overflow(&self, cluster: &str) {
+        self.overflow(cluster, |o| o.rq_pending += 1);
+    }
+
+    pub fn retry_overflow(&self, cluster: &str) {
+        self.overflow(cluster, |o| o.rq_retry += 1);
+    }
+
+    pub fn connection_overflow(&self, cluster: &str) {
+        self.overflow(cluster, |o| o.cx += 1);
     }
 
     /// The Prometheus text exposition of everything recorded.
@@ -191,6 +227,32 @@ impl Metrics {
         ] {
             let _ = writeln!(out, "# TYPE {name} {kind}");
             for (cluster, o) in &outlier {
+                let _ = writeln!(
+                    out,
+                    "{name}{{cluster_name=\"{}\"}} {}",
+                    escape(cluster),
+                    pick(o)
+                );
+            }
+        }
+        let overflow = self
+            .overflow
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        for (name, pick) in [
+            (
+                "envoy_cluster_upstream_rq_pending_overflow",
+                (|o: &Overflows| o.rq_pending) as fn(&Overflows) -> u64,
+            ),
+            (
+                "envoy_cluster_upstream_rq_retry_overflow",
+                |o: &Overflows| o.rq_retry,
+            ),
+            ("envoy_cluster_upstream_cx_overflow", |o: &Overflows| o.cx),
+        ] {
+            let _ = writeln!(out, "# TYPE {name} counter");
+            for (cluster, o) in &overflow {
                 let _ = writeln!(
                     out,
                     "{name}{{cluster_name=\"{}\"}} {}",
@@ -333,6 +395,19 @@ mod tests {
             m.render()
                 .contains("envoy_cluster_outlier_detection_ejections_active{cluster_name=\"c\"} 0")
         );
+    }
+
+    #[test]
+    fn circuit_breaker_overflow_counters() {
+        let m = Metrics::default();
+        m.pending_overflow("c");
+        m.pending_overflow("c");
+        m.retry_overflow("c");
+        let text = m.render();
+        assert!(text.contains("# TYPE envoy_cluster_upstream_rq_pending_overflow counter"));
+        assert!(text.contains("envoy_cluster_upstream_rq_pending_overflow{cluster_name=\"c\"} 2"));
+        assert!(text.contains("envoy_cluster_upstream_rq_retry_overflow{cluster_name=\"c\"} 1"));
+        assert!(text.contains("envoy_cluster_upstream_cx_overflow{cluster_name=\"c\"} 0"));
     }
 
     #[test]

@@ -3,9 +3,10 @@
 //! the DestinationRules for them. Pure: the caller lists the objects.
 //!
 //! Scope today: Services in the waypoint's own namespace (the default
-//! `allowedRoutes: Same`), bound by their own label or their namespace's, top-level
-//! DestinationRule `loadBalancer.simple` and `outlierDetection`, plain HTTP on the
-//! mesh listener (HBONE is issue 7).
+//! `allowedRoutes: Same`), bound by their own label or their namespace's, the
+//! top-level DestinationRule `loadBalancer` (`simple` and `consistentHash`),
+//! `connectionPool` and `outlierDetection` (port-level settings and subsets not yet),
+//! plain HTTP on the mesh listener (HBONE is issue 7).
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -16,7 +17,9 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 use waypoint_config as model;
 use waypoint_crds::DestinationRule;
-use waypoint_crds::destination_rule::{LbAlgorithm, OutlierDetection};
+use waypoint_crds::destination_rule::{
+    ConnectionPoolSettings, ConsistentHashLb, LbAlgorithm, LoadBalancerSettings, OutlierDetection,
+};
 
 use waypoint_mesh::binding;
 
@@ -55,6 +58,109 @@ fn outlier(od: &OutlierDetection) -> model::OutlierDetection {
             .and_then(|p| u32::try_from(p).ok())
             .unwrap_or(0)
             .min(100),
+    }
+}
+
+/// The balancer for a top-level `loadBalancer` (Istio's `applyLoadBalancer`):
+/// `consistentHash` and `simple` are a oneof, and the hash wins if both slipped in.
+fn load_balancer(
+    lb: Option<&LoadBalancerSettings>,
+) -> (model::LoadBalancer, Option<model::ConsistentHash>) {
+    if let Some(ch) = lb.and_then(|lb| lb.consistent_hash.as_ref()) {
+        let (algorithm, hash) = consistent_hash(ch);
+        return (algorithm, Some(hash));
+    }
+    let algorithm = match lb.map(LoadBalancerSettings::effective_algorithm) {
+        Some(LbAlgorithm::RoundRobin) => model::LoadBalancer::RoundRobin,
+        Some(LbAlgorithm::Random) => model::LoadBalancer::Random,
+        // Istio's default, and PASSTHROUGH until original-destination routing exists.
+        _ => model::LoadBalancer::LeastRequest,
+    };
+    (algorithm, None)
+}
+
+/// `maglev` → MAGLEV (`tableSize` when set); otherwise RING_HASH with
+/// `ringHash.minimumRingSize`, the deprecated `minimumRingSize`, or 1024. Values
+/// istiod admits but Envoy would refuse with the whole cluster or route (a ring
+/// beyond Envoy's maximum, a header name with a space) fall back to Envoy's defaults
+/// here, so one rule cannot take the waypoint's config down.
+fn consistent_hash(ch: &ConsistentHashLb) -> (model::LoadBalancer, model::ConsistentHash) {
+    let positive = |n: Option<u64>| n.filter(|n| *n > 0);
+    let ring = positive(ch.ring_hash.as_ref().and_then(|r| r.minimum_ring_size))
+        .or(positive(ch.minimum_ring_size))
+        .unwrap_or(model::DEFAULT_MINIMUM_RING_SIZE)
+        .min(model::MAXIMUM_RING_SIZE);
+    let table = positive(ch.maglev.as_ref().and_then(|m| m.table_size))
+        .filter(|&table_size| {
+            model::ConsistentHash {
+                table_size,
+                ..model::ConsistentHash::random()
+            }
+            .validate("")
+            .is_ok()
+        })
+        .unwrap_or(model::DEFAULT_MAGLEV_TABLE_SIZE);
+    let mut hash = model::ConsistentHash {
+        http_header_name: ch.http_header_name.clone(),
+        http_cookie: ch.http_cookie.as_ref().map(|c| model::HttpCookie {
+            name: c.name.clone(),
+            path: c.path.clone(),
+            ttl: c.ttl.as_ref().map(waypoint_crds::Duration::as_std),
+            attributes: c
+                .attributes
+                .iter()
+                .map(|a| model::CookieAttribute {
+                    name: a.name.clone(),
+                    value: a.value.clone().unwrap_or_default(),
+                })
+                .collect(),
+        }),
+        use_source_ip: ch.use_source_ip == Some(true),
+        http_query_parameter_name: ch.http_query_parameter_name.clone(),
+        minimum_ring_size: ring,
+        table_size: table,
+    };
+    if hash.validate("").is_err() {
+        hash = model::ConsistentHash {
+            minimum_ring_size: ring,
+            table_size: table,
+            ..model::ConsistentHash::random()
+        };
+    }
+    let algorithm = if ch.maglev.is_some() {
+        model::LoadBalancer::Maglev
+    } else {
+        model::LoadBalancer::RingHash
+    };
+    (algorithm, hash)
+}
+
+/// Istio's `applyConnectionPool`: every limit is 2^32-1 unless set above 0 (negative
+/// values too are ignored); `http.idleTimeout`, else `tcp.idleTimeout`, else 1h.
+fn connection_pool(cp: Option<&ConnectionPoolSettings>) -> model::ConnectionPool {
+    let limit = |n: Option<i32>| {
+        n.and_then(|n| u32::try_from(n).ok())
+            .filter(|n| *n > 0)
+            .unwrap_or(model::UNLIMITED)
+    };
+    let (tcp, http) = (
+        cp.and_then(|c| c.tcp.as_ref()),
+        cp.and_then(|c| c.http.as_ref()),
+    );
+    let defaults = model::ConnectionPool::default();
+    model::ConnectionPool {
+        max_connections: limit(tcp.and_then(|t| t.max_connections)),
+        max_pending_requests: limit(http.and_then(|h| h.http1_max_pending_requests)),
+        max_requests: limit(http.and_then(|h| h.http2_max_requests)),
+        max_retries: limit(http.and_then(|h| h.max_retries)),
+        max_requests_per_connection: http
+            .and_then(|h| h.max_requests_per_connection)
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(0),
+        idle_timeout: http
+            .and_then(|h| h.idle_timeout.as_ref())
+            .or(tcp.and_then(|t| t.idle_timeout.as_ref()))
+            .map_or(defaults.idle_timeout, waypoint_crds::Duration::as_std),
     }
 }
 
@@ -125,15 +231,9 @@ pub fn compile(gw: &Gateway, view: &View<'_>) -> model::Config {
         let spec = svc.spec.clone().unwrap_or_default();
         let rule = rule_for(svc, &fqdn, view.destination_rules);
         let policy = rule.and_then(|r| r.spec.traffic_policy.as_ref());
-        let load_balancer = match policy
-            .and_then(|p| p.load_balancer.as_ref())
-            .map(waypoint_crds::destination_rule::LoadBalancerSettings::effective_algorithm)
-        {
-            Some(LbAlgorithm::RoundRobin) => model::LoadBalancer::RoundRobin,
-            Some(LbAlgorithm::Random) => model::LoadBalancer::Random,
-            // Istio's default, and PASSTHROUGH until original-destination routing exists.
-            _ => model::LoadBalancer::LeastRequest,
-        };
+        let (load_balancer, consistent_hash) =
+            load_balancer(policy.and_then(|p| p.load_balancer.as_ref()));
+        let connection_pool = connection_pool(policy.and_then(|p| p.connection_pool.as_ref()));
         let outlier_detection = policy
             .and_then(|p| p.outlier_detection.as_ref())
             .map(outlier);
@@ -165,15 +265,18 @@ pub fn compile(gw: &Gateway, view: &View<'_>) -> model::Config {
             routes.push(model::Route {
                 hosts,
                 cluster: cluster.clone(),
-                retry: model::RetryConfig::default(),
+                // Without previous-hosts avoidance for hashing clusters.
+                retry: model::RetryConfig::for_cluster(load_balancer),
                 timeout: None,
             });
             clusters.push(model::Cluster {
                 name: cluster,
                 endpoints,
                 load_balancer,
+                consistent_hash: consistent_hash.clone(),
                 outlier_detection: outlier_detection.clone(),
                 connect_timeout,
+                connection_pool: connection_pool.clone(),
             });
         }
     }
@@ -387,10 +490,147 @@ mod tests {
 
     #[test]
     fn without_a_rule_istios_defaults_apply() {
-        let cluster = &compiled(true, &[]).clusters[0];
+        let config = compiled(true, &[]);
+        let cluster = &config.clusters[0];
         assert_eq!(cluster.load_balancer, model::LoadBalancer::LeastRequest);
         assert_eq!(cluster.outlier_detection, None);
         assert_eq!(cluster.connect_timeout, Duration::from_secs(10));
+        assert_eq!(cluster.consistent_hash, None);
+        assert_eq!(cluster.connection_pool, model::ConnectionPool::default());
+        assert!(config.listeners[0].routes[0].retry.avoid_previous_hosts);
+    }
+
+    /// A DestinationRule for the seed's in-ambient with this `trafficPolicy` body.
+    fn rule(traffic_policy: &str) -> DestinationRule {
+        let text = format!(
+            "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: in-ambient, namespace: httpbin}}
+spec:
+  host: in-ambient
+  trafficPolicy:
+{traffic_policy}"
+        );
+        serde_yaml::from_str(&text).unwrap()
+    }
+
+    /// The cluster and route the seed service compiles to under `traffic_policy`.
+    fn compiled_with(traffic_policy: &str) -> (model::Cluster, model::Route) {
+        let config = compiled(true, &[rule(traffic_policy)]);
+        config.validate().unwrap();
+        (
+            config.clusters[0].clone(),
+            config.listeners[0].routes[0].clone(),
+        )
+    }
+
+    #[test]
+    fn consistent_hash_maps_its_key_and_algorithm() {
+        // T15's rule: header key, no algorithm named → RING_HASH with 1024 entries.
+        let (cluster, route) =
+            compiled_with("    loadBalancer: {consistentHash: {httpHeaderName: x-user}}");
+        assert_eq!(cluster.load_balancer, model::LoadBalancer::RingHash);
+        let hash = cluster.consistent_hash.unwrap();
+        assert_eq!(hash.key(), Some(model::HashKey::Header("x-user")));
+        assert_eq!(hash.minimum_ring_size, 1024);
+        assert!(
+            !route.retry.avoid_previous_hosts,
+            "Istio's DefaultConsistentHashPolicy has no previous_hosts predicate"
+        );
+        assert_eq!(route.retry.attempts, 2);
+
+        let (cluster, _) = compiled_with(
+            "    loadBalancer:
+      consistentHash:
+        httpCookie:
+          name: user
+          path: /
+          ttl: 0s
+          attributes: [{name: SameSite, value: Lax}, {name: Secure}]
+        maglev: {tableSize: 251}",
+        );
+        assert_eq!(cluster.load_balancer, model::LoadBalancer::Maglev);
+        let hash = cluster.consistent_hash.unwrap();
+        assert_eq!(hash.table_size, 251);
+        let cookie = hash.http_cookie.unwrap();
+        assert_eq!(
+            (cookie.name.as_str(), cookie.path.as_deref(), cookie.ttl),
+            ("user", Some("/"), Some(Duration::ZERO))
+        );
+        assert_eq!(cookie.attributes[0].value, "Lax");
+        assert_eq!(cookie.attributes[1].value, "");
+
+        let (cluster, _) = compiled_with(
+            "    loadBalancer: {consistentHash: {useSourceIp: true, ringHash: {minimumRingSize: 64}}}",
+        );
+        let hash = cluster.consistent_hash.unwrap();
+        assert_eq!(
+            (hash.key(), hash.minimum_ring_size),
+            (Some(model::HashKey::SourceIp), 64)
+        );
+        let (cluster, _) = compiled_with(
+            "    loadBalancer: {consistentHash: {httpQueryParameterName: u, minimumRingSize: 2048}}",
+        );
+        let hash = cluster.consistent_hash.unwrap();
+        assert_eq!(
+            (hash.key(), hash.minimum_ring_size),
+            (Some(model::HashKey::QueryParameter("u")), 2048),
+            "the deprecated minimumRingSize still counts"
+        );
+    }
+
+    #[test]
+    fn what_envoy_would_refuse_falls_back_to_its_defaults() {
+        let (cluster, _) = compiled_with(
+            "    loadBalancer: {consistentHash: {httpHeaderName: \"x user\", maglev: {tableSize: 250}}}",
+        );
+        let hash = cluster.consistent_hash.unwrap();
+        assert_eq!(hash.key(), None, "an invalid header name hashes nothing");
+        assert_eq!(hash.table_size, 65_537, "250 is not prime");
+        let (cluster, _) = compiled_with(
+            "    loadBalancer: {consistentHash: {ringHash: {minimumRingSize: 99999999}}}",
+        );
+        assert_eq!(
+            cluster.consistent_hash.unwrap().minimum_ring_size,
+            model::MAXIMUM_RING_SIZE
+        );
+    }
+
+    #[test]
+    fn connection_pool_limits_map_with_zero_as_unset() {
+        let (cluster, route) = compiled_with(
+            "    loadBalancer: {simple: ROUND_ROBIN}
+    connectionPool:
+      tcp: {maxConnections: 3, connectTimeout: 250ms, idleTimeout: 5m}
+      http:
+        http1MaxPendingRequests: 0
+        http2MaxRequests: 5
+        maxRetries: -1
+        maxRequestsPerConnection: 1",
+        );
+        let pool = &cluster.connection_pool;
+        assert_eq!(
+            (
+                pool.max_connections,
+                pool.max_pending_requests,
+                pool.max_requests,
+                pool.max_retries
+            ),
+            (3, model::UNLIMITED, 5, model::UNLIMITED)
+        );
+        assert_eq!(pool.max_requests_per_connection, 1);
+        assert_eq!(pool.idle_timeout, Duration::from_mins(5), "tcp.idleTimeout");
+        assert_eq!(cluster.connect_timeout, Duration::from_millis(250));
+        assert!(route.retry.avoid_previous_hosts);
+        // http.idleTimeout wins over tcp.idleTimeout; tcp's 0s disables it.
+        let (cluster, _) =
+            compiled_with("    connectionPool: {tcp: {idleTimeout: 0s}, http: {idleTimeout: 30s}}");
+        assert_eq!(
+            cluster.connection_pool.idle_timeout,
+            Duration::from_secs(30)
+        );
+        let (cluster, _) = compiled_with("    connectionPool: {tcp: {idleTimeout: 0s}}");
+        assert_eq!(cluster.connection_pool.idle_timeout, Duration::ZERO);
     }
 
     #[test]

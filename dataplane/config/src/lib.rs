@@ -5,12 +5,27 @@
 //!
 //! Values are already resolved: Istio's defaults and "0 means unset" rules have been
 //! applied by whoever wrote the config, so the dataplane never guesses.
+//!
+//! A cluster carries its load balancer (`RING_HASH` and `MAGLEV` with a
+//! `consistentHash` key), its outlier detection and its `connectionPool` (circuit
+//! breakers, keep-alive and idle timeout). A route's retry policy is written out in
+//! full; for a hashing cluster Istio's default drops the previous-hosts predicate
+//! (`RetryConfig::for_cluster`).
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+mod connection_pool;
+mod consistent_hash;
+
+pub use connection_pool::{ConnectionPool, UNLIMITED};
+pub use consistent_hash::{
+    ConsistentHash, CookieAttribute, DEFAULT_MAGLEV_TABLE_SIZE, DEFAULT_MINIMUM_RING_SIZE, HashKey,
+    HttpCookie, MAXIMUM_RING_SIZE,
+};
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -60,8 +75,23 @@ pub struct RetryConfig {
     pub retry_on: Vec<String>,
     #[serde(default)]
     pub retriable_status_codes: Vec<u16>,
+    /// Envoy's `previous_hosts` retry predicate. Istio's default policy has it, except
+    /// for routes to a consistent-hash cluster ([`RetryConfig::for_cluster`]); the model
+    /// takes the value as written, so whoever writes a hashing route sets it.
     #[serde(default = "yes")]
     pub avoid_previous_hosts: bool,
+}
+
+impl RetryConfig {
+    /// Istio's default retry policy for a route to a cluster balanced by `lb`: no
+    /// previous-hosts predicate when the cluster hashes (`DefaultConsistentHashPolicy`),
+    /// so a retry returns to the host the request hashes to.
+    pub fn for_cluster(lb: LoadBalancer) -> Self {
+        Self {
+            avoid_previous_hosts: !lb.is_consistent_hash(),
+            ..Self::default()
+        }
+    }
 }
 
 impl Default for RetryConfig {
@@ -98,11 +128,22 @@ pub struct Cluster {
     pub endpoints: Vec<Endpoint>,
     #[serde(default)]
     pub load_balancer: LoadBalancer,
+    /// The request hash of a `RING_HASH` or `MAGLEV` cluster, and the size of its ring or
+    /// table. Envoy puts the hash key on the route (`hash_policy`) and the algorithm on
+    /// the cluster; Istio derives both from the same DestinationRule and a waypoint's
+    /// routes map one to one onto clusters, so the model keeps them together here.
+    /// Absent on a hashing cluster: every request gets a random hash, as in Envoy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistent_hash: Option<ConsistentHash>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetection>,
     /// Istio's mesh default is 10s.
     #[serde(default = "ten_seconds", with = "duration")]
     pub connect_timeout: Duration,
+    /// Envoy's circuit breakers and upstream connection settings, from the
+    /// DestinationRule's `connectionPool`. Omitted: Istio's defaults (no limits).
+    #[serde(default, skip_serializing_if = "ConnectionPool::is_default")]
+    pub connection_pool: ConnectionPool,
 }
 
 fn ten_seconds() -> Duration {
@@ -125,6 +166,19 @@ pub enum LoadBalancer {
     LeastRequest,
     RoundRobin,
     Random,
+    /// Envoy's ketama ring over the healthy hosts (`consistentHash` with `ringHash`, or
+    /// with no algorithm named).
+    RingHash,
+    /// Envoy's Maglev table over the healthy hosts (`consistentHash.maglev`).
+    Maglev,
+}
+
+impl LoadBalancer {
+    /// Whether hosts are chosen by a request hash. Istio's default retry policy then
+    /// has no previous-hosts predicate: a retry goes back to the hashed host.
+    pub fn is_consistent_hash(self) -> bool {
+        matches!(self, Self::RingHash | Self::Maglev)
+    }
 }
 
 /// Envoy's detector settings with Istio's defaults already applied.
@@ -176,31 +230,7 @@ impl Config {
                     format!("duplicate cluster name {:?}", c.name),
                 );
             }
-            if let Some(od) = &c.outlier_detection {
-                if !(1..=100).contains(&od.max_ejection_percent) {
-                    return invalid(
-                        format!("clusters[{i}].outlierDetection.maxEjectionPercent"),
-                        format!(
-                            "{} is not in 1..100 (0 means the default, 10)",
-                            od.max_ejection_percent
-                        ),
-                    );
-                }
-                if od.min_health_percent > 100 {
-                    return invalid(
-                        format!("clusters[{i}].outlierDetection.minHealthPercent"),
-                        format!("{} is not in 0..100", od.min_health_percent),
-                    );
-                }
-                if od.interval < Duration::from_millis(1)
-                    || od.base_ejection_time < Duration::from_millis(1)
-                {
-                    return invalid(
-                        format!("clusters[{i}].outlierDetection"),
-                        "interval and baseEjectionTime must be at least 1ms".to_owned(),
-                    );
-                }
-            }
+            c.validate(&format!("clusters[{i}]"))?;
         }
         let mut addresses = BTreeSet::new();
         for (i, l) in self.listeners.iter().enumerate() {
@@ -223,8 +253,60 @@ impl Config {
     }
 }
 
+pub(crate) fn invalid(field: String, message: impl Into<String>) -> Result<(), Error> {
+    Err(Error::Invalid {
+        field,
+        message: message.into(),
+    })
+}
+
+impl Cluster {
+    /// Checks one cluster; `at` is its path, e.g. `clusters[2]`.
+    fn validate(&self, at: &str) -> Result<(), Error> {
+        if let Some(od) = &self.outlier_detection {
+            if !(1..=100).contains(&od.max_ejection_percent) {
+                return invalid(
+                    format!("{at}.outlierDetection.maxEjectionPercent"),
+                    format!(
+                        "{} is not in 1..100 (0 means the default, 10)",
+                        od.max_ejection_percent
+                    ),
+                );
+            }
+            if od.min_health_percent > 100 {
+                return invalid(
+                    format!("{at}.outlierDetection.minHealthPercent"),
+                    format!("{} is not in 0..100", od.min_health_percent),
+                );
+            }
+            if od.interval < Duration::from_millis(1)
+                || od.base_ejection_time < Duration::from_millis(1)
+            {
+                return invalid(
+                    format!("{at}.outlierDetection"),
+                    "interval and baseEjectionTime must be at least 1ms",
+                );
+            }
+        }
+        if let Some(hash) = &self.consistent_hash {
+            if !self.load_balancer.is_consistent_hash() {
+                return invalid(
+                    format!("{at}.consistentHash"),
+                    format!(
+                        "is used only with loadBalancer RING_HASH or MAGLEV, not {:?}",
+                        self.load_balancer
+                    ),
+                );
+            }
+            hash.validate(&format!("{at}.consistentHash"))?;
+        }
+        self.connection_pool
+            .validate(&format!("{at}.connectionPool"))
+    }
+}
+
 /// Durations in the model use the same Go-style strings as Istio (`10s`, `100ms`).
-mod duration {
+pub(crate) mod duration {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer};
@@ -257,7 +339,7 @@ mod duration {
     }
 }
 
-mod opt_duration {
+pub(crate) mod opt_duration {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer};
@@ -317,6 +399,68 @@ clusters:
         assert_eq!(route.timeout, None);
     }
 
+    const HASHED: &str = r"
+clusters:
+- name: hashed
+  loadBalancer: MAGLEV
+  consistentHash:
+    httpCookie:
+      name: session
+      path: /
+      ttl: 60s
+      attributes: [{name: SameSite, value: Strict}, {name: Secure}]
+    tableSize: 251
+  connectionPool:
+    maxConnections: 1
+    maxPendingRequests: 2
+    maxRequestsPerConnection: 1
+    idleTimeout: 0s
+  endpoints: [{address: 10.10.0.15:8080}]
+";
+
+    #[test]
+    fn consistent_hash_and_connection_pool_load_with_envoy_defaults() {
+        let c = Config::from_yaml(HASHED).unwrap();
+        let cluster = &c.clusters[0];
+        assert!(cluster.load_balancer.is_consistent_hash());
+        let hash = cluster.consistent_hash.as_ref().unwrap();
+        let Some(HashKey::Cookie(cookie)) = hash.key() else {
+            panic!("{hash:?}")
+        };
+        assert_eq!(cookie.ttl, Some(Duration::from_mins(1)));
+        assert_eq!(cookie.attributes[1].value, "");
+        assert_eq!(
+            (hash.table_size, hash.minimum_ring_size),
+            (251, DEFAULT_MINIMUM_RING_SIZE)
+        );
+        let pool = &cluster.connection_pool;
+        assert_eq!((pool.max_connections, pool.max_pending_requests), (1, 2));
+        assert_eq!(
+            (pool.max_requests, pool.max_retries),
+            (UNLIMITED, UNLIMITED)
+        );
+        assert_eq!(pool.max_requests_per_connection, 1);
+        assert_eq!(pool.idle_timeout, Duration::ZERO);
+        // Without the section: Istio's defaults, no limits, 1h idle timeout.
+        let seed = Config::from_yaml(SEED).unwrap();
+        assert_eq!(seed.clusters[0].connection_pool, ConnectionPool::default());
+        assert_eq!(
+            seed.clusters[0].connection_pool.idle_timeout,
+            Duration::from_hours(1)
+        );
+        let again = Config::from_yaml(&serde_yaml::to_string(&c).unwrap()).unwrap();
+        assert_eq!(c, again);
+    }
+
+    #[test]
+    fn the_default_retry_of_a_hashing_cluster_keeps_previous_hosts() {
+        assert!(RetryConfig::for_cluster(LoadBalancer::RoundRobin).avoid_previous_hosts);
+        let hashed = RetryConfig::for_cluster(LoadBalancer::RingHash);
+        assert!(!hashed.avoid_previous_hosts);
+        assert_eq!(hashed.attempts, 2);
+        assert!(!RetryConfig::for_cluster(LoadBalancer::Maglev).avoid_previous_hosts);
+    }
+
     #[test]
     fn round_trips() {
         let c = Config::from_yaml(SEED).unwrap();
@@ -344,6 +488,42 @@ clusters:
                 "unknown field `loadBalancr`",
             ),
             ("listeners: 5".to_owned(), "invalid type"),
+            (
+                HASHED.replace("tableSize: 251", "tableSize: 250"),
+                "clusters[0].consistentHash.tableSize",
+            ),
+            (
+                HASHED.replace("tableSize: 251", "minimumRingSize: 0"),
+                "clusters[0].consistentHash.minimumRingSize",
+            ),
+            (
+                HASHED.replace("    tableSize: 251", "    useSourceIp: true"),
+                "clusters[0].consistentHash: set at most one",
+            ),
+            (
+                HASHED.replace("name: session", "name: \"\""),
+                "clusters[0].consistentHash.httpCookie.name",
+            ),
+            (
+                HASHED.replace("name: Secure", "name: \"a b\""),
+                "clusters[0].consistentHash.httpCookie.attributes[1].name",
+            ),
+            (
+                HASHED.replace("path: /", "path: /;x"),
+                "clusters[0].consistentHash.httpCookie: path",
+            ),
+            (
+                HASHED.replace("MAGLEV", "ROUND_ROBIN"),
+                "clusters[0].consistentHash: is used only with loadBalancer RING_HASH or MAGLEV",
+            ),
+            (
+                HASHED.replace("maxPendingRequests: 2", "maxPendingRequests: 0"),
+                "clusters[0].connectionPool.maxPendingRequests",
+            ),
+            (
+                HASHED.replace("maxConnections: 1", "maxConnections: -1"),
+                "clusters[0].connectionPool.maxConnections: invalid type",
+            ),
         ];
         for (text, want) in cases {
             let err = Config::from_yaml(&text).unwrap_err().to_string();

@@ -1,15 +1,18 @@
-//! A cluster at run time: its endpoints, its load balancer and its outlier detector,
-//! the pure state machines of `crate::lb` and `crate::outlier` behind one lock.
+//! A cluster at run time: its endpoints, its load balancer and its outlier detector
+//! (the pure state machines of `crate::lb` and `crate::outlier` behind one lock), its
+//! request hash policy, and its upstream connections and circuit breakers.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use waypoint_config as config;
 
+use super::upstream::Upstream;
 use crate::access_log::rfc3339_millis;
+use crate::hash_policy::{self, Hashed, RequestParts};
 use crate::lb::{Balancer, Candidate, Policy};
 use crate::metrics::Metrics;
 use crate::outlier::{self, Detector, Event, Outcome};
@@ -42,25 +45,33 @@ struct State {
 pub struct Cluster {
     pub name: String,
     pub connect_timeout: Duration,
-    pub(super) client: super::handler::Client,
+    pub(super) upstream: Arc<Upstream>,
+    /// The request hash of a RING_HASH or MAGLEV cluster.
+    hash: Option<config::ConsistentHash>,
     pub endpoints: Vec<Endpoint>,
     interval: Option<Duration>,
     epoch: Instant,
     state: Mutex<State>,
-    metrics: std::sync::Arc<Metrics>,
+    metrics: Arc<Metrics>,
 }
 
 impl Cluster {
-    pub fn new(
-        c: &config::Cluster,
-        epoch: Instant,
-        rng: Rng,
-        metrics: std::sync::Arc<Metrics>,
-    ) -> Self {
-        let policy = match c.load_balancer {
-            config::LoadBalancer::RoundRobin => Policy::RoundRobin,
-            config::LoadBalancer::LeastRequest => Policy::LeastRequest,
-            config::LoadBalancer::Random => Policy::Random,
+    pub fn new(c: &config::Cluster, epoch: Instant, rng: Rng, metrics: Arc<Metrics>) -> Self {
+        let hash = c.load_balancer.is_consistent_hash().then(|| {
+            c.consistent_hash
+                .clone()
+                .unwrap_or_else(config::ConsistentHash::random)
+        });
+        let policy = match (c.load_balancer, &hash) {
+            (config::LoadBalancer::RoundRobin, _) => Policy::RoundRobin,
+            (config::LoadBalancer::LeastRequest, _) => Policy::LeastRequest,
+            (config::LoadBalancer::RingHash, Some(h)) => Policy::RingHash {
+                minimum_ring_size: h.minimum_ring_size,
+            },
+            (config::LoadBalancer::Maglev, Some(h)) => Policy::Maglev {
+                table_size: h.table_size,
+            },
+            _ => Policy::Random,
         };
         let detector = c.outlier_detection.as_ref().map(|od| {
             let cfg = outlier::Config::new(od.base_ejection_time)
@@ -78,10 +89,19 @@ impl Cluster {
             .outlier_detection
             .as_ref()
             .map_or(50, |od| od.min_health_percent);
+        // Hosts sit on the ring by their address, as Envoy keys them.
+        let keys = c.endpoints.iter().map(|e| e.address.to_string()).collect();
         Self {
             name: c.name.clone(),
             connect_timeout: c.connect_timeout,
-            client: super::handler::client(c.connect_timeout),
+            upstream: Upstream::new(
+                &c.name,
+                c.endpoints.iter().map(|e| e.address).collect(),
+                c.connect_timeout,
+                &c.connection_pool,
+                Arc::clone(&metrics),
+            ),
+            hash,
             endpoints: c
                 .endpoints
                 .iter()
@@ -94,7 +114,7 @@ impl Cluster {
             interval: c.outlier_detection.as_ref().map(|od| od.interval),
             epoch,
             state: Mutex::new(State {
-                balancer: Balancer::new(policy, min_health, rng),
+                balancer: Balancer::new(policy, min_health, rng).with_host_keys(keys),
                 detector,
             }),
             metrics,
@@ -105,8 +125,17 @@ impl Cluster {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// An endpoint index, avoiding `tried` within Envoy's re-pick budget.
-    pub fn pick(&self, tried: &[usize], avoid_tried: bool) -> Option<usize> {
+    /// The request's hash (and a cookie to set) when the cluster hashes requests.
+    pub fn hash(&self, parts: &RequestParts<'_>) -> Hashed {
+        self.hash
+            .as_ref()
+            .map(|h| hash_policy::hash(h, parts))
+            .unwrap_or_default()
+    }
+
+    /// An endpoint index, avoiding `tried` within Envoy's re-pick budget; `hash` is
+    /// the request's hash for hashing balancers.
+    pub fn pick(&self, tried: &[usize], avoid_tried: bool, hash: Option<u64>) -> Option<usize> {
         let mut state = self.state();
         let candidates: Vec<Candidate> = self
             .endpoints
@@ -119,7 +148,7 @@ impl Cluster {
             .collect();
         state
             .balancer
-            .pick(&candidates, |i| avoid_tried && tried.contains(&i))
+            .pick_hashed(&candidates, hash, |i| avoid_tried && tried.contains(&i))
     }
 
     pub fn report(&self, endpoint: usize, outcome: Outcome) {
@@ -137,6 +166,11 @@ impl Cluster {
         (0..self.endpoints.len())
             .filter(|i| state.detector.as_ref().is_some_and(|d| d.is_ejected(i)))
             .collect()
+    }
+
+    /// The upstream connections, pending and active requests and retries right now.
+    pub fn pool_counts(&self) -> crate::pool::Counts {
+        self.upstream.counts()
     }
 
     /// The outlier detector's interval, when the cluster has one.

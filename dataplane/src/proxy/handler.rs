@@ -10,31 +10,20 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use waypoint_config::{RetryConfig, Route};
 
+use super::upstream::{Lease, NoResponse};
 use super::{Cluster, Runtime, Shared};
 use crate::access_log::Entry;
+use crate::hash_policy::RequestParts;
 use crate::outlier::Outcome;
 use crate::retry::{Attempt, RetryOn, RetryPolicy};
 use crate::rng::Rng;
 
-pub type Client = hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>;
-
 /// Request bodies are buffered so that retries can replay them; beyond this, 413.
 const MAX_BUFFERED_BODY: usize = 16 << 20;
-
-/// One client (and connection pool) per cluster: the cluster's connect timeout bounds
-/// the TCP connect only, as Envoy's `connect_timeout`; a slow response is not a
-/// connect failure (route and per-try timeouts are separate).
-pub fn client(connect_timeout: std::time::Duration) -> Client {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(connect_timeout));
-    hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(connector)
-}
 
 pub async fn serve_connection(
     shared: Arc<Shared>,
@@ -49,7 +38,7 @@ pub async fn serve_connection(
         let shared = Arc::clone(&shared);
         let in_flight = shared.begin();
         async move {
-            let mut resp = handle(&runtime, &listener, req, peer, local).await;
+            let mut resp = handle(&runtime, &listener, req, peer, local, &shared.access_log).await;
             if shared.is_draining() {
                 // Tell keep-alive clients to reconnect elsewhere while we drain.
                 resp.headers_mut()
@@ -173,6 +162,7 @@ async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
     local: Option<SocketAddr>,
+    access_log: &super::AccessLog,
 ) -> Response<Full<Bytes>> {
     let start_time = SystemTime::now();
     let started = Instant::now();
@@ -198,8 +188,15 @@ async fn handle(
         downstream_remote_address: Some(peer.to_string()),
         ..Entry::default()
     };
-    let (resp, flags, details) =
-        forward(runtime, routes, authority.as_deref(), req, &mut entry).await;
+    let (resp, flags, details) = forward(
+        runtime,
+        routes,
+        authority.as_deref(),
+        req,
+        (peer, local),
+        &mut entry,
+    )
+    .await;
     entry.response_code = resp.status().as_u16();
     entry.response_flags = flags;
     entry.response_code_details = details;
@@ -207,7 +204,7 @@ async fn handle(
         .exact()
         .unwrap_or(0);
     entry.duration_ms = started.elapsed().as_millis();
-    crate::log_line(&entry.to_istio_text());
+    access_log(&entry.to_istio_text());
     record_metrics(runtime, &entry);
     resp
 }
@@ -246,6 +243,7 @@ async fn forward(
     routes: &[Route],
     authority: Option<&str>,
     req: Request<Incoming>,
+    (peer, local): (SocketAddr, Option<SocketAddr>),
     entry: &mut Entry,
 ) -> Verdict {
     let Some(route) = route(routes, authority) else {
@@ -290,8 +288,16 @@ async fn forward(
     }
     strip_hop_by_hop(&mut parts.headers);
     let policy = policy(&route.retry);
-    let attempts = attempts(cluster, &policy, &parts, &body, entry);
-    match route.timeout {
+    // Hashed once per request: Envoy hashes at every pick, but from inputs that do not
+    // change between attempts.
+    let hashed = cluster.hash(&RequestParts {
+        headers: &parts.headers,
+        path_and_query: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+        remote: Some(peer),
+        local,
+    });
+    let attempts = attempts(cluster, &policy, &parts, &body, hashed.hash, entry);
+    let mut verdict = match route.timeout {
         None => attempts.await,
         Some(t) => tokio::time::timeout(t, attempts).await.unwrap_or_else(|_| {
             (
@@ -300,22 +306,37 @@ async fn forward(
                 "response_timeout",
             )
         }),
+    };
+    // Envoy adds a generated hash cookie to whatever response goes back, local replies
+    // included (the router's `modify_headers_`).
+    if let Some(cookie) = hashed
+        .set_cookie
+        .and_then(|c| HeaderValue::from_str(&c).ok())
+    {
+        verdict.0.headers_mut().append(header::SET_COOKIE, cookie);
     }
+    verdict
 }
 
-/// Envoy's router loop: pick, send, report to outlier detection, maybe retry.
+/// Envoy's router loop: pick, send, report to outlier detection, maybe retry. A
+/// circuit-breaker overflow is neither reported nor retried; a retry beyond
+/// `maxRetries` is not made and the attempt's own result goes back, flagged `UO`.
 async fn attempts(
     cluster: &Cluster,
     policy: &RetryPolicy,
     parts: &http::request::Parts,
     body: &Bytes,
+    hash: Option<u64>,
     entry: &mut Entry,
 ) -> Verdict {
     let mut tried = Vec::new();
     let mut retries = 0;
     let mut rng = Rng::from_entropy();
+    // Held from a retry's scheduling until its outcome is known, as Envoy's
+    // `retries()` resource.
+    let mut _retry_slot = None;
     loop {
-        let Some(i) = cluster.pick(&tried, policy.avoid_previous_hosts) else {
+        let Some(i) = cluster.pick(&tried, policy.avoid_previous_hosts, hash) else {
             return (
                 local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
                 Some("UH"),
@@ -325,8 +346,9 @@ async fn attempts(
         tried.push(i);
         entry.upstream_host = Some(cluster.endpoints[i].address.to_string());
         let (result, service_started) = send(cluster, i, parts, body).await;
+        _retry_slot = None;
         let attempt = match result {
-            Ok(resp) => {
+            Ok((resp, lease)) => {
                 let status = resp.status().as_u16();
                 cluster.report(i, Outcome::Status(status));
                 let grpc_status = resp
@@ -334,22 +356,24 @@ async fn attempts(
                     .get("grpc-status")
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse().ok());
-                if !policy.should_retry(
-                    Attempt::Response {
-                        status,
-                        grpc_status,
-                    },
-                    retries,
-                ) {
-                    entry.upstream_service_time_ms = Some(service_started.elapsed().as_millis());
-                    return relay(cluster, i, resp).await;
-                }
-                Attempt::Response {
+                let attempt = Attempt::Response {
                     status,
                     grpc_status,
-                }
+                };
+                let slot = policy
+                    .should_retry(attempt, retries)
+                    .then(|| cluster.upstream.try_retry());
+                let Some(Some(slot)) = slot else {
+                    entry.upstream_service_time_ms = Some(service_started.elapsed().as_millis());
+                    let overflowed = slot.is_some();
+                    return relay(cluster, i, resp, lease, overflowed.then_some("UO")).await;
+                };
+                _retry_slot = Some(slot);
+                attempt
             }
-            Err(connect) => {
+            Err(NoResponse::Overflow) => return overflow_reply(retries > 0),
+            Err(failure) => {
+                let connect = failure == NoResponse::ConnectFailure;
                 let (outcome, attempt) = if connect {
                     (Outcome::ConnectFailure, Attempt::ConnectFailure)
                 } else {
@@ -357,8 +381,12 @@ async fn attempts(
                 };
                 cluster.report(i, outcome);
                 if !policy.should_retry(attempt, retries) {
-                    return reset_reply(connect, retries > 0);
+                    return reset_reply(connect, retries > 0, false);
                 }
+                let Some(slot) = cluster.upstream.try_retry() else {
+                    return reset_reply(connect, retries > 0, true);
+                };
+                _retry_slot = Some(slot);
                 attempt
             }
         };
@@ -368,17 +396,26 @@ async fn attempts(
     }
 }
 
-/// Passes the upstream response on (buffered for now: streaming is still to come).
-async fn relay(cluster: &Cluster, i: usize, resp: Response<Incoming>) -> Verdict {
+/// Passes the upstream response on (buffered for now: streaming is still to come),
+/// then gives the connection back for reuse.
+async fn relay(
+    cluster: &Cluster,
+    i: usize,
+    resp: Response<Incoming>,
+    lease: Lease,
+    flag: Option<&'static str>,
+) -> Verdict {
     let (mut head, body) = resp.into_parts();
     strip_hop_by_hop(&mut head.headers);
     if let Ok(body) = body.collect().await {
+        lease.finish(true);
         return (
             Response::from_parts(head, Full::new(body.to_bytes())),
-            None,
+            flag,
             "via_upstream",
         );
     }
+    drop(lease);
     cluster.report(i, Outcome::Reset);
     let text =
         "upstream connect error or disconnect/reset before headers. reset reason: remote reset";
@@ -389,21 +426,43 @@ async fn relay(cluster: &Cluster, i: usize, resp: Response<Incoming>) -> Verdict
     )
 }
 
-/// Envoy's reply when no attempt got response headers.
-fn reset_reply(connect: bool, was_retried: bool) -> Verdict {
-    let (flag, reason, details) = if connect {
+/// Envoy's reply when no attempt got response headers; `retry_overflow` when the
+/// retry was refused by `maxRetries`.
+fn reset_reply(connect: bool, was_retried: bool, retry_overflow: bool) -> Verdict {
+    let (reason, details) = if connect {
         (
-            "UF",
             "connection failure",
             "upstream_reset_before_response_started{connection_failure}",
         )
     } else {
         (
-            "UR",
             "remote reset",
             "upstream_reset_before_response_started{remote_reset}",
         )
     };
+    // Envoy prints several flags comma-separated, in its fixed flag order.
+    let flag = match (connect, retry_overflow) {
+        (true, false) => "UF",
+        (true, true) => "UF,UO",
+        (false, false) => "UR",
+        (false, true) => "UR,UO",
+    };
+    (reset_body(reason, was_retried), Some(flag), details)
+}
+
+/// Envoy's reply to a circuit-breaker overflow: 503 `UO`, `x-envoy-overloaded: true`.
+fn overflow_reply(was_retried: bool) -> Verdict {
+    let mut resp = reset_body("overflow", was_retried);
+    resp.headers_mut()
+        .insert("x-envoy-overloaded", HeaderValue::from_static("true"));
+    (
+        resp,
+        Some("UO"),
+        "upstream_reset_before_response_started{overflow}",
+    )
+}
+
+fn reset_body(reason: &str, was_retried: bool) -> Response<Full<Bytes>> {
     let latest = if was_retried {
         "retried and the latest "
     } else {
@@ -414,30 +473,32 @@ fn reset_reply(connect: bool, was_retried: bool) -> Verdict {
     );
     let mut resp = local_reply(StatusCode::SERVICE_UNAVAILABLE, "");
     *resp.body_mut() = Full::new(Bytes::from(text));
-    (resp, Some(flag), details)
+    resp
 }
 
-/// One attempt to one endpoint. `Err(true)` is a connect failure, `Err(false)` a
-/// reset or protocol error before response headers.
+/// One attempt to one endpoint, through the cluster's pool. The request target is
+/// sent in origin form (`/path?query`) with the downstream `host` header.
 async fn send(
     cluster: &Cluster,
     i: usize,
     parts: &http::request::Parts,
     body: &Bytes,
-) -> (Result<Response<Incoming>, bool>, Instant) {
+) -> (Result<(Response<Incoming>, Lease), NoResponse>, Instant) {
     let endpoint = &cluster.endpoints[i];
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let uri: Uri = match format!("http://{}{}", endpoint.address, path).parse() {
-        Ok(u) => u,
-        Err(_) => return (Err(false), Instant::now()),
+    let Ok(uri) = path.parse::<Uri>() else {
+        return (Err(NoResponse::Reset), Instant::now());
     };
-    let mut req = Request::new(Full::new(body.clone()));
-    *req.method_mut() = parts.method.clone();
-    *req.uri_mut() = uri;
-    *req.headers_mut() = parts.headers.clone();
+    let make = || {
+        let mut req = Request::new(Full::new(body.clone()));
+        *req.method_mut() = parts.method.clone();
+        *req.uri_mut() = uri.clone();
+        *req.headers_mut() = parts.headers.clone();
+        req
+    };
     let started = Instant::now();
     endpoint.begin();
-    let result = cluster.client.request(req).await;
+    let result = cluster.upstream.send(i, make).await;
     endpoint.end();
-    (result.map_err(|e| e.is_connect()), started)
+    (result, started)
 }

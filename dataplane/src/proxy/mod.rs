@@ -5,6 +5,7 @@
 
 mod cluster;
 mod handler;
+mod upstream;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -86,9 +87,13 @@ impl Runtime {
     }
 }
 
+/// Where access-log lines go: stdout in the binary, a collector in tests.
+pub type AccessLog = Box<dyn Fn(&str) + Send + Sync>;
+
 /// The runtime in force, swapped whole on reload; requests take a snapshot.
 pub struct Shared {
     current: RwLock<Arc<Runtime>>,
+    access_log: AccessLog,
     timers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     in_flight: AtomicUsize,
     idle: tokio::sync::Notify,
@@ -109,10 +114,16 @@ impl Drop for InFlight {
 impl Shared {
     /// Must be called inside a tokio runtime: it starts the interval timers.
     pub fn new(config: Config) -> Arc<Self> {
+        Self::with_access_log(config, Box::new(crate::log_line))
+    }
+
+    /// [`Shared::new`] writing access-log lines to `access_log`.
+    pub fn with_access_log(config: Config, access_log: AccessLog) -> Arc<Self> {
         let runtime = Runtime::new(config);
         let timers = runtime.spawn_timers();
         Arc::new(Self {
             current: RwLock::new(runtime),
+            access_log,
             timers: Mutex::new(timers),
             in_flight: AtomicUsize::new(0),
             idle: tokio::sync::Notify::new(),

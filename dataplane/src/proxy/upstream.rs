@@ -1,0 +1,455 @@
+//! A cluster's upstream HTTP/1 connections, opened, reused, queued for and closed as
+//! the pure [`crate::pool::Pool`] decides: this module only owns the sockets, the
+//! waiting requests and the timers.
+//!
+//! - `connectTimeout` bounds the TCP connect only, as Envoy's `connect_timeout`.
+//! - A request whose pooled keep-alive connection turns out to be closed before the
+//!   request was written is sent again on another connection (the race between our
+//!   reuse and the server's idle close); it is not an attempt and not an error.
+//! - Connection tasks and timers hold the upstream weakly: when a reload drops the
+//!   cluster, its idle connections close at once and busy ones after their request.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+
+use crate::metrics::Metrics;
+use crate::pool::{Acquire, ConnId, Counts, Handoff, Limits, Pool, Release, WaiterId};
+
+type Sender = SendRequest<Full<Bytes>>;
+
+/// How many stale keep-alive connections one request may run into before giving up.
+const STALE_CONNECTIONS: usize = 4;
+
+/// Why an attempt got no response headers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoResponse {
+    /// TCP connect refused, unreachable or timed out.
+    ConnectFailure,
+    /// The connection failed or closed after connecting, before response headers.
+    Reset,
+    /// A circuit breaker refused the request (503 `UO`, not an outlier event).
+    Overflow,
+}
+
+pub struct Upstream {
+    me: Weak<Self>,
+    cluster: String,
+    addresses: Vec<SocketAddr>,
+    connect_timeout: Duration,
+    /// `None`: idle connections stay open until the upstream closes them.
+    idle_timeout: Option<Duration>,
+    inner: Mutex<Inner>,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("cluster", &self.cluster)
+            .field("counts", &self.counts())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    pool: Pool,
+    idle: HashMap<ConnId, Sender>,
+    waiters: HashMap<WaiterId, oneshot::Sender<Grant>>,
+}
+
+enum Grant {
+    Lease(Lease),
+    Overflow,
+    ConnectFailed,
+}
+
+/// Work decided under the lock and done after it: replies to waiters (a refused
+/// lease is dropped, and its drop takes the lock) and senders to close.
+#[derive(Default)]
+struct After {
+    grants: Vec<(oneshot::Sender<Grant>, Grant)>,
+    /// Leases whose waiter went away: dropping them closes their connection.
+    orphans: Vec<Lease>,
+    close: Vec<Sender>,
+    connect: Option<(usize, ConnId)>,
+}
+
+/// One connection, held by one request until [`Lease::finish`]. Dropped unfinished
+/// (the request was abandoned mid-exchange), the connection is closed.
+pub struct Lease {
+    upstream: Arc<Upstream>,
+    host: usize,
+    conn: ConnId,
+    sender: Option<Sender>,
+    reused: bool,
+    done: bool,
+}
+
+impl Lease {
+    /// The exchange is over; `reusable` if the response was read to its end.
+    pub fn finish(mut self, reusable: bool) {
+        self.release(reusable);
+    }
+
+    fn release(&mut self, reusable: bool) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let sender = self.sender.take();
+        self.upstream
+            .release(self.host, self.conn, reusable && sender.is_some(), sender);
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.release(false);
+    }
+}
+
+/// A retry slot of `max_retries`, held until the retried attempt's outcome is known.
+pub struct RetryPermit(Arc<Upstream>);
+
+impl Drop for RetryPermit {
+    fn drop(&mut self) {
+        self.0.lock().pool.end_retry();
+    }
+}
+
+/// Takes a waiter out of the pool if its request goes away while waiting.
+struct WaitGuard<'a> {
+    upstream: &'a Upstream,
+    host: usize,
+    waiter: WaiterId,
+}
+
+impl Drop for WaitGuard<'_> {
+    fn drop(&mut self) {
+        let mut inner = self.upstream.lock();
+        inner.pool.cancel(self.host, self.waiter);
+        inner.waiters.remove(&self.waiter);
+    }
+}
+
+impl Upstream {
+    pub fn new(
+        cluster: &str,
+        addresses: Vec<SocketAddr>,
+        connect_timeout: Duration,
+        pool: &waypoint_config::ConnectionPool,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self {
+            me: me.clone(),
+            cluster: cluster.to_owned(),
+            connect_timeout,
+            idle_timeout: Some(pool.idle_timeout).filter(|t| !t.is_zero()),
+            inner: Mutex::new(Inner {
+                pool: Pool::new(Limits::from(pool), addresses.len()),
+                idle: HashMap::new(),
+                waiters: HashMap::new(),
+            }),
+            addresses,
+            metrics,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Connections, pending and active requests and retries right now.
+    pub fn counts(&self) -> Counts {
+        self.lock().pool.counts()
+    }
+
+    /// A retry slot, or `None` when `max_retries` retries are already in flight.
+    pub fn try_retry(self: &Arc<Self>) -> Option<RetryPermit> {
+        if self.lock().pool.try_retry() {
+            return Some(RetryPermit(Arc::clone(self)));
+        }
+        self.metrics.retry_overflow(&self.cluster);
+        None
+    }
+
+    /// Sends the request `make` builds to endpoint `host`, waiting for a connection as
+    /// the pool decides. The lease must be finished once the response body is read.
+    pub async fn send(
+        self: &Arc<Self>,
+        host: usize,
+        make: impl Fn() -> Request<Full<Bytes>>,
+    ) -> Result<(Response<Incoming>, Lease), NoResponse> {
+        for _ in 0..STALE_CONNECTIONS {
+            let mut lease = self.lease(host).await?;
+            let reused = lease.reused;
+            let Some(sender) = lease.sender.as_mut() else {
+                continue;
+            };
+            if sender.ready().await.is_err() {
+                if reused {
+                    continue;
+                }
+                return Err(NoResponse::Reset);
+            }
+            match sender.send_request(make()).await {
+                Ok(resp) => return Ok((resp, lease)),
+                // Never written: the keep-alive connection was closing under us.
+                Err(e) if e.is_canceled() && reused => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, cluster = %self.cluster, "upstream request failed");
+                    return Err(NoResponse::Reset);
+                }
+            }
+        }
+        Err(NoResponse::Reset)
+    }
+
+    async fn lease(self: &Arc<Self>, host: usize) -> Result<Lease, NoResponse> {
+        let (rx, waiter, connect) = {
+            let mut inner = self.lock();
+            match inner.pool.acquire(host) {
+                Acquire::Ready(conn) => {
+                    let sender = inner.idle.remove(&conn);
+                    return Ok(self.lease_of(host, conn, sender, true));
+                }
+                Acquire::Overflow(_) => {
+                    drop(inner);
+                    self.metrics.pending_overflow(&self.cluster);
+                    return Err(NoResponse::Overflow);
+                }
+                Acquire::Wait {
+                    waiter,
+                    connect,
+                    cx_overflow,
+                } => {
+                    if cx_overflow {
+                        self.metrics.connection_overflow(&self.cluster);
+                    }
+                    let (tx, rx) = oneshot::channel();
+                    inner.waiters.insert(waiter, tx);
+                    (rx, waiter, connect)
+                }
+            }
+        };
+        if let Some(conn) = connect {
+            self.spawn_connect(host, conn);
+        }
+        let _guard = WaitGuard {
+            upstream: self,
+            host,
+            waiter,
+        };
+        match rx.await {
+            Ok(Grant::Lease(lease)) => Ok(lease),
+            Ok(Grant::Overflow) => Err(NoResponse::Overflow),
+            Ok(Grant::ConnectFailed) | Err(_) => Err(NoResponse::ConnectFailure),
+        }
+    }
+
+    fn lease_of(
+        self: &Arc<Self>,
+        host: usize,
+        conn: ConnId,
+        sender: Option<Sender>,
+        reused: bool,
+    ) -> Lease {
+        Lease {
+            upstream: Arc::clone(self),
+            host,
+            conn,
+            sender,
+            reused,
+            done: false,
+        }
+    }
+
+    fn release(&self, host: usize, conn: ConnId, reusable: bool, sender: Option<Sender>) {
+        // Leases hold an `Arc`, so this upstream is alive; `self` needs no upgrade.
+        let after = {
+            let mut inner = self.lock();
+            let decision = inner.pool.release(host, conn, reusable);
+            self.apply(&mut inner, host, conn, decision, sender, true)
+        };
+        self.finish(after);
+    }
+
+    /// Carries out a pool decision about `conn`: give it to a waiter, park it idle
+    /// (with its timer) or close it. `reused`: it has served a request before.
+    fn apply(
+        &self,
+        inner: &mut Inner,
+        host: usize,
+        conn: ConnId,
+        decision: Release,
+        sender: Option<Sender>,
+        reused: bool,
+    ) -> After {
+        let mut after = After::default();
+        let (handoffs, idle_epoch) = match decision {
+            Release::Close => {
+                after.close.extend(sender);
+                return after;
+            }
+            Release::Handoffs(h) => (h, None),
+            Release::Idle { epoch, handoffs } => (handoffs, Some(epoch)),
+        };
+        let mut sender = sender;
+        self.hand_off(inner, host, handoffs, &mut sender, reused, &mut after);
+        if let (Some(epoch), Some(s)) = (idle_epoch, sender.take()) {
+            inner.idle.insert(conn, s);
+            self.arm_idle_timer(host, conn, epoch);
+        }
+        after.close.extend(sender);
+        after
+    }
+
+    fn hand_off(
+        &self,
+        inner: &mut Inner,
+        host: usize,
+        handoffs: Vec<Handoff>,
+        sender: &mut Option<Sender>,
+        reused: bool,
+        after: &mut After,
+    ) {
+        for handoff in handoffs {
+            let (waiter, grant) = match handoff {
+                Handoff::Overflow { waiter } => {
+                    self.metrics.pending_overflow(&self.cluster);
+                    (waiter, Grant::Overflow)
+                }
+                Handoff::ConnectFailed { waiter } => (waiter, Grant::ConnectFailed),
+                Handoff::Use { waiter, conn } => {
+                    let Some(upstream) = self.me() else { continue };
+                    (
+                        waiter,
+                        Grant::Lease(upstream.lease_of(host, conn, sender.take(), reused)),
+                    )
+                }
+            };
+            match (inner.waiters.remove(&waiter), grant) {
+                (Some(tx), grant) => after.grants.push((tx, grant)),
+                (None, Grant::Lease(lease)) => after.orphans.push(lease),
+                (None, _) => {}
+            }
+        }
+    }
+
+    fn finish(&self, after: After) {
+        for (tx, grant) in after.grants {
+            // A waiter that went away drops the grant: an unused lease closes.
+            let _ = tx.send(grant);
+        }
+        drop(after.orphans);
+        drop(after.close);
+        if let (Some((host, conn)), Some(me)) = (after.connect, self.me()) {
+            me.spawn_connect(host, conn);
+        }
+    }
+
+    /// This upstream as an `Arc`, for work that outlives the call.
+    fn me(&self) -> Option<Arc<Self>> {
+        self.me.upgrade()
+    }
+
+    /// Opens connection `conn` to endpoint `host` and drives it until it closes.
+    fn spawn_connect(&self, host: usize, conn: ConnId) {
+        let (addr, timeout, weak) = (self.addresses[host], self.connect_timeout, self.me.clone());
+        tokio::spawn(async move {
+            let connect = async {
+                let stream = TcpStream::connect(addr).await?;
+                stream.set_nodelay(true)?;
+                Ok::<_, std::io::Error>(stream)
+            };
+            let handshake = match tokio::time::timeout(timeout, connect).await {
+                Ok(Ok(stream)) => http1::handshake(TokioIo::new(stream)).await.ok(),
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, %addr, "upstream connect failed");
+                    None
+                }
+                Err(_) => None,
+            };
+            let Some(upstream) = weak.upgrade() else {
+                return;
+            };
+            let Some((sender, connection)) = handshake else {
+                upstream.connect_failed(host, conn);
+                return;
+            };
+            let weak = Arc::downgrade(&upstream);
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, %addr, "upstream connection ended with an error");
+                }
+                if let Some(upstream) = weak.upgrade() {
+                    upstream.closed(host, conn);
+                }
+            });
+            upstream.connected(host, conn, sender);
+        });
+    }
+
+    fn connected(&self, host: usize, conn: ConnId, sender: Sender) {
+        let after = {
+            let mut inner = self.lock();
+            let decision = inner.pool.connected(host, conn);
+            self.apply(&mut inner, host, conn, decision, Some(sender), false)
+        };
+        self.finish(after);
+    }
+
+    fn connect_failed(&self, host: usize, conn: ConnId) {
+        let after = {
+            let mut inner = self.lock();
+            let failed = inner.pool.connect_failed(host, conn);
+            let mut after = After::default();
+            self.hand_off(&mut inner, host, failed, &mut None, false, &mut after);
+            after
+        };
+        self.finish(after);
+    }
+
+    /// The connection's socket is gone (upstream close, idle expiry, quota reached).
+    fn closed(&self, host: usize, conn: ConnId) {
+        let after = {
+            let mut inner = self.lock();
+            let mut after = After::default();
+            after.close.extend(inner.idle.remove(&conn));
+            after.connect = inner.pool.closed(host, conn).map(|c| (host, c));
+            after
+        };
+        self.finish(after);
+    }
+
+    fn arm_idle_timer(&self, host: usize, conn: ConnId, epoch: u64) {
+        let Some(timeout) = self.idle_timeout else {
+            return;
+        };
+        let weak = self.me.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            if let Some(upstream) = weak.upgrade() {
+                let expired = {
+                    let mut inner = upstream.lock();
+                    if inner.pool.expire(host, conn, epoch) {
+                        inner.idle.remove(&conn)
+                    } else {
+                        None
+                    }
+                };
+                drop(expired);
+            }
+        });
+    }
+}

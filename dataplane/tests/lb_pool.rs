@@ -1,0 +1,481 @@
+//! Consistent-hash load balancing and connection-pool limits through the whole proxy
+//! on loopback: real hyper backends (which count the connections they accept and can
+//! hold a request until told to answer) and a real hyper client. No timing: requests
+//! are held at the backend, and the test waits for the states it needs.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::format_push_string)] // test harness
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use waypoint_dataplane::proxy::{self, Shared};
+
+const CLUSTER: &str = "inbound-vip|8000|http|echo.test.svc.cluster.local";
+
+/// A backend answering with its name. It counts accepted connections and requests
+/// seen, and when `gate` is set each request waits for a permit before answering.
+struct Backend {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    arrived: Arc<AtomicUsize>,
+    gate: Option<Arc<Semaphore>>,
+}
+
+async fn backend(name: &'static str, gated: bool) -> Backend {
+    backend_answering(name, gated, 200).await
+}
+
+async fn backend_answering(name: &'static str, gated: bool, status: u16) -> Backend {
+    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let arrived = Arc::new(AtomicUsize::new(0));
+    let gate = gated.then(|| Arc::new(Semaphore::new(0)));
+    let (acc, arr, g) = (accepted.clone(), arrived.clone(), gate.clone());
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = socket.accept().await.unwrap();
+            acc.fetch_add(1, Ordering::SeqCst);
+            let (arr, g) = (arr.clone(), g.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req| {
+                    let (arr, g) = (arr.clone(), g.clone());
+                    async move {
+                        arr.fetch_add(1, Ordering::SeqCst);
+                        if let Some(g) = g {
+                            g.acquire().await.unwrap().forget();
+                        }
+                        let mut resp = http::Response::new(Full::new(Bytes::from(name)));
+                        *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                        Ok::<_, Infallible>(resp)
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Backend {
+        addr,
+        accepted,
+        arrived,
+        gate,
+    }
+}
+
+/// A proxy with one route to `CLUSTER` with retry policy `retry`, the cluster's
+/// settings being `cluster_yaml` (indented under it), collecting its access log.
+/// Istio's default retry policy, and its variant for consistent-hash clusters.
+const DEFAULT_RETRY: &str =
+    "{attempts: 2, retryOn: [connect-failure, refused-stream, unavailable, cancelled]}";
+const HASH_RETRY: &str = "{attempts: 2, retryOn: [connect-failure, refused-stream, unavailable, cancelled], avoidPreviousHosts: false}";
+
+struct Proxy {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+async fn proxy(backends: &[&Backend], cluster_yaml: &str, retry: &str) -> Proxy {
+    let mut endpoints = String::new();
+    for b in backends {
+        endpoints.push_str(&format!("  - {{address: \"{}\"}}\n", b.addr));
+    }
+    let yaml = format!(
+        "listeners:
+- name: mesh
+  address: 127.0.0.1:0
+  routes:
+  - cluster: \"{CLUSTER}\"
+    retry: {retry}
+clusters:
+- name: \"{CLUSTER}\"
+{cluster_yaml}
+  endpoints:
+{endpoints}"
+    );
+    let config = waypoint_config::Config::from_yaml(&yaml).unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let sink = log.clone();
+    let shared = Shared::with_access_log(
+        config,
+        Box::new(move |line| sink.lock().unwrap().push(line.to_owned())),
+    );
+    let (socket, name) = proxy::bind(&shared.current()).await.unwrap().remove(0);
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(proxy::serve(shared.clone(), socket, name));
+    Proxy { shared, addr, log }
+}
+
+type Client = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+>;
+
+fn client() -> Client {
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build(hyper_util::client::legacy::connect::HttpConnector::new())
+}
+
+struct Reply {
+    status: u16,
+    headers: http::HeaderMap,
+    body: String,
+}
+
+async fn get(client: &Client, proxy: SocketAddr, headers: &[(&str, &str)]) -> Reply {
+    let mut req = http::Request::builder().uri(format!("http://{proxy}/"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = client
+        .request(req.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    Reply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+/// Waits (up to 10s, then fails) until `done` holds.
+async fn until(what: &str, done: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < Duration::from_secs(10), "never: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn three_backends() -> [Backend; 3] {
+    [
+        backend("a", false).await,
+        backend("b", false).await,
+        backend("c", false).await,
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_hash_keeps_each_user_on_one_backend_and_spreads_users() {
+    let backends = three_backends().await;
+    let refs: Vec<&Backend> = backends.iter().collect();
+    for lb in [
+        "  loadBalancer: RING_HASH\n  consistentHash: {httpHeaderName: x-user}",
+        "  loadBalancer: MAGLEV\n  consistentHash: {httpHeaderName: x-user, tableSize: 251}",
+    ] {
+        let p = proxy(&refs, lb, HASH_RETRY).await;
+        let c = client();
+        let mut homes = BTreeMap::new();
+        for round in 0..4 {
+            for user in 0..12 {
+                let r = get(&c, p.addr, &[("x-user", &format!("user-{user}"))]).await;
+                assert_eq!(r.status, 200);
+                assert!(r.headers.get("set-cookie").is_none());
+                let home = homes.entry(user).or_insert_with(|| r.body.clone());
+                assert_eq!(*home, r.body, "{lb}: user-{user} moved in round {round}");
+            }
+        }
+        let used: BTreeSet<_> = homes.values().collect();
+        assert!(used.len() > 1, "{lb}: 12 users all hashed to {used:?}");
+
+        // T15: without the header each request gets a random host.
+        let mut seen = BTreeSet::new();
+        for _ in 0..30 {
+            let r = get(&c, p.addr, &[]).await;
+            assert!(r.headers.get("set-cookie").is_none());
+            seen.insert(r.body);
+        }
+        assert!(
+            seen.len() > 1,
+            "{lb}: 30 unhashed requests all went to {seen:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookie_with_ttl_is_generated_once_and_then_sticks() {
+    let backends = three_backends().await;
+    let refs: Vec<&Backend> = backends.iter().collect();
+    let p = proxy(
+        &refs,
+        "  loadBalancer: RING_HASH\n  consistentHash: {httpCookie: {name: session, path: /, ttl: 60s}}",
+        HASH_RETRY,
+    )
+    .await;
+    let c = client();
+    let first = get(&c, p.addr, &[]).await;
+    assert_eq!(first.status, 200);
+    let set = first.headers["set-cookie"].to_str().unwrap().to_owned();
+    let (value, _) = set
+        .strip_prefix("session=\"")
+        .and_then(|rest| rest.split_once('"'))
+        .unwrap_or_else(|| panic!("unexpected set-cookie {set:?}"));
+    let value = value.to_owned();
+    assert_eq!(value.len(), 16, "hex of a 64-bit hash: {set}");
+    assert!(value.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert!(set.ends_with("; Max-Age=60; Path=/; HttpOnly"), "{set}");
+
+    let cookie = format!("session=\"{value}\"");
+    for _ in 0..10 {
+        let r = get(&c, p.addr, &[("cookie", &cookie)]).await;
+        assert_eq!(r.body, first.body, "the cookie pins the backend");
+        assert!(r.headers.get("set-cookie").is_none(), "nothing more to set");
+    }
+    // Other sessions spread over the backends.
+    let mut seen = BTreeSet::new();
+    for i in 0..24 {
+        let r = get(&c, p.addr, &[("cookie", &format!("session=s{i}"))]).await;
+        seen.insert(r.body);
+    }
+    assert!(seen.len() > 1, "24 sessions all on {seen:?}");
+}
+
+/// Sends a request on its own connection, returning its task. A reply that never
+/// comes (a request let through to the held backend) fails the test, not hangs it.
+fn spawn_get(addr: SocketAddr) -> tokio::task::JoinHandle<Reply> {
+    tokio::spawn(async move {
+        tokio::time::timeout(Duration::from_secs(10), get(&client(), addr, &[]))
+            .await
+            .expect("no reply within 10s")
+    })
+}
+
+/// Asserts that a reply is Envoy's overflow reply.
+fn assert_overflow(r: &Reply) {
+    assert_eq!(r.status, 503);
+    assert_eq!(
+        r.headers
+            .get("x-envoy-overloaded")
+            .map(|v| v.to_str().unwrap()),
+        Some("true")
+    );
+    assert_eq!(
+        r.body,
+        "upstream connect error or disconnect/reset before headers. reset reason: overflow"
+    );
+}
+
+const EJECT_ON_FIRST_ERROR: &str = "  outlierDetection: {consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 30s, maxEjectionPercent: 100}";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_requests_overflow_is_503_uo_and_never_ejects() {
+    let b = backend("slow", true).await;
+    let p = proxy(
+        &[&b],
+        &format!("  connectionPool: {{maxRequests: 1}}\n{EJECT_ON_FIRST_ERROR}"),
+        DEFAULT_RETRY,
+    )
+    .await;
+    let first = spawn_get(p.addr);
+    until("the first request reaches the backend", || {
+        b.arrived.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // One request is in flight: every other one overflows, whatever else is free.
+    let (r2, r3) = tokio::join!(spawn_get(p.addr), spawn_get(p.addr));
+    assert_overflow(&r2.unwrap());
+    assert_overflow(&r3.unwrap());
+    b.gate.as_ref().unwrap().add_permits(1);
+    let first = first.await.unwrap();
+    assert_eq!((first.status, first.body.as_str()), (200, "slow"));
+    assert_eq!(
+        b.arrived.load(Ordering::SeqCst),
+        1,
+        "overflows never reach the backend"
+    );
+
+    let cluster = p.shared.current().cluster(CLUSTER).unwrap().clone();
+    assert!(
+        cluster.ejected().is_empty(),
+        "overflow is not an outlier event"
+    );
+    let log = p.log.lock().unwrap().clone();
+    let overflowed: Vec<_> = log
+        .iter()
+        .filter(|l| l.contains("\" 503 UO upstream_reset_before_response_started{overflow} "))
+        .collect();
+    assert_eq!(overflowed.len(), 2, "{log:#?}");
+    let metrics = p.shared.current().metrics.render();
+    assert!(
+        metrics.contains(&format!(
+            "envoy_cluster_upstream_rq_pending_overflow{{cluster_name=\"{CLUSTER}\"}} 2"
+        )),
+        "{metrics}"
+    );
+    assert!(metrics.contains("response_flags=\"UO\""), "{metrics}");
+    // The slot is free again.
+    b.gate.as_ref().unwrap().add_permits(1);
+    assert_eq!(get(&client(), p.addr, &[]).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_one_pending_then_overflow() {
+    let b = backend("slow", true).await;
+    let p = proxy(
+        &[&b],
+        &format!(
+            "  connectionPool: {{maxConnections: 1, maxPendingRequests: 1}}\n{EJECT_ON_FIRST_ERROR}"
+        ),
+        DEFAULT_RETRY,
+    )
+    .await;
+    let cluster = p.shared.current().cluster(CLUSTER).unwrap().clone();
+    let first = spawn_get(p.addr);
+    until("the first request reaches the backend", || {
+        b.arrived.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let second = spawn_get(p.addr);
+    until("the second request waits for the connection", || {
+        cluster.pool_counts().pending == 1
+    })
+    .await;
+    // The connection is busy and the queue is full.
+    assert_overflow(&spawn_get(p.addr).await.unwrap());
+    b.gate.as_ref().unwrap().add_permits(2);
+    assert_eq!(first.await.unwrap().status, 200);
+    assert_eq!(second.await.unwrap().status, 200);
+    assert_eq!(
+        b.accepted.load(Ordering::SeqCst),
+        1,
+        "the queued request reused the one connection"
+    );
+    assert!(cluster.ejected().is_empty());
+    let log = p.log.lock().unwrap().clone();
+    assert_eq!(
+        log.iter().filter(|l| l.contains(" 503 UO ")).count(),
+        1,
+        "{log:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_requests_per_connection_one_opens_a_connection_per_request() {
+    // Keep-alive by default (the control), a new connection per request with the limit.
+    for (limit, want, open) in [
+        ("", 1, 1),
+        ("  connectionPool: {maxRequestsPerConnection: 1}", 5, 0),
+    ] {
+        let b = backend("one", false).await;
+        let p = proxy(&[&b], limit, DEFAULT_RETRY).await;
+        let c = client();
+        for _ in 0..5 {
+            assert_eq!(get(&c, p.addr, &[]).await.status, 200);
+        }
+        assert_eq!(
+            b.accepted.load(Ordering::SeqCst),
+            want,
+            "connections for 5 requests with {limit:?}"
+        );
+        let cluster = p.shared.current().cluster(CLUSTER).unwrap().clone();
+        until("used-up connections are closed", || {
+            cluster.pool_counts().connections == open
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_upstream_connections_close_after_the_idle_timeout() {
+    let b = backend("one", false).await;
+    let p = proxy(
+        &[&b],
+        "  connectionPool: {idleTimeout: 50ms}",
+        DEFAULT_RETRY,
+    )
+    .await;
+    let cluster = p.shared.current().cluster(CLUSTER).unwrap().clone();
+    let c = client();
+    assert_eq!(get(&c, p.addr, &[]).await.status, 200);
+    until("the idle connection is closed", || {
+        cluster.pool_counts().connections == 0
+    })
+    .await;
+    assert_eq!(get(&c, p.addr, &[]).await.status, 200);
+    assert_eq!(
+        b.accepted.load(Ordering::SeqCst),
+        2,
+        "a new connection after the close"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_beyond_max_retries_is_not_made_and_flagged_uo() {
+    // Every answer is a 503 that the route retries once; one retry may be in flight.
+    let b = backend_answering("busy", true, 503).await;
+    let p = proxy(
+        &[&b],
+        "  connectionPool: {maxRetries: 1}",
+        "{attempts: 1, retryOn: [retriable-status-codes], retriableStatusCodes: [503]}",
+    )
+    .await;
+    let gate = b.gate.clone().unwrap();
+    let first = spawn_get(p.addr);
+    until("the first request is held", || {
+        b.arrived.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let second = spawn_get(p.addr);
+    until("the second request is held", || {
+        b.arrived.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    // The first gets its 503 and is retried; the retry is held, keeping the one slot.
+    gate.add_permits(1);
+    until("the first request's retry is held", || {
+        b.arrived.load(Ordering::SeqCst) == 3
+    })
+    .await;
+    // The second gets its 503 (the semaphore serves waiters in order): no slot left,
+    // so it is not retried and its own response goes back, flagged UO.
+    gate.add_permits(1);
+    let second = second.await.unwrap();
+    assert_eq!((second.status, second.body.as_str()), (503, "busy"));
+    assert!(second.headers.get("x-envoy-overloaded").is_none());
+    gate.add_permits(1);
+    assert_eq!(first.await.unwrap().status, 503);
+    assert_eq!(
+        b.arrived.load(Ordering::SeqCst),
+        3,
+        "the second was not retried"
+    );
+    let log = p.log.lock().unwrap().clone();
+    assert_eq!(
+        log.iter()
+            .filter(|l| l.contains("\" 503 UO via_upstream "))
+            .count(),
+        1,
+        "{log:#?}"
+    );
+    let metrics = p.shared.current().metrics.render();
+    assert!(
+        metrics.contains(&format!(
+            "envoy_cluster_upstream_rq_retry_overflow{{cluster_name=\"{CLUSTER}\"}} 1"
+        )),
+        "{metrics}"
+    );
+    assert_eq!(
+        p.shared
+            .current()
+            .cluster(CLUSTER)
+            .unwrap()
+            .pool_counts()
+            .retries,
+        0,
+        "slots are given back"
+    );
+}
