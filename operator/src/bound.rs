@@ -193,7 +193,7 @@ fn wanted(
 
 fn error_policy<K>(_obj: Arc<K>, error: &Error, _ctx: Arc<Context>) -> Action {
     tracing::warn!(%error, "binding report failed; retrying");
-    Action::requeue(std::time::Duration::from_secs(5))
+    Action::requeue(crate::controller::retry_after_error())
 }
 
 /// Runs the Pod and Namespace reporters until asked to stop. Pods are watched only

@@ -500,9 +500,18 @@ where
     result
 }
 
+/// 5 s plus up to 2.5 s of jitter, so that objects failing together (an API server
+/// restart) do not retry in lockstep.
+pub(crate) fn retry_after_error() -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    Duration::from_secs(5) + Duration::from_millis(u64::from(nanos % 2500))
+}
+
 fn error_policy<K>(_obj: Arc<K>, error: &Error, _ctx: Arc<Context>) -> Action {
     tracing::warn!(%error, "reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(5))
+    Action::requeue(retry_after_error())
 }
 
 /// The Gateways whose parametersRef names this ConfigMap.
