@@ -4,8 +4,8 @@
 //!
 //! Scope today: Services in the waypoint's own namespace (the default
 //! `allowedRoutes: Same`), bound by their own label or their namespace's, the
-//! top-level DestinationRule `loadBalancer` (`simple` and `consistentHash`),
-//! `connectionPool` and `outlierDetection` (port-level settings and subsets not yet),
+//! DestinationRule `loadBalancer` (`simple` and `consistentHash`),
+//! `connectionPool` and `outlierDetection`, with port-level settings (subsets not yet),
 //! plain HTTP on the mesh listener (HBONE is issue 7).
 
 use std::net::{IpAddr, SocketAddr};
@@ -19,6 +19,7 @@ use waypoint_config as model;
 use waypoint_crds::DestinationRule;
 use waypoint_crds::destination_rule::{
     ConnectionPoolSettings, ConsistentHashLb, LbAlgorithm, LoadBalancerSettings, OutlierDetection,
+    TrafficPolicy,
 };
 
 use waypoint_mesh::binding;
@@ -179,6 +180,51 @@ fn rule_for<'a>(
     matching.first().copied()
 }
 
+/// The policy parts of one cluster (one Service port).
+struct ClusterPolicy {
+    load_balancer: model::LoadBalancer,
+    consistent_hash: Option<model::ConsistentHash>,
+    connection_pool: model::ConnectionPool,
+    outlier_detection: Option<model::OutlierDetection>,
+    connect_timeout: Duration,
+}
+
+/// Istio's port-level rule (`GetPortLevelTrafficPolicy`): a `portLevelSettings`
+/// entry for this port replaces loadBalancer, connectionPool and outlierDetection
+/// wholesale; a part it omits falls to its default, not to the top-level value.
+fn cluster_policy(policy: Option<&TrafficPolicy>, port: i32) -> ClusterPolicy {
+    let port_level = policy.and_then(|p| {
+        p.port_level_settings.iter().find(|s| {
+            s.port
+                .as_ref()
+                .is_some_and(|n| i64::from(n.number) == i64::from(port))
+        })
+    });
+    let (lb, cp, od) = match port_level {
+        Some(s) => (
+            s.load_balancer.as_ref(),
+            s.connection_pool.as_ref(),
+            s.outlier_detection.as_ref(),
+        ),
+        None => (
+            policy.and_then(|p| p.load_balancer.as_ref()),
+            policy.and_then(|p| p.connection_pool.as_ref()),
+            policy.and_then(|p| p.outlier_detection.as_ref()),
+        ),
+    };
+    let (load_balancer, consistent_hash) = load_balancer(lb);
+    ClusterPolicy {
+        load_balancer,
+        consistent_hash,
+        connection_pool: connection_pool(cp),
+        outlier_detection: od.map(outlier),
+        connect_timeout: cp
+            .and_then(|c| c.tcp.as_ref())
+            .and_then(|t| t.connect_timeout.as_ref())
+            .map_or(Duration::from_secs(10), waypoint_crds::Duration::as_std),
+    }
+}
+
 /// Ready endpoints of `svc` for its port named `port_name`, at the slice's target
 /// port, sorted and without duplicates (one pod can appear in two slices).
 fn endpoints(
@@ -231,21 +277,17 @@ pub fn compile(gw: &Gateway, view: &View<'_>) -> model::Config {
         let spec = svc.spec.clone().unwrap_or_default();
         let rule = rule_for(svc, &fqdn, view.destination_rules);
         let policy = rule.and_then(|r| r.spec.traffic_policy.as_ref());
-        let (load_balancer, consistent_hash) =
-            load_balancer(policy.and_then(|p| p.load_balancer.as_ref()));
-        let connection_pool = connection_pool(policy.and_then(|p| p.connection_pool.as_ref()));
-        let outlier_detection = policy
-            .and_then(|p| p.outlier_detection.as_ref())
-            .map(outlier);
-        let connect_timeout = policy
-            .and_then(|p| p.connection_pool.as_ref())
-            .and_then(|c| c.tcp.as_ref())
-            .and_then(|t| t.connect_timeout.as_ref())
-            .map_or(Duration::from_secs(10), waypoint_crds::Duration::as_std);
         let mut ports = spec.ports.unwrap_or_default();
         ports.sort_by_key(|p| p.port);
         for (i, port) in ports.iter().enumerate() {
             let cluster = format!("inbound-vip|{}|http|{fqdn}", port.port);
+            let ClusterPolicy {
+                load_balancer,
+                consistent_hash,
+                connection_pool,
+                outlier_detection,
+                connect_timeout,
+            } = cluster_policy(policy, port.port);
             let endpoints = endpoints(view.slices, svc, port.name.as_deref());
             let mut hosts: Vec<String> = [fqdn.clone(), format!("{name}.{ns}"), name.clone()]
                 .into_iter()
@@ -631,6 +673,43 @@ spec:
         );
         let (cluster, _) = compiled_with("    connectionPool: {tcp: {idleTimeout: 0s}}");
         assert_eq!(cluster.connection_pool.idle_timeout, Duration::ZERO);
+    }
+
+    #[test]
+    fn a_port_level_entry_replaces_each_part_wholesale_t16() {
+        // T16: port-level connectionPool on the Service's port, outlierDetection and
+        // loadBalancer only at the top: the port gets neither (defaults instead).
+        let (cluster, _) = compiled_with(
+            "    loadBalancer: {simple: ROUND_ROBIN}
+    outlierDetection: {consecutive5xxErrors: 3}
+    portLevelSettings:
+    - port: {number: 8000}
+      connectionPool: {http: {maxRequestsPerConnection: 1}}",
+        );
+        assert_eq!(cluster.connection_pool.max_requests_per_connection, 1);
+        assert_eq!(
+            cluster.outlier_detection, None,
+            "no outlier detection on port 8000"
+        );
+        assert_eq!(
+            cluster.load_balancer,
+            model::LoadBalancer::LeastRequest,
+            "the default, not ROUND_ROBIN"
+        );
+        // An entry for another port leaves this one on the top-level policy.
+        let (cluster, _) = compiled_with(
+            "    loadBalancer: {simple: ROUND_ROBIN}
+    outlierDetection: {consecutive5xxErrors: 3}
+    portLevelSettings:
+    - port: {number: 9000}
+      connectionPool: {http: {maxRequestsPerConnection: 1}}",
+        );
+        assert_eq!(cluster.load_balancer, model::LoadBalancer::RoundRobin);
+        assert_eq!(
+            cluster.outlier_detection.map(|o| o.consecutive_5xx_errors),
+            Some(Some(3))
+        );
+        assert_eq!(cluster.connection_pool.max_requests_per_connection, 0);
     }
 
     #[test]
