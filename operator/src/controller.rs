@@ -53,6 +53,8 @@ pub struct Context {
     /// The Services each waypoint served at its last reconcile, so that an event
     /// on a Service that is neither bound nor was bound wakes no waypoint.
     pub served: Served,
+    /// Gateways without HPA/PDB overlays already checked for a stale one.
+    pub no_extras: std::sync::Mutex<std::collections::BTreeSet<(String, String)>>,
 }
 
 /// `(namespace, gateway)` → names of the Services it serves.
@@ -84,6 +86,7 @@ impl Served {
 pub struct Caches {
     namespaces: Store<PartialObjectMeta<Namespace>>,
     gateways: Store<Gateway>,
+    classes: Store<GatewayClass>,
 }
 
 impl Caches {
@@ -95,6 +98,16 @@ impl Caches {
             ns_writer,
             watcher(
                 Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+                watcher::Config::default(),
+            ),
+        )
+        .default_backoff()
+        .for_each(|_| futures::future::ready(()));
+        let (classes, class_writer) = reflector::store();
+        let class_run = reflector::reflector(
+            class_writer,
+            watcher(
+                Api::<GatewayClass>::all(client.clone()),
                 watcher::Config::default(),
             ),
         )
@@ -113,9 +126,10 @@ impl Caches {
             Self {
                 namespaces,
                 gateways,
+                classes,
             },
             async move {
-                futures::join!(ns_run, gw_run);
+                futures::join!(ns_run, gw_run, class_run);
             },
         )
     }
@@ -123,8 +137,16 @@ impl Caches {
     pub async fn synced(&self) {
         let _ = futures::join!(
             self.namespaces.wait_until_ready(),
-            self.gateways.wait_until_ready()
+            self.gateways.wait_until_ready(),
+            self.classes.wait_until_ready()
         );
+    }
+
+    /// Whether the GatewayClass exists and names our controller.
+    pub(crate) fn class_is_ours(&self, name: &str) -> bool {
+        self.classes
+            .get(&ObjectRef::new(name))
+            .is_some_and(|c| c.spec.controller_name == CONTROLLER_NAME)
     }
 
     /// The namespace as a `Namespace` with only its metadata (labels are what matter).
@@ -217,22 +239,25 @@ where
         .map(|o| builders::describe(&o)))
 }
 
-async fn apply<K>(api: &Api<K>, obj: &K, metrics: &Metrics) -> Result<(), Error>
+/// Server-side applies `obj`; returns the object as the API server now has it
+/// (status included), which saves a GET.
+async fn apply<K>(api: &Api<K>, obj: &K, metrics: &Metrics) -> Result<K, Error>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
 {
     let name = obj.meta().name.clone().unwrap_or_default();
-    api.patch(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(obj),
-    )
-    .await?;
+    let applied = api
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(obj),
+        )
+        .await?;
     metrics.applied(match K::kind(&()) {
         std::borrow::Cow::Borrowed(kind) => kind,
         std::borrow::Cow::Owned(_) => "other",
     });
-    Ok(())
+    Ok(applied)
 }
 
 /// The overlays of the Gateway's `infrastructure.parametersRef`: `Ok(Err(why))` when
@@ -289,7 +314,7 @@ async fn apply_children(
     ns: &str,
     name: &str,
     children: &builders::Children,
-) -> Result<(), Error> {
+) -> Result<(Deployment, Service), Error> {
     let client = &ctx.client;
     let (sas, cms, deploys, svcs): (
         Api<ServiceAccount>,
@@ -304,19 +329,34 @@ async fn apply_children(
     );
     apply(&sas, &children.service_account, &ctx.metrics).await?;
     apply(&cms, &children.config_map, &ctx.metrics).await?;
-    apply(&svcs, &children.service, &ctx.metrics).await?;
-    apply(&deploys, &children.deployment, &ctx.metrics).await?;
+    let service = apply(&svcs, &children.service, &ctx.metrics).await?;
+    let deployment = apply(&deploys, &children.deployment, &ctx.metrics).await?;
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), ns);
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(ctx.client.clone(), ns);
-    match &children.horizontal_pod_autoscaler {
-        Some(hpa) => apply(&hpas, hpa, &ctx.metrics).await?,
-        None => delete_ours(&hpas, name).await?,
+    let key = (ns.to_owned(), name.to_owned());
+    let extras =
+        children.horizontal_pod_autoscaler.is_some() || children.pod_disruption_budget.is_some();
+    // Without overlays for them, look for a stale HPA or PDB once per Gateway per
+    // process, not on every reconcile.
+    let known_absent = !extras && ctx.no_extras.lock().is_ok_and(|s| s.contains(&key));
+    if !known_absent {
+        match &children.horizontal_pod_autoscaler {
+            Some(hpa) => drop(apply(&hpas, hpa, &ctx.metrics).await?),
+            None => delete_ours(&hpas, name).await?,
+        }
+        match &children.pod_disruption_budget {
+            Some(pdb) => drop(apply(&pdbs, pdb, &ctx.metrics).await?),
+            None => delete_ours(&pdbs, name).await?,
+        }
     }
-    match &children.pod_disruption_budget {
-        Some(pdb) => apply(&pdbs, pdb, &ctx.metrics).await?,
-        None => delete_ours(&pdbs, name).await?,
+    if let Ok(mut s) = ctx.no_extras.lock() {
+        if extras {
+            s.remove(&key);
+        } else {
+            s.insert(key);
+        }
     }
-    Ok(())
+    Ok((deployment, service))
 }
 
 /// The waypoint's objects with its overlays, or without them and the reason the
@@ -342,11 +382,7 @@ async fn children_for(
 }
 
 async fn reconcile_gateway(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let classes: Api<GatewayClass> = Api::all(ctx.client.clone());
-    let ours = classes
-        .get_opt(&gw.spec.gateway_class_name)
-        .await?
-        .is_some_and(|c| c.spec.controller_name == CONTROLLER_NAME);
+    let ours = ctx.caches.class_is_ours(&gw.spec.gateway_class_name);
     if !ours || gw.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
@@ -405,16 +441,19 @@ async fn reconcile_gateway(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action
     ] {
         clash = clash.or(found);
     }
+    let mut applied = None;
     if let Some(why) = &invalid_parameters {
         // Istio renders nothing then; we keep what runs and say why in status.
         tracing::warn!(gateway = %name, namespace = %ns, %why, "parametersRef unusable; objects left as they are");
     } else if clash.is_none() {
-        apply_children(&ctx, &ns, &name, &children).await?;
+        applied = Some(apply_children(&ctx, &ns, &name, &children).await?);
     } else {
         tracing::warn!(gateway = %name, namespace = %ns, conflict = ?clash, "not adopting an object we do not manage");
     }
-    let deployment = deploys.get_opt(&name).await?;
-    let service = svcs.get_opt(&name).await?;
+    let (deployment, service) = match applied {
+        Some((d, s)) => (Some(d), Some(s)),
+        None => (deploys.get_opt(&name).await?, svcs.get_opt(&name).await?),
+    };
     let observed = Observed {
         ready_replicas: deployment
             .and_then(|d| d.status)
@@ -514,6 +553,17 @@ fn error_policy<K>(_obj: Arc<K>, error: &Error, _ctx: Arc<Context>) -> Action {
     Action::requeue(retry_after_error())
 }
 
+/// The Gateways of a GatewayClass.
+fn gateways_of_class(store: &Store<Gateway>, class: &GatewayClass) -> Vec<ObjectRef<Gateway>> {
+    let name = class.name_any();
+    store
+        .state()
+        .iter()
+        .filter(|g| g.spec.gateway_class_name == name)
+        .map(|g| ObjectRef::from_obj(g.as_ref()))
+        .collect()
+}
+
 /// The Gateways whose parametersRef names this ConfigMap.
 fn parameters_of(store: &Store<Gateway>, cm: &ConfigMap) -> Vec<ObjectRef<Gateway>> {
     let (ns, name) = (cm.namespace(), cm.name_any());
@@ -586,6 +636,7 @@ pub async fn run(ctx: Arc<Context>) {
     // Anything in a namespace can change what its waypoints serve: map it to them.
     let gateways_in = in_namespace(controller.store());
     let params_store = controller.store();
+    let class_store = controller.store();
     let (a, b, c, d) = (
         gateways_in.clone(),
         gateways_in.clone(),
@@ -634,6 +685,13 @@ pub async fn run(ctx: Arc<Context>) {
             Api::<ConfigMap>::all(client.clone()),
             watcher::Config::default(),
             move |cm| parameters_of(&params_store, &cm),
+        )
+        // Ownership is read from the class cache: a class that appears or changes
+        // owner wakes its Gateways.
+        .watches(
+            Api::<GatewayClass>::all(client.clone()),
+            watcher::Config::default(),
+            move |class| gateways_of_class(&class_store, &class),
         )
         .shutdown_on_signal()
         .run(

@@ -82,6 +82,7 @@ async fn main() -> anyhow::Result<()> {
         metrics: metrics.clone(),
         caches,
         served: controller::Served::default(),
+        no_extras: std::sync::Mutex::default(),
         recorder: kube::runtime::events::Recorder::new(
             client.clone(),
             kube::runtime::events::Reporter {
