@@ -80,6 +80,28 @@ impl Served {
     }
 }
 
+/// A store of every `K` and the future that keeps it filled. For
+/// `PartialObjectMeta<K>`, kube asks the API server for metadata only.
+fn cache<K>(client: &Client) -> (Store<K>, impl Future<Output = ()> + Send + use<K>)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let fill = reflector::reflector(
+        writer,
+        watcher(Api::<K>::all(client.clone()), watcher::Config::default()),
+    )
+    .default_backoff()
+    .for_each(|_| futures::future::ready(()));
+    (reader, fill)
+}
+
 /// Watch caches that reconciles read instead of calling the API server: with
 /// thousands of Services, a GET per reconcile starves everything else.
 #[derive(Clone)]
@@ -92,36 +114,9 @@ pub struct Caches {
 impl Caches {
     /// The caches, and the future that keeps them filled (run it forever).
     pub fn start(client: &Client) -> (Self, impl Future<Output = ()> + Send + use<>) {
-        let (namespaces, ns_writer) = reflector::store();
-        let (gateways, gw_writer) = reflector::store();
-        let ns_run = reflector::reflector(
-            ns_writer,
-            watcher(
-                Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
-                watcher::Config::default(),
-            ),
-        )
-        .default_backoff()
-        .for_each(|_| futures::future::ready(()));
-        let (classes, class_writer) = reflector::store();
-        let class_run = reflector::reflector(
-            class_writer,
-            watcher(
-                Api::<GatewayClass>::all(client.clone()),
-                watcher::Config::default(),
-            ),
-        )
-        .default_backoff()
-        .for_each(|_| futures::future::ready(()));
-        let gw_run = reflector::reflector(
-            gw_writer,
-            watcher(
-                Api::<Gateway>::all(client.clone()),
-                watcher::Config::default(),
-            ),
-        )
-        .default_backoff()
-        .for_each(|_| futures::future::ready(()));
+        let (namespaces, ns_run) = cache::<PartialObjectMeta<Namespace>>(client);
+        let (gateways, gw_run) = cache::<Gateway>(client);
+        let (classes, class_run) = cache::<GatewayClass>(client);
         (
             Self {
                 namespaces,
