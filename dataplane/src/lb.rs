@@ -140,6 +140,12 @@ impl Balancer {
         Some(choice)
     }
 
+    /// Whether a pick would find a host: some host is healthy, or the cluster is in
+    /// panic. Moves no balancer state.
+    pub fn has_host(&self, hosts: &[Candidate]) -> bool {
+        !self.host_source(hosts).is_empty()
+    }
+
     /// Healthy hosts, or all of them when the cluster is in panic.
     fn host_source(&self, hosts: &[Candidate]) -> Vec<usize> {
         let healthy: Vec<usize> = (0..hosts.len()).filter(|&i| hosts[i].healthy).collect();

@@ -7,6 +7,8 @@
 pub mod access_log;
 pub mod admin;
 pub mod hash_policy;
+pub mod hbone;
+pub mod identity;
 pub mod lb;
 pub mod metrics;
 pub mod outlier;

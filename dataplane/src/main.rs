@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use waypoint_dataplane::{admin, proxy};
+use waypoint_config::ListenerProtocol;
+use waypoint_dataplane::{admin, hbone, identity, proxy};
 
 #[derive(Parser, Debug)]
 #[command(version, about)]
@@ -25,6 +26,10 @@ struct Args {
     /// Prometheus endpoint (`/stats/prometheus`).
     #[arg(long, default_value = "0.0.0.0:15020")]
     metrics_address: SocketAddr,
+    /// Mesh credentials for HBONE listeners: `cert-chain.pem`, `key.pem` and
+    /// `root-cert.pem`, reloaded when they change.
+    #[arg(long, env = "WAYPOINT_IDENTITY_DIR")]
+    identity_dir: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -50,9 +55,41 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the metrics address {}", args.metrics_address))?;
     tokio::spawn(admin::serve_metrics(metrics_socket, Arc::clone(&shared)));
-    for (socket, name) in proxy::bind(&shared.current()).await? {
-        tracing::info!(listener = %name, address = ?socket.local_addr().ok(), "serving");
-        tokio::spawn(proxy::serve(Arc::clone(&shared), socket, name));
+    let mesh_tls = match &args.identity_dir {
+        Some(dir) => {
+            let tls = identity::MeshTls::new(identity::load_dir(dir)?)?;
+            tracing::info!(identity = %tls.credentials().identity, dir = %dir.display(), "mesh credentials loaded");
+            tokio::spawn(identity::watch_dir(dir.clone(), Arc::clone(&tls)));
+            Some(tls)
+        }
+        None => None,
+    };
+    let runtime = shared.current();
+    for (socket, name) in proxy::bind(&runtime).await? {
+        let protocol = runtime
+            .config
+            .listeners
+            .iter()
+            .find(|l| l.name == name)
+            .map(|l| l.protocol)
+            .unwrap_or_default();
+        tracing::info!(listener = %name, ?protocol, address = ?socket.local_addr().ok(), "serving");
+        match (protocol, &mesh_tls) {
+            (ListenerProtocol::Http, _) => {
+                tokio::spawn(proxy::serve(Arc::clone(&shared), socket, name));
+            }
+            (ListenerProtocol::Hbone, Some(tls)) => {
+                tokio::spawn(hbone::serve(
+                    Arc::clone(&shared),
+                    Arc::clone(tls),
+                    socket,
+                    name,
+                ));
+            }
+            (ListenerProtocol::Hbone, None) => anyhow::bail!(
+                "listener {name:?} is HBONE, which needs mesh credentials: pass --identity-dir"
+            ),
+        }
     }
     readiness.set_ready();
     tokio::spawn(watch_config(args.config, text, shared));

@@ -41,6 +41,8 @@ pub struct RequestLabels {
     pub destination_workload: String,
     pub response_code: u16,
     pub response_flags: String,
+    /// The HBONE client's SPIFFE ID; `None` on plain listeners.
+    pub source_principal: Option<String>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -278,11 +280,16 @@ fn istio_labels(l: &RequestLabels) -> String {
         parts.next().unwrap_or("unknown"),
         parts.next().unwrap_or("unknown"),
     );
+    let principal = l.source_principal.as_deref();
+    // spiffe://<td>/ns/<ns>/sa/<sa>: the namespace is the fourth segment.
+    let source_ns = principal
+        .and_then(|p| p.split('/').nth(4))
+        .unwrap_or("unknown");
     let labels: [(&str, &str); 25] = [
         ("reporter", "waypoint"),
         ("source_workload", "unknown"),
-        ("source_workload_namespace", "unknown"),
-        ("source_principal", "unknown"),
+        ("source_workload_namespace", source_ns),
+        ("source_principal", principal.unwrap_or("unknown")),
         ("source_app", "unknown"),
         ("source_version", "unknown"),
         ("source_canonical_service", "unknown"),
@@ -301,7 +308,14 @@ fn istio_labels(l: &RequestLabels) -> String {
         ("destination_cluster", "unknown"),
         ("request_protocol", "http"),
         ("response_flags", &l.response_flags),
-        ("connection_security_policy", "none"),
+        (
+            "connection_security_policy",
+            if principal.is_some() {
+                "mutual_tls"
+            } else {
+                "none"
+            },
+        ),
         ("response_code", ""),
         ("grpc_response_status", ""),
     ];
@@ -330,6 +344,7 @@ mod tests {
             destination_workload: "in-ambient".into(),
             response_code: code,
             response_flags: "-".into(),
+            source_principal: None,
         }
     }
 

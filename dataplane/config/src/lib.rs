@@ -36,15 +36,33 @@ pub struct Config {
     pub clusters: Vec<Cluster>,
 }
 
-/// A plain HTTP listener. Requests are routed by their `Host` (authority) to a
-/// cluster; HBONE and TLS listeners slot in beside this kind.
+/// A listener. Plain `HTTP` routes each request by its `Host` (authority). `HBONE`
+/// terminates mutual TLS 1.3 and HTTP/2 CONNECT (waypoint-contract §5) and routes
+/// everything inside a tunnel by the CONNECT authority, the original destination.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Listener {
     pub name: String,
     pub address: SocketAddr,
+    #[serde(default, skip_serializing_if = "ListenerProtocol::is_http")]
+    pub protocol: ListenerProtocol,
     #[serde(default)]
     pub routes: Vec<Route>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ListenerProtocol {
+    #[default]
+    #[serde(rename = "HTTP")]
+    Http,
+    #[serde(rename = "HBONE")]
+    Hbone,
+}
+
+impl ListenerProtocol {
+    pub fn is_http(&self) -> bool {
+        *self == Self::Http
+    }
 }
 
 /// Requests whose authority is one of `hosts` (with or without the port) go to

@@ -137,18 +137,28 @@ impl Cluster {
     /// the request's hash for hashing balancers.
     pub fn pick(&self, tried: &[usize], avoid_tried: bool, hash: Option<u64>) -> Option<usize> {
         let mut state = self.state();
-        let candidates: Vec<Candidate> = self
-            .endpoints
+        let candidates = self.candidates(&state);
+        state
+            .balancer
+            .pick_hashed(&candidates, hash, |i| avoid_tried && tried.contains(&i))
+    }
+
+    /// Whether a request now would find an endpoint (Envoy's "no healthy upstream"
+    /// otherwise), without moving the balancer.
+    pub fn has_host(&self) -> bool {
+        let state = self.state();
+        state.balancer.has_host(&self.candidates(&state))
+    }
+
+    fn candidates(&self, state: &State) -> Vec<Candidate> {
+        self.endpoints
             .iter()
             .enumerate()
             .map(|(i, e)| Candidate {
                 healthy: !state.detector.as_ref().is_some_and(|d| d.is_ejected(&i)),
                 active_requests: e.active.load(Ordering::Relaxed),
             })
-            .collect();
-        state
-            .balancer
-            .pick_hashed(&candidates, hash, |i| avoid_tried && tried.contains(&i))
+            .collect()
     }
 
     pub fn report(&self, endpoint: usize, outcome: Outcome) {

@@ -25,20 +25,34 @@ use crate::rng::Rng;
 /// Request bodies are buffered so that retries can replay them; beyond this, 413.
 const MAX_BUFFERED_BODY: usize = 16 << 20;
 
-pub async fn serve_connection(
-    shared: Arc<Shared>,
-    listener: Arc<str>,
-    stream: TcpStream,
-    peer: SocketAddr,
-) {
-    let local = stream.local_addr().ok();
+/// Who is on the other end of a downstream connection, and where they meant to go.
+#[derive(Clone, Debug)]
+pub struct Downstream {
+    pub listener: Arc<str>,
+    pub peer: SocketAddr,
+    pub local: Option<SocketAddr>,
+    /// Inside an HBONE tunnel: the CONNECT authority (the original destination),
+    /// which routes every request instead of its `Host`.
+    pub destination: Option<Arc<str>>,
+    /// Inside an HBONE tunnel: the client's SPIFFE ID from its certificate.
+    pub source_principal: Option<Arc<str>>,
+}
+
+/// Serves HTTP/1.1 or HTTP/2 (sniffed from the first bytes) on one connection: a TCP
+/// stream of a plain listener, or a tunnelled CONNECT stream of an HBONE listener.
+pub async fn serve_connection<I>(shared: Arc<Shared>, io: I, downstream: Downstream)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let peer = downstream.peer;
+    let downstream = Arc::new(downstream);
     let service = hyper::service::service_fn(move |req| {
         let runtime = shared.current();
-        let listener = Arc::clone(&listener);
+        let downstream = Arc::clone(&downstream);
         let shared = Arc::clone(&shared);
         let in_flight = shared.begin();
         async move {
-            let mut resp = handle(&runtime, &listener, req, peer, local, &shared.access_log).await;
+            let mut resp = handle(&runtime, &downstream, req, &shared.access_log).await;
             if shared.is_draining() {
                 // Tell keep-alive clients to reconnect elsewhere while we drain.
                 resp.headers_mut()
@@ -49,12 +63,27 @@ pub async fn serve_connection(
         }
     });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    if let Err(e) = builder
-        .serve_connection(TokioIo::new(stream), service)
-        .await
-    {
+    if let Err(e) = builder.serve_connection(io, service).await {
         tracing::debug!(error = %e, %peer, "downstream connection ended with an error");
     }
+}
+
+/// [`serve_connection`] for an accepted TCP connection of a plain listener.
+pub async fn serve_tcp(
+    shared: Arc<Shared>,
+    listener: Arc<str>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
+    let local = stream.local_addr().ok();
+    let downstream = Downstream {
+        listener,
+        peer,
+        local,
+        destination: None,
+        source_principal: None,
+    };
+    serve_connection(shared, TokioIo::new(stream), downstream).await;
 }
 
 fn policy(r: &RetryConfig) -> RetryPolicy {
@@ -99,7 +128,7 @@ fn authority(req: &Request<Incoming>) -> Option<String> {
         .or_else(|| header_str(req.headers(), &header::HOST))
 }
 
-fn route<'a>(routes: &'a [Route], authority: Option<&str>) -> Option<&'a Route> {
+pub(crate) fn route<'a>(routes: &'a [Route], authority: Option<&str>) -> Option<&'a Route> {
     let host = authority.map(|a| a.rsplit_once(':').map_or(a, |(h, _)| h));
     routes.iter().find(|r| {
         r.hosts.is_empty()
@@ -158,21 +187,25 @@ fn request_id() -> String {
 
 async fn handle(
     runtime: &Runtime,
-    listener: &str,
+    downstream: &Downstream,
     req: Request<Incoming>,
-    peer: SocketAddr,
-    local: Option<SocketAddr>,
     access_log: &super::AccessLog,
 ) -> Response<Full<Bytes>> {
     let start_time = SystemTime::now();
     let started = Instant::now();
+    let (peer, local) = (downstream.peer, downstream.local);
     let routes = runtime
         .config
         .listeners
         .iter()
-        .find(|l| l.name == listener)
+        .find(|l| *l.name == *downstream.listener)
         .map_or(&[][..], |l| &l.routes[..]);
     let authority = authority(&req);
+    let destination = downstream
+        .destination
+        .as_deref()
+        .map(str::to_owned)
+        .or_else(|| authority.clone());
     let mut entry = Entry {
         start_time: Some(start_time),
         method: req.method().to_string(),
@@ -191,7 +224,7 @@ async fn handle(
     let (resp, flags, details) = forward(
         runtime,
         routes,
-        authority.as_deref(),
+        destination.as_deref(),
         req,
         (peer, local),
         &mut entry,
@@ -205,12 +238,12 @@ async fn handle(
         .unwrap_or(0);
     entry.duration_ms = started.elapsed().as_millis();
     access_log(&entry.to_istio_text());
-    record_metrics(runtime, &entry);
+    record_metrics(runtime, &entry, downstream.source_principal.as_deref());
     resp
 }
 
 /// Istio's request metrics for one request, labelled from what the access log knows.
-fn record_metrics(runtime: &Runtime, entry: &Entry) {
+fn record_metrics(runtime: &Runtime, entry: &Entry, source_principal: Option<&str>) {
     let cluster = entry.upstream_cluster.as_deref();
     let workload = cluster
         .and_then(|c| runtime.cluster(c))
@@ -227,6 +260,7 @@ fn record_metrics(runtime: &Runtime, entry: &Entry) {
         destination_workload: workload.to_owned(),
         response_code: entry.response_code,
         response_flags: entry.response_flags.unwrap_or("-").to_owned(),
+        source_principal: source_principal.map(str::to_owned),
     };
     runtime.metrics.record(
         labels,

@@ -4,7 +4,7 @@
 //! access-log line per request.
 
 mod cluster;
-mod handler;
+pub(crate) mod handler;
 mod upstream;
 
 use std::collections::HashMap;
@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use waypoint_config::Config;
 
 pub use cluster::Cluster;
+pub use handler::{Downstream, serve_connection};
 
 use crate::metrics::Metrics;
 use crate::rng::Rng;
@@ -223,7 +224,7 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpListener, listener: String) {
                 continue;
             }
         };
-        tokio::spawn(handler::serve_connection(
+        tokio::spawn(handler::serve_tcp(
             Arc::clone(&shared),
             Arc::clone(&listener),
             stream,

@@ -1,0 +1,138 @@
+//! The dataplane's mesh credentials: loaded from files (standalone mode, Istio's
+//! `cert-chain.pem`, `key.pem`, `root-cert.pem`) and swapped whole when they change.
+//! New HBONE connections take the config in force; open ones keep theirs, so a
+//! renewal drops nothing.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use rustls::ServerConfig;
+use waypoint_identity::tls;
+use waypoint_identity::workload::Credentials;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("credentials in {dir}: {source}")]
+    Credentials {
+        dir: PathBuf,
+        source: waypoint_identity::workload::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] tls::Error),
+}
+
+struct Current {
+    credentials: Arc<Credentials>,
+    server: Arc<ServerConfig>,
+}
+
+/// The credentials in force and the HBONE server config built from them.
+pub struct MeshTls {
+    current: RwLock<Current>,
+}
+
+impl MeshTls {
+    pub fn new(credentials: Credentials) -> Result<Arc<Self>, Error> {
+        Ok(Arc::new(Self {
+            current: RwLock::new(Self::build(credentials)?),
+        }))
+    }
+
+    fn build(credentials: Credentials) -> Result<Current, Error> {
+        let server = Arc::new(tls::server_config(&credentials)?);
+        Ok(Current {
+            credentials: Arc::new(credentials),
+            server,
+        })
+    }
+
+    /// Swaps in renewed credentials; on error the old ones stay.
+    pub fn set(&self, credentials: Credentials) -> Result<(), Error> {
+        let next = Self::build(credentials)?;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = next;
+        Ok(())
+    }
+
+    pub fn server_config(&self) -> Arc<ServerConfig> {
+        Arc::clone(
+            &self
+                .current
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .server,
+        )
+    }
+
+    pub fn credentials(&self) -> Arc<Credentials> {
+        Arc::clone(
+            &self
+                .current
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .credentials,
+        )
+    }
+
+    /// Peers from another trust domain are refused (401).
+    pub fn trust_domain(&self) -> String {
+        self.credentials().identity.trust_domain.clone()
+    }
+}
+
+/// The three PEM files of a credentials directory, as text.
+fn read_dir(dir: &Path) -> Result<[String; 3], Error> {
+    let read = |name: &str| {
+        let path = dir.join(name);
+        std::fs::read_to_string(&path).map_err(|source| Error::Read { path, source })
+    };
+    Ok([
+        read("cert-chain.pem")?,
+        read("key.pem")?,
+        read("root-cert.pem")?,
+    ])
+}
+
+pub fn load_dir(dir: &Path) -> Result<Credentials, Error> {
+    let [chain, key, roots] = read_dir(dir)?;
+    Credentials::from_pem(&chain, &key, &roots).map_err(|source| Error::Credentials {
+        dir: dir.to_owned(),
+        source,
+    })
+}
+
+/// Polls `dir` (a mounted Secret changes through a symlink swap, which path-based
+/// inotify misses) and swaps in credentials that changed and parse. A half-written
+/// set fails to parse and is retried at the next poll.
+pub async fn watch_dir(dir: PathBuf, tls: Arc<MeshTls>) {
+    let mut last = read_dir(&dir).ok();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let Ok(now) = read_dir(&dir) else { continue };
+        if last.as_ref() == Some(&now) {
+            continue;
+        }
+        let [chain, key, roots] = &now;
+        match Credentials::from_pem(chain, key, roots)
+            .map_err(|source| Error::Credentials {
+                dir: dir.clone(),
+                source,
+            })
+            .and_then(|c| tls.set(c))
+        {
+            Ok(()) => {
+                tracing::info!(dir = %dir.display(), identity = %tls.credentials().identity, "mesh credentials reloaded");
+                last = Some(now);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "mesh credentials changed but are unusable; keeping the old ones");
+            }
+        }
+    }
+}
