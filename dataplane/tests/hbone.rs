@@ -30,6 +30,30 @@ use waypoint_identity::workload::{Credentials, Request as Csr};
 const DAY: Duration = Duration::from_hours(24);
 const VIP: &str = "10.96.0.10:8000";
 const EMPTY_VIP: &str = "10.96.0.20:8000";
+const TCP_VIP: &str = "10.96.0.30:5432";
+const DEAD_TCP_VIP: &str = "10.96.0.31:5432";
+
+/// An opaque TCP backend that echoes what it reads.
+async fn echo() -> SocketAddr {
+    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = socket.accept().await.unwrap();
+            tokio::spawn(async move {
+                let (mut r, mut w) = stream.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+/// A loopback port nobody listens on.
+async fn dead() -> SocketAddr {
+    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    socket.local_addr().unwrap()
+}
 
 /// A backend that answers with its name, the Host it saw and the HTTP version.
 async fn backend(name: &'static str) -> SocketAddr {
@@ -88,6 +112,7 @@ impl Mesh {
         let ca = Ca::generate("cluster.local", OffsetDateTime::now_utc(), 365 * DAY).unwrap();
         let foreign = Ca::generate("evil.org", OffsetDateTime::now_utc(), 365 * DAY).unwrap();
         let pod = backend("in-ambient-abc12").await;
+        let (db, dead) = (echo().await, dead().await);
         let yaml = format!(
             "listeners:
 - name: mesh
@@ -98,11 +123,21 @@ impl Mesh {
     cluster: inbound-vip|8000|http|in-ambient.httpbin.svc.cluster.local
   - hosts: [\"{EMPTY_VIP}\"]
     cluster: inbound-vip|8000|http|empty.httpbin.svc.cluster.local
+  - hosts: [\"{TCP_VIP}\"]
+    cluster: inbound-vip|5432|tcp|db.httpbin.svc.cluster.local
+    protocol: TCP
+  - hosts: [\"{DEAD_TCP_VIP}\"]
+    cluster: inbound-vip|5432|tcp|dead.httpbin.svc.cluster.local
+    protocol: TCP
 clusters:
 - name: inbound-vip|8000|http|in-ambient.httpbin.svc.cluster.local
   endpoints: [{{address: \"{pod}\", workload: in-ambient-abc12}}]
 - name: inbound-vip|8000|http|empty.httpbin.svc.cluster.local
   endpoints: []
+- name: inbound-vip|5432|tcp|db.httpbin.svc.cluster.local
+  endpoints: [{{address: \"{db}\"}}]
+- name: inbound-vip|5432|tcp|dead.httpbin.svc.cluster.local
+  endpoints: [{{address: \"{dead}\"}}]
 "
         );
         let log = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -460,4 +495,68 @@ async fn a_hundred_tunnels_share_one_connection_and_renewal_fails_none() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn an_opaque_tcp_port_is_relayed_byte_for_byte() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mesh = Mesh::start().await;
+    let client = mesh.client_as("client");
+    let tunnel = client.connect(mesh.waypoint, TCP_VIP).await.unwrap();
+    let mut tunnel = TokioIo::new(tunnel);
+    // Not HTTP: a PostgreSQL-like startup packet, then 1 MiB.
+    let payload: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
+    let len = payload.len();
+    tunnel
+        .write_all(&[0, 0, 0, 8, 4, 210, 22, 47])
+        .await
+        .unwrap();
+    tunnel.write_all(&payload).await.unwrap();
+    let mut back = vec![0u8; 8 + len];
+    tunnel.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back[..8], &[0, 0, 0, 8, 4, 210, 22, 47]);
+    assert!(back[8..] == payload[..]);
+    // Half-close: the waypoint passes the FIN on, the echo server closes, and the
+    // tunnel ends cleanly in both directions.
+    tunnel.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    tunnel.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty());
+    // The line is written when both directions close.
+    for _ in 0..100 {
+        if !mesh.log.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let log = mesh.log.lock().unwrap().clone();
+    assert_eq!(log.len(), 1, "{log:?}");
+    let n = 8 + (1 << 20);
+    assert!(
+        log[0].contains(&format!("\"- - -\" 0 - - - \"-\" {n} {n} ")),
+        "{}",
+        log[0]
+    );
+    assert!(
+        log[0].contains("inbound-vip|5432|tcp|db.httpbin.svc.cluster.local"),
+        "{}",
+        log[0]
+    );
+}
+
+#[tokio::test]
+async fn a_tcp_upstream_that_refuses_gets_503_before_any_200() {
+    let mesh = Mesh::start().await;
+    let client = mesh.client_as("client");
+    match client.connect(mesh.waypoint, DEAD_TCP_VIP).await {
+        Err(Error::Refused { status, reason, .. }) => {
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+            assert!(
+                reason.starts_with("connecting to upstream 127.0.0.1:"),
+                "{reason}"
+            );
+        }
+        Err(e) => panic!("not a refusal: {e}"),
+        Ok(_) => panic!("tunnel opened to a dead upstream"),
+    }
 }

@@ -262,6 +262,26 @@ fn endpoints(
     out
 }
 
+/// Istio's explicit protocol selection: `appProtocol`, else the port name's prefix
+/// (`tcp-db`). Opaque protocols are proxied as TCP; everything else as HTTP, which
+/// the waypoint sniffs (HTTP/1.1 or HTTP/2).
+fn port_protocol(port: &k8s_openapi::api::core::v1::ServicePort) -> model::RouteProtocol {
+    let declared = port
+        .app_protocol
+        .as_deref()
+        .or_else(|| {
+            port.name
+                .as_deref()
+                .map(|n| n.split('-').next().unwrap_or(n))
+        })
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    match declared.as_str() {
+        "tcp" | "tls" | "mongo" | "mysql" | "redis" => model::RouteProtocol::Tcp,
+        _ => model::RouteProtocol::Http,
+    }
+}
+
 pub fn compile(gw: &Gateway, view: &View<'_>) -> model::Config {
     let mut routes = Vec::new();
     let mut clusters = Vec::new();
@@ -280,7 +300,12 @@ pub fn compile(gw: &Gateway, view: &View<'_>) -> model::Config {
         let mut ports = spec.ports.unwrap_or_default();
         ports.sort_by_key(|p| p.port);
         for (i, port) in ports.iter().enumerate() {
-            let cluster = format!("inbound-vip|{}|http|{fqdn}", port.port);
+            let protocol = port_protocol(port);
+            let kind = match protocol {
+                model::RouteProtocol::Http => "http",
+                model::RouteProtocol::Tcp => "tcp",
+            };
+            let cluster = format!("inbound-vip|{}|{kind}|{fqdn}", port.port);
             let ClusterPolicy {
                 load_balancer,
                 consistent_hash,
@@ -310,6 +335,7 @@ pub fn compile(gw: &Gateway, view: &View<'_>) -> model::Config {
                 // Without previous-hosts avoidance for hashing clusters.
                 retry: model::RetryConfig::for_cluster(load_balancer),
                 timeout: None,
+                protocol,
             });
             clusters.push(model::Cluster {
                 name: cluster,
@@ -331,6 +357,48 @@ pub fn compile(gw: &Gateway, view: &View<'_>) -> model::Config {
             routes,
         }],
         clusters,
+    }
+}
+
+#[cfg(test)]
+mod protocol_tests {
+    use k8s_openapi::api::core::v1::ServicePort;
+
+    use super::{model::RouteProtocol, port_protocol};
+
+    fn port(name: Option<&str>, app: Option<&str>) -> ServicePort {
+        ServicePort {
+            name: name.map(str::to_owned),
+            app_protocol: app.map(str::to_owned),
+            port: 5432,
+            ..ServicePort::default()
+        }
+    }
+
+    #[test]
+    fn opaque_ports_are_tcp_and_the_rest_http() {
+        assert_eq!(
+            port_protocol(&port(Some("tcp-db"), None)),
+            RouteProtocol::Tcp
+        );
+        assert_eq!(
+            port_protocol(&port(Some("mysql"), None)),
+            RouteProtocol::Tcp
+        );
+        assert_eq!(
+            port_protocol(&port(Some("http"), Some("TCP"))),
+            RouteProtocol::Tcp
+        );
+        // appProtocol wins over the name.
+        assert_eq!(
+            port_protocol(&port(Some("tcp"), Some("http"))),
+            RouteProtocol::Http
+        );
+        assert_eq!(port_protocol(&port(None, None)), RouteProtocol::Http);
+        assert_eq!(
+            port_protocol(&port(Some("grpc-web"), None)),
+            RouteProtocol::Http
+        );
     }
 }
 

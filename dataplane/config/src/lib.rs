@@ -82,6 +82,25 @@ pub struct Route {
         skip_serializing_if = "Option::is_none"
     )]
     pub timeout: Option<Duration>,
+    /// `TCP` for a port Istio treats as opaque: an HBONE tunnel to it is proxied
+    /// byte for byte to one endpoint, with no HTTP parsing.
+    #[serde(default, skip_serializing_if = "RouteProtocol::is_http")]
+    pub protocol: RouteProtocol,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RouteProtocol {
+    #[default]
+    #[serde(rename = "HTTP")]
+    Http,
+    #[serde(rename = "TCP")]
+    Tcp,
+}
+
+impl RouteProtocol {
+    pub fn is_http(&self) -> bool {
+        *self == Self::Http
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -3,6 +3,7 @@
 //! HTTP handler as a plain listener, routed by the CONNECT authority.
 
 pub mod connect;
+mod tcp;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -16,6 +17,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
+use waypoint_config::RouteProtocol;
 
 use crate::identity::MeshTls;
 use crate::proxy::{Downstream, Shared, serve_connection};
@@ -88,7 +90,7 @@ async fn connection(
     });
     let service = hyper::service::service_fn(move |req| {
         let context = Arc::clone(&context);
-        async move { Ok::<_, Infallible>(context.open(req)) }
+        async move { Ok::<_, Infallible>(context.open(req).await) }
     });
     let result = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
@@ -117,7 +119,7 @@ struct Tunnel {
 
 impl Tunnel {
     /// Answers a CONNECT: 200 and the tunnel served in its own task, or the refusal.
-    fn open(&self, mut req: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn open(&self, mut req: Request<Incoming>) -> Response<Full<Bytes>> {
         let runtime = self.shared.current();
         let authority = req.uri().authority().map(ToString::to_string);
         let decision = connect::decide_in(
@@ -128,16 +130,29 @@ impl Tunnel {
             self.source.as_ref(),
             &self.trust_domain,
         );
-        let destination = match decision {
-            Decision::Refuse { status, reason } => {
-                tracing::debug!(peer = %self.peer, %status, %reason, "HBONE CONNECT refused");
-                let mut resp = Response::new(Full::new(Bytes::from(reason)));
-                *resp.status_mut() = status;
-                return resp;
-            }
-            Decision::Tunnel { destination, .. } => destination,
+        let (destination, route) = match decision {
+            Decision::Refuse { status, reason } => return self.refuse(status, reason),
+            Decision::Tunnel { destination, route } => (destination, route),
         };
         let upgrade = hyper::upgrade::on(&mut req);
+        let shared = Arc::clone(&self.shared);
+        if route.protocol == RouteProtocol::Tcp {
+            let Some(cluster) = runtime.cluster(&route.cluster).cloned() else {
+                let reason = format!("cluster {} is not in the config in force", route.cluster);
+                return self.refuse(StatusCode::SERVICE_UNAVAILABLE, reason);
+            };
+            let upstream = match tcp::connect(cluster).await {
+                Ok(u) => u,
+                Err(reason) => return self.refuse(StatusCode::SERVICE_UNAVAILABLE, reason),
+            };
+            let down = tcp::Downstream {
+                authority: destination,
+                peer: self.peer,
+                local: self.local,
+            };
+            tokio::spawn(tcp::relay(shared, upgrade, upstream, down));
+            return ok();
+        }
         let downstream = Downstream {
             listener: Arc::clone(&self.listener),
             peer: self.peer,
@@ -145,7 +160,6 @@ impl Tunnel {
             destination: Some(destination.into()),
             source_principal: self.source.as_ref().map(|s| s.to_string().into()),
         };
-        let shared = Arc::clone(&self.shared);
         tokio::spawn(async move {
             match upgrade.await {
                 Ok(stream) => serve_connection(shared, stream, downstream).await,
@@ -154,8 +168,18 @@ impl Tunnel {
                 }
             }
         });
-        let mut resp = Response::new(Full::new(Bytes::new()));
-        *resp.status_mut() = StatusCode::OK;
+        ok()
+    }
+
+    fn refuse(&self, status: StatusCode, reason: String) -> Response<Full<Bytes>> {
+        tracing::debug!(peer = %self.peer, %status, %reason, "HBONE CONNECT refused");
+        let mut resp = Response::new(Full::new(Bytes::from(reason)));
+        *resp.status_mut() = status;
         resp
     }
+}
+
+/// The tunnel's 200: no body (RFC 9113 §8.5).
+fn ok() -> Response<Full<Bytes>> {
+    Response::new(Full::new(Bytes::new()))
 }

@@ -94,7 +94,7 @@ pub type AccessLog = Box<dyn Fn(&str) + Send + Sync>;
 /// The runtime in force, swapped whole on reload; requests take a snapshot.
 pub struct Shared {
     current: RwLock<Arc<Runtime>>,
-    access_log: AccessLog,
+    pub(crate) access_log: AccessLog,
     timers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     in_flight: AtomicUsize,
     idle: tokio::sync::Notify,

@@ -1,0 +1,142 @@
+//! An HBONE tunnel to an opaque TCP port: one endpoint is picked and connected before
+//! the 200 goes back (so a dead upstream is a 503, as in ztunnel), then bytes are
+//! relayed both ways, and one Envoy TCP access-log line is written at the end.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+
+use crate::access_log::Entry;
+use crate::outlier::Outcome;
+use crate::proxy::{Cluster, Shared};
+
+/// A connected upstream for a tunnel.
+pub struct Upstream {
+    stream: TcpStream,
+    cluster: Arc<Cluster>,
+    endpoint: usize,
+}
+
+/// Picks an endpoint and connects within the cluster's connect timeout; the outcome
+/// is reported to outlier detection like any connect.
+pub async fn connect(cluster: Arc<Cluster>) -> Result<Upstream, String> {
+    let Some(endpoint) = cluster.pick(&[], false, None) else {
+        return Err(format!("no healthy upstream in cluster {}", cluster.name));
+    };
+    let address = cluster.endpoints[endpoint].address;
+    let connected = tokio::time::timeout(cluster.connect_timeout, TcpStream::connect(address))
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()));
+    match connected {
+        Ok(stream) => {
+            cluster.report(endpoint, Outcome::ConnectSuccess);
+            let _ = stream.set_nodelay(true);
+            Ok(Upstream {
+                stream,
+                cluster,
+                endpoint,
+            })
+        }
+        Err(e) => {
+            cluster.report(endpoint, Outcome::ConnectFailure);
+            Err(format!("connecting to upstream {address}: {e}"))
+        }
+    }
+}
+
+/// What the access-log line says about the downstream side.
+pub struct Downstream {
+    pub authority: String,
+    pub peer: SocketAddr,
+    pub local: Option<SocketAddr>,
+}
+
+/// Relays until both directions are closed.
+pub async fn relay(shared: Arc<Shared>, upgrade: OnUpgrade, upstream: Upstream, down: Downstream) {
+    let start_time = SystemTime::now();
+    let started = Instant::now();
+    let Upstream {
+        mut stream,
+        cluster,
+        endpoint,
+    } = upstream;
+    let ep = &cluster.endpoints[endpoint];
+    ep.begin();
+    let upstream_local = stream.local_addr().ok();
+    let (received, sent, flags) = match upgrade.await {
+        Ok(tunnel) => pump_both(TokioIo::new(tunnel), &mut stream).await,
+        Err(e) => {
+            tracing::debug!(error = %e, "HBONE stream closed before the tunnel opened");
+            (0, 0, Some("DC"))
+        }
+    };
+    ep.end();
+    let entry = Entry {
+        start_time: Some(start_time),
+        method: "-".to_owned(),
+        path: "-".to_owned(),
+        protocol: "-",
+        response_code: 0,
+        response_flags: flags,
+        bytes_received: received,
+        bytes_sent: sent,
+        duration_ms: started.elapsed().as_millis(),
+        authority: Some(down.authority),
+        upstream_host: Some(ep.address.to_string()),
+        upstream_cluster: Some(cluster.name.clone()),
+        upstream_local_address: upstream_local.map(|a| a.to_string()),
+        downstream_local_address: down.local.map(|a| a.to_string()),
+        downstream_remote_address: Some(down.peer.to_string()),
+        ..Entry::default()
+    };
+    (shared.access_log)(&entry.to_istio_text());
+}
+
+/// Copies both ways, passing each half-close on, and counts bytes even when a side
+/// fails: `(from downstream, from upstream, flag)`, the flag naming the side that
+/// failed (Envoy's DC or UC).
+async fn pump_both<D>(downstream: D, upstream: &mut TcpStream) -> (u64, u64, Option<&'static str>)
+where
+    D: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut down_r, mut down_w) = tokio::io::split(downstream);
+    let (mut up_r, mut up_w) = upstream.split();
+    let (mut received, mut sent) = (0, 0);
+    let (to_upstream, to_downstream) = tokio::join!(
+        pump(&mut down_r, &mut up_w, &mut received),
+        pump(&mut up_r, &mut down_w, &mut sent),
+    );
+    let flag = match (to_upstream, to_downstream) {
+        (Ok(()), Ok(())) => None,
+        (Err(e), _) => {
+            tracing::debug!(error = %e, "TCP relay: downstream side failed");
+            Some("DC")
+        }
+        (_, Err(e)) => {
+            tracing::debug!(error = %e, "TCP relay: upstream side failed");
+            Some("UC")
+        }
+    };
+    (received, sent, flag)
+}
+
+async fn pump<R, W>(r: &mut R, w: &mut W, count: &mut u64) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            return w.shutdown().await;
+        }
+        w.write_all(&buf[..n]).await?;
+        *count += n as u64;
+    }
+}
