@@ -560,3 +560,22 @@ async fn a_tcp_upstream_that_refuses_gets_503_before_any_200() {
         Ok(_) => panic!("tunnel opened to a dead upstream"),
     }
 }
+
+#[tokio::test]
+async fn tunnels_close_cleanly_on_both_sides() {
+    let mesh = Mesh::start().await;
+    let client = mesh.client_as("client");
+    let tunnel = client.connect(mesh.waypoint, VIP).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(tunnel)
+        .await
+        .unwrap();
+    let closing = tokio::spawn(async move {
+        let parts = conn.without_shutdown().await.unwrap();
+        waypoint_hbone::close(parts.io).await
+    });
+    let resp = sender.send_request(get("/hostname")).await.unwrap();
+    assert_eq!(text(resp).await.0, StatusCode::OK);
+    drop(sender);
+    // After our END_STREAM the waypoint's HTTP/1.1 server sees EOF and ends its side.
+    assert!(closing.await.unwrap(), "the waypoint never closed its side");
+}

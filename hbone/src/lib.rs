@@ -117,14 +117,7 @@ impl Client {
         req: Request<Full<Bytes>>,
     ) -> Result<Response<Incoming>, Error> {
         let tunnel = self.connect(waypoint, authority).await?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(tunnel)
-            .await
-            .map_err(Error::Request)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "tunnelled HTTP/1.1 connection ended with an error");
-            }
-        });
+        let mut sender = http1(tunnel).await?;
         sender.send_request(req).await.map_err(Error::Request)
     }
 
@@ -165,5 +158,49 @@ impl Client {
         });
         connections.insert(waypoint, sender.clone());
         Ok(sender)
+    }
+}
+
+/// An HTTP/1.1 client connection over a tunnel. When the sender is dropped and the
+/// last response read, the tunnel is closed the clean way: our END_STREAM, then the
+/// waypoint's. Dropping an open stream instead resets it, and h2 ends a connection
+/// with ENHANCE_YOUR_CALM after 1024 such resets (the bench found this).
+pub async fn http1<B>(tunnel: Upgraded) -> Result<hyper::client::conn::http1::SendRequest<B>, Error>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(tunnel)
+        .await
+        .map_err(Error::Request)?;
+    tokio::spawn(async move {
+        match conn.without_shutdown().await {
+            Ok(parts) => {
+                close(parts.io).await;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "tunnelled HTTP/1.1 connection ended with an error");
+            }
+        }
+    });
+    Ok(sender)
+}
+
+/// Half-closes a tunnel and waits (at most 5 s) for the other side's close; whether
+/// it came.
+pub async fn close(tunnel: Upgraded) -> bool {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut io = TokioIo::new(tunnel);
+    if io.shutdown().await.is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), io.read(&mut buf)).await {
+            Ok(Ok(0)) => return true,
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) | Err(_) => return false,
+        }
     }
 }

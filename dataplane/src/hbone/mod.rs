@@ -62,6 +62,9 @@ async fn connection(
     peer: SocketAddr,
 ) {
     let local = tcp.local_addr().ok();
+    // Small frames (a CONNECT's 200, a window update) must not wait for Nagle: with
+    // it, a stream per request ran at 363 req/s (40 ms delayed-ACK stalls).
+    let _ = tcp.set_nodelay(true);
     let acceptor = TlsAcceptor::from(tls.server_config());
     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(stream)) => stream,

@@ -76,6 +76,8 @@ pub async fn serve_tcp(
     peer: SocketAddr,
 ) {
     let local = stream.local_addr().ok();
+    // As Envoy does on every connection: small responses must not wait for Nagle.
+    let _ = stream.set_nodelay(true);
     let downstream = Downstream {
         listener,
         peer,
