@@ -136,3 +136,82 @@ pub async fn watch_dir(dir: PathBuf, tls: Arc<MeshTls>) {
         }
     }
 }
+
+/// Where the mesh CA is and whom to ask for: the pod's env, set by the operator.
+#[derive(Clone, Debug)]
+pub struct CaSource {
+    pub url: http::Uri,
+    /// PEM roots for the CA's serving certificate (the mounted root ConfigMap).
+    pub root_file: PathBuf,
+    /// The projected ServiceAccount token, re-read before each request (the
+    /// kubelet rotates it).
+    pub token_file: PathBuf,
+    pub identity: waypoint_identity::Identity,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Client(#[from] waypoint_identity::client::ClientError),
+}
+
+/// One certificate request to the CA.
+pub async fn fetch(source: &CaSource) -> Result<Credentials, CaError> {
+    let read = |path: &PathBuf| {
+        std::fs::read_to_string(path).map_err(|e| CaError::Read {
+            path: path.clone(),
+            source: e,
+        })
+    };
+    let endpoint = waypoint_identity::client::CaEndpoint {
+        url: source.url.clone(),
+        roots_pem: read(&source.root_file)?,
+    };
+    let token = read(&source.token_file)?;
+    Ok(
+        waypoint_identity::client::request_certificate(&endpoint, &token, &source.identity, None)
+            .await?,
+    )
+}
+
+/// The first certificate: retried with backoff (1 s doubling to 30 s) until the CA
+/// answers; HBONE cannot be served without it.
+pub async fn fetch_until_ok(source: &CaSource) -> Credentials {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        match fetch(source).await {
+            Ok(creds) => return creds,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "no mesh certificate yet");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+/// Renews at half the certificate's lifetime, as Istio's agents do; a failed
+/// renewal is retried with backoff while the certificate in force stays.
+pub async fn renew(source: CaSource, tls: Arc<MeshTls>) {
+    loop {
+        let due = tls.credentials().renew_at();
+        let wait = due
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        tokio::time::sleep(wait).await;
+        let creds = fetch_until_ok(&source).await;
+        let (identity, expires) = (creds.identity.clone(), creds.not_after);
+        match tls.set(creds) {
+            Ok(()) => tracing::info!(%identity, ?expires, "mesh certificate renewed"),
+            Err(e) => {
+                tracing::warn!(error = %e, "renewed mesh certificate is unusable; retrying in 30 s");
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            }
+        }
+    }
+}

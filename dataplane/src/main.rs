@@ -28,8 +28,34 @@ struct Args {
     metrics_address: SocketAddr,
     /// Mesh credentials for HBONE listeners: `cert-chain.pem`, `key.pem` and
     /// `root-cert.pem`, reloaded when they change.
-    #[arg(long, env = "WAYPOINT_IDENTITY_DIR")]
+    #[arg(long, env = "WAYPOINT_IDENTITY_DIR", conflicts_with = "ca_address")]
     identity_dir: Option<PathBuf>,
+    /// The mesh CA (`https://host:port`): HBONE credentials are requested from it
+    /// with the projected ServiceAccount token and renewed at half their lifetime.
+    #[arg(long, env = "WAYPOINT_CA_ADDRESS", requires_all = ["identity_namespace", "identity_service_account"])]
+    ca_address: Option<http::Uri>,
+    /// The projected token (audience waypoint-ca).
+    #[arg(
+        long,
+        env = "WAYPOINT_CA_TOKEN_FILE",
+        default_value = "/var/run/secrets/tokens/waypoint-ca/token"
+    )]
+    ca_token_file: PathBuf,
+    /// PEM roots the CA's serving certificate chains to.
+    #[arg(
+        long,
+        env = "WAYPOINT_CA_ROOT_FILE",
+        default_value = "/var/run/secrets/waypoint/root/root-cert.pem"
+    )]
+    ca_root_file: PathBuf,
+    #[arg(long, env = "WAYPOINT_TRUST_DOMAIN", default_value = waypoint_identity::DEFAULT_TRUST_DOMAIN)]
+    trust_domain: String,
+    /// This pod's namespace (downward API).
+    #[arg(long, env = "WAYPOINT_IDENTITY_NAMESPACE")]
+    identity_namespace: Option<String>,
+    /// This pod's ServiceAccount (downward API).
+    #[arg(long, env = "WAYPOINT_IDENTITY_SERVICE_ACCOUNT")]
+    identity_service_account: Option<String>,
 }
 
 #[tokio::main]
@@ -62,7 +88,26 @@ async fn main() -> anyhow::Result<()> {
             tokio::spawn(identity::watch_dir(dir.clone(), Arc::clone(&tls)));
             Some(tls)
         }
-        None => None,
+        None => match &args.ca_address {
+            Some(url) => {
+                let source = identity::CaSource {
+                    url: url.clone(),
+                    root_file: args.ca_root_file.clone(),
+                    token_file: args.ca_token_file.clone(),
+                    identity: waypoint_identity::Identity::new(
+                        &args.trust_domain,
+                        args.identity_namespace.as_deref().unwrap_or_default(),
+                        args.identity_service_account.as_deref().unwrap_or_default(),
+                    ),
+                };
+                let creds = identity::fetch_until_ok(&source).await;
+                tracing::info!(identity = %creds.identity, expires = ?creds.not_after, ca = %url, "mesh certificate issued");
+                let tls = identity::MeshTls::new(creds)?;
+                tokio::spawn(identity::renew(source, Arc::clone(&tls)));
+                Some(tls)
+            }
+            None => None,
+        },
     };
     let runtime = shared.current();
     for (socket, name) in proxy::bind(&runtime).await? {
@@ -87,7 +132,7 @@ async fn main() -> anyhow::Result<()> {
                 ));
             }
             (ListenerProtocol::Hbone, None) => anyhow::bail!(
-                "listener {name:?} is HBONE, which needs mesh credentials: pass --identity-dir"
+                "listener {name:?} is HBONE, which needs mesh credentials: pass --identity-dir or --ca-address"
             ),
         }
     }

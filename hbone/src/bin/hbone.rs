@@ -1,10 +1,12 @@
 //! `hbone`: curl through a waypoint over HBONE.
 //!
-//!     hbone --cert-dir /var/run/secrets/mesh --waypoint 10.96.0.30:15008 \
-//!         -n 12 http://10.96.0.10:8000/hostname
+//!     hbone --ca-address https://waypoint-ca.waypoint-system.svc:15012 \
+//!         --waypoint httpbin-waypoint.httpbin:15008 -n 12 http://in-ambient:8000/hostname
 //!
-//! The URL's host:port is the original destination (the CONNECT authority);
-//! `--host` sets the Host header when the URL uses the Service VIP.
+//! Credentials come from the mesh CA (a CSR proven by the pod's projected
+//! ServiceAccount token; the identity is the token's subject) or from `--cert-dir`.
+//! The URL's host is resolved as a node tunnel sees it, to the Service VIP: the
+//! CONNECT authority is `VIP:port`, and the Host header stays the URL's.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -24,11 +26,30 @@ use waypoint_identity::workload::Credentials;
 #[command(version, about = "curl through a waypoint over HBONE")]
 struct Args {
     /// Mesh credentials: cert-chain.pem, key.pem, root-cert.pem.
-    #[arg(long, env = "HBONE_CERT_DIR")]
-    cert_dir: PathBuf,
-    /// The waypoint's HBONE address (pod or Service IP, port 15008).
+    #[arg(long, env = "HBONE_CERT_DIR", required_unless_present = "ca_address")]
+    cert_dir: Option<PathBuf>,
+    /// The mesh CA to get a certificate from instead (`https://host:port`).
+    #[arg(long, env = "WAYPOINT_CA_ADDRESS", conflicts_with = "cert_dir")]
+    ca_address: Option<Uri>,
+    /// The projected ServiceAccount token (audience waypoint-ca) proving who we are.
+    #[arg(
+        long,
+        env = "WAYPOINT_CA_TOKEN_FILE",
+        default_value = "/var/run/secrets/tokens/waypoint-ca/token"
+    )]
+    token_file: PathBuf,
+    /// PEM roots the CA's serving certificate chains to.
+    #[arg(
+        long,
+        env = "WAYPOINT_CA_ROOT_FILE",
+        default_value = "/var/run/secrets/waypoint/root/root-cert.pem"
+    )]
+    ca_root_file: PathBuf,
+    #[arg(long, env = "WAYPOINT_TRUST_DOMAIN", default_value = waypoint_identity::DEFAULT_TRUST_DOMAIN)]
+    trust_domain: String,
+    /// The waypoint's HBONE address, host:port (pod or Service, port 15008).
     #[arg(long)]
-    waypoint: SocketAddr,
+    waypoint: String,
     /// The waypoint's SPIFFE ID; without it, any identity in our trust domain.
     #[arg(long)]
     waypoint_identity: Option<Identity>,
@@ -71,12 +92,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
-    let creds = Credentials::from_pem(
-        &read(&args.cert_dir, "cert-chain.pem")?,
-        &read(&args.cert_dir, "key.pem")?,
-        &read(&args.cert_dir, "root-cert.pem")?,
-    )
-    .with_context(|| format!("loading credentials from {}", args.cert_dir.display()))?;
+    let creds = credentials(&args).await?;
     let check = match &args.waypoint_identity {
         Some(id) => PeerCheck::Identities(vec![id.clone()]),
         None => PeerCheck::TrustDomain(creds.identity.trust_domain.clone()),
@@ -85,10 +101,15 @@ async fn main() -> anyhow::Result<()> {
     let Some(authority) = args.url.authority() else {
         bail!("{} has no host:port; it names the destination", args.url);
     };
-    let destination = match authority.port_u16() {
-        Some(_) => authority.to_string(),
-        None => format!("{}:80", authority.host()),
-    };
+    let waypoint = resolve(&args.waypoint).await?;
+    // The original destination as a node tunnel would see it: the resolved VIP.
+    let destination = resolve(&format!(
+        "{}:{}",
+        authority.host(),
+        authority.port_u16().unwrap_or(80)
+    ))
+    .await?
+    .to_string();
     let path = args
         .url
         .path_and_query()
@@ -113,7 +134,7 @@ async fn main() -> anyhow::Result<()> {
                 HeaderValue::from_str(value.trim())?,
             );
         }
-        let resp = client.request(args.waypoint, &destination, req).await?;
+        let resp = client.request(waypoint, &destination, req).await?;
         let (parts, body) = resp.into_parts();
         let body = body.collect().await?.to_bytes();
         if args.status_only {
@@ -133,4 +154,73 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+async fn resolve(host_port: &str) -> anyhow::Result<SocketAddr> {
+    tokio::net::lookup_host(host_port)
+        .await
+        .with_context(|| format!("resolving {host_port}"))?
+        .next()
+        .with_context(|| format!("{host_port} resolves to no address"))
+}
+
+async fn credentials(args: &Args) -> anyhow::Result<Credentials> {
+    if let Some(dir) = &args.cert_dir {
+        return Credentials::from_pem(
+            &read(dir, "cert-chain.pem")?,
+            &read(dir, "key.pem")?,
+            &read(dir, "root-cert.pem")?,
+        )
+        .with_context(|| format!("loading credentials from {}", dir.display()));
+    }
+    let Some(url) = &args.ca_address else {
+        bail!("pass --cert-dir or --ca-address");
+    };
+    let token = std::fs::read_to_string(&args.token_file)
+        .with_context(|| format!("reading the token {}", args.token_file.display()))?;
+    let subject = token_subject(&token).with_context(|| {
+        format!(
+            "{} is not a ServiceAccount token",
+            args.token_file.display()
+        )
+    })?;
+    let identity = Identity::from_service_account_username(&args.trust_domain, &subject)?;
+    let endpoint = waypoint_identity::client::CaEndpoint {
+        url: url.clone(),
+        roots_pem: std::fs::read_to_string(&args.ca_root_file)
+            .with_context(|| format!("reading {}", args.ca_root_file.display()))?,
+    };
+    Ok(waypoint_identity::client::request_certificate(&endpoint, &token, &identity, None).await?)
+}
+
+/// The `sub` claim of a JWT, read without verifying it: it only chooses which
+/// identity to ask for, and the CA verifies the token with a TokenReview.
+fn token_subject(token: &str) -> Option<String> {
+    use base64::Engine as _;
+    let payload = token.trim().split('.').nth(1)?;
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&json).ok()?;
+    claims.get("sub")?.as_str().map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine as _;
+
+    #[test]
+    fn reads_the_subject_of_a_service_account_token() {
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let token = format!(
+            "{}.{}.sig\n",
+            b64(r#"{"alg":"RS256"}"#),
+            b64(r#"{"aud":["waypoint-ca"],"sub":"system:serviceaccount:httpbin:client"}"#)
+        );
+        assert_eq!(
+            super::token_subject(&token).as_deref(),
+            Some("system:serviceaccount:httpbin:client")
+        );
+        assert_eq!(super::token_subject("not-a-jwt"), None);
+    }
 }
