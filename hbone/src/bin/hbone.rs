@@ -125,11 +125,15 @@ async fn main() -> anyhow::Result<()> {
         let host = args.host.clone().unwrap_or_else(|| authority.to_string());
         req.headers_mut()
             .insert(http::header::HOST, HeaderValue::from_str(&host)?);
+        req.headers_mut().insert(
+            http::header::USER_AGENT,
+            HeaderValue::from_static(concat!("hbone/", env!("CARGO_PKG_VERSION"))),
+        );
         for h in &args.headers {
             let (name, value) = h
                 .split_once(':')
                 .with_context(|| format!("header {h:?} is not `Name: value`"))?;
-            req.headers_mut().append(
+            req.headers_mut().insert(
                 HeaderName::from_bytes(name.trim().as_bytes())?,
                 HeaderValue::from_str(value.trim())?,
             );
