@@ -253,6 +253,8 @@ fn endpoints(
                 ready.then(|| model::Endpoint {
                     address: SocketAddr::new(ip, port),
                     workload: e.target_ref.as_ref().and_then(|t| t.name.clone()),
+                    // Marking mesh-enabled endpoints is the operator's part of issue 7.
+                    hbone: false,
                 })
             })
         })

@@ -194,6 +194,16 @@ pub struct Endpoint {
     /// The workload behind the address (a pod name), for logs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload: Option<String>,
+    /// The destination pod's node tunnel accepts HBONE on 15008: the waypoint then
+    /// reaches the address through a tunnel presenting its own identity, as Envoy's
+    /// `connect_originate` does (waypoint-contract §5, step 8), not in plain text.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub hbone: bool,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's `skip_serializing_if` passes `&T`
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -452,7 +462,7 @@ clusters:
     maxPendingRequests: 2
     maxRequestsPerConnection: 1
     idleTimeout: 0s
-  endpoints: [{address: 10.10.0.15:8080}]
+  endpoints: [{address: 10.10.0.15:8080}, {address: 10.10.0.16:8080, hbone: true}]
 ";
 
     #[test]
@@ -487,6 +497,16 @@ clusters:
         );
         let again = Config::from_yaml(&serde_yaml::to_string(&c).unwrap()).unwrap();
         assert_eq!(c, again);
+    }
+
+    #[test]
+    fn endpoints_are_plain_unless_marked_hbone() {
+        let c = Config::from_yaml(HASHED).unwrap();
+        let hbone: Vec<bool> = c.clusters[0].endpoints.iter().map(|e| e.hbone).collect();
+        assert_eq!(hbone, [false, true]);
+        // A plain endpoint is written without the field, as before it existed.
+        let yaml = serde_yaml::to_string(&c).unwrap();
+        assert_eq!(yaml.matches("hbone").count(), 1, "{yaml}");
     }
 
     #[test]
