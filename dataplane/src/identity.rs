@@ -1,14 +1,16 @@
 //! The dataplane's mesh credentials: loaded from files (standalone mode, Istio's
 //! `cert-chain.pem`, `key.pem`, `root-cert.pem`) and swapped whole when they change.
 //! New HBONE connections take the config in force; open ones keep theirs, so a
-//! renewal drops nothing.
+//! renewal drops nothing. The same holds for the outbound HBONE client, rebuilt
+//! with every credential change.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use rustls::ServerConfig;
-use waypoint_identity::tls;
+use waypoint_hbone::Client;
+use waypoint_identity::tls::{self, PeerCheck};
 use waypoint_identity::workload::Credentials;
 
 #[derive(Debug, thiserror::Error)]
@@ -25,14 +27,18 @@ pub enum Error {
     },
     #[error(transparent)]
     Tls(#[from] tls::Error),
+    #[error(transparent)]
+    Client(#[from] waypoint_hbone::Error),
 }
 
 struct Current {
     credentials: Arc<Credentials>,
     server: Arc<ServerConfig>,
+    client: Arc<Client>,
 }
 
-/// The credentials in force and the HBONE server config built from them.
+/// The credentials in force, the HBONE server config and the outbound HBONE client
+/// built from them.
 pub struct MeshTls {
     current: RwLock<Current>,
 }
@@ -46,9 +52,14 @@ impl MeshTls {
 
     fn build(credentials: Credentials) -> Result<Current, Error> {
         let server = Arc::new(tls::server_config(&credentials)?);
+        // Any destination in our trust domain, as Envoy's URI-SAN prefix matcher on
+        // `connect_originate`: the node tunnel's identity is not in the config model.
+        let peer = PeerCheck::TrustDomain(credentials.identity.trust_domain.clone());
+        let client = Arc::new(Client::new(&credentials, peer)?);
         Ok(Current {
             credentials: Arc::new(credentials),
             server,
+            client,
         })
     }
 
@@ -79,9 +90,40 @@ impl MeshTls {
         )
     }
 
+    /// The outbound HBONE client presenting the credentials in force. Its pooled
+    /// HTTP/2 connections belong to these credentials: after a renewal new tunnels
+    /// go over new connections, and open ones finish on the old.
+    pub fn client(&self) -> Arc<Client> {
+        Arc::clone(
+            &self
+                .current
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .client,
+        )
+    }
+
     /// Peers from another trust domain are refused (401).
     pub fn trust_domain(&self) -> String {
         self.credentials().identity.trust_domain.clone()
+    }
+}
+
+/// Where the upstreams find the mesh credentials, if the process has any. One slot
+/// per process, shared by every config's runtime so a reload keeps it.
+#[derive(Default)]
+pub struct MeshSlot(RwLock<Option<Arc<MeshTls>>>);
+
+impl MeshSlot {
+    pub fn set(&self, tls: Arc<MeshTls>) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Some(tls);
+    }
+
+    pub fn get(&self) -> Option<Arc<MeshTls>> {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 

@@ -26,7 +26,7 @@ struct Args {
     /// Prometheus endpoint (`/stats/prometheus`).
     #[arg(long, default_value = "0.0.0.0:15020")]
     metrics_address: SocketAddr,
-    /// Mesh credentials for HBONE listeners: `cert-chain.pem`, `key.pem` and
+    /// Mesh credentials for HBONE listeners and HBONE endpoints: `cert-chain.pem`, `key.pem` and
     /// `root-cert.pem`, reloaded when they change.
     #[arg(long, env = "WAYPOINT_IDENTITY_DIR", conflicts_with = "ca_address")]
     identity_dir: Option<PathBuf>,
@@ -109,6 +109,10 @@ async fn main() -> anyhow::Result<()> {
             None => None,
         },
     };
+    if let Some(tls) = &mesh_tls {
+        // Endpoints marked `hbone` are reached with the same (renewed) credentials.
+        shared.set_mesh(Arc::clone(tls));
+    }
     let runtime = shared.current();
     for (socket, name) in proxy::bind(&runtime).await? {
         let protocol = runtime

@@ -1,6 +1,7 @@
 //! An HBONE tunnel to an opaque TCP port: one endpoint is picked and connected before
 //! the 200 goes back (so a dead upstream is a 503, as in ztunnel), then bytes are
-//! relayed both ways, and one Envoy TCP access-log line is written at the end.
+//! relayed both ways, and one Envoy TCP access-log line is written at the end. A
+//! mesh-enabled endpoint is connected through its own HBONE tunnel, as the pool does.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,15 +10,15 @@ use std::time::{Instant, SystemTime};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
-use tokio::net::TcpStream;
 
 use crate::access_log::Entry;
 use crate::outlier::Outcome;
+use crate::proxy::connect::Stream;
 use crate::proxy::{Cluster, Shared};
 
 /// A connected upstream for a tunnel.
 pub struct Upstream {
-    stream: TcpStream,
+    stream: Stream,
     cluster: Arc<Cluster>,
     endpoint: usize,
 }
@@ -28,14 +29,9 @@ pub async fn connect(cluster: Arc<Cluster>) -> Result<Upstream, String> {
     let Some(endpoint) = cluster.pick(&[], false, None) else {
         return Err(format!("no healthy upstream in cluster {}", cluster.name));
     };
-    let address = cluster.endpoints[endpoint].address;
-    let connected = tokio::time::timeout(cluster.connect_timeout, TcpStream::connect(address))
-        .await
-        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()));
-    match connected {
+    match cluster.open(endpoint).await {
         Ok(stream) => {
             cluster.report(endpoint, Outcome::ConnectSuccess);
-            let _ = stream.set_nodelay(true);
             Ok(Upstream {
                 stream,
                 cluster,
@@ -44,7 +40,7 @@ pub async fn connect(cluster: Arc<Cluster>) -> Result<Upstream, String> {
         }
         Err(e) => {
             cluster.report(endpoint, Outcome::ConnectFailure);
-            Err(format!("connecting to upstream {address}: {e}"))
+            Err(e.to_string())
         }
     }
 }
@@ -61,15 +57,21 @@ pub async fn relay(shared: Arc<Shared>, upgrade: OnUpgrade, upstream: Upstream, 
     let start_time = SystemTime::now();
     let started = Instant::now();
     let Upstream {
-        mut stream,
+        stream,
         cluster,
         endpoint,
     } = upstream;
     let ep = &cluster.endpoints[endpoint];
     ep.begin();
-    let upstream_local = stream.local_addr().ok();
+    let upstream_local = match &stream {
+        Stream::Tcp(s) => s.local_addr().ok(),
+        Stream::Tunnel(_) => None,
+    };
     let (received, sent, flags) = match upgrade.await {
-        Ok(tunnel) => pump_both(TokioIo::new(tunnel), &mut stream).await,
+        Ok(tunnel) => match stream {
+            Stream::Tcp(s) => pump_both(TokioIo::new(tunnel), s).await,
+            Stream::Tunnel(t) => pump_both(TokioIo::new(tunnel), TokioIo::new(t)).await,
+        },
         Err(e) => {
             tracing::debug!(error = %e, "HBONE stream closed before the tunnel opened");
             (0, 0, Some("DC"))
@@ -100,12 +102,13 @@ pub async fn relay(shared: Arc<Shared>, upgrade: OnUpgrade, upstream: Upstream, 
 /// Copies both ways, passing each half-close on, and counts bytes even when a side
 /// fails: `(from downstream, from upstream, flag)`, the flag naming the side that
 /// failed (Envoy's DC or UC).
-async fn pump_both<D>(downstream: D, upstream: &mut TcpStream) -> (u64, u64, Option<&'static str>)
+async fn pump_both<D, U>(downstream: D, upstream: U) -> (u64, u64, Option<&'static str>)
 where
     D: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
 {
     let (mut down_r, mut down_w) = tokio::io::split(downstream);
-    let (mut up_r, mut up_w) = upstream.split();
+    let (mut up_r, mut up_w) = tokio::io::split(upstream);
     let (mut received, mut sent) = (0, 0);
     let (to_upstream, to_downstream) = tokio::join!(
         pump(&mut down_r, &mut up_w, &mut received),

@@ -10,9 +10,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use waypoint_config as config;
 
+use super::connect::Target;
 use super::upstream::Upstream;
 use crate::access_log::rfc3339_millis;
 use crate::hash_policy::{self, Hashed, RequestParts};
+use crate::identity::MeshSlot;
 use crate::lb::{Balancer, Candidate, Policy};
 use crate::metrics::Metrics;
 use crate::outlier::{self, Detector, Event, Outcome};
@@ -22,6 +24,8 @@ use crate::rng::Rng;
 pub struct Endpoint {
     pub address: SocketAddr,
     pub workload: Option<String>,
+    /// Reached through an HBONE tunnel to its node (`super::connect`).
+    pub hbone: bool,
     active: AtomicU32,
 }
 
@@ -56,7 +60,13 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    pub fn new(c: &config::Cluster, epoch: Instant, rng: Rng, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        c: &config::Cluster,
+        epoch: Instant,
+        rng: Rng,
+        metrics: Arc<Metrics>,
+        mesh: Arc<MeshSlot>,
+    ) -> Self {
         let hash = c.load_balancer.is_consistent_hash().then(|| {
             c.consistent_hash
                 .clone()
@@ -96,7 +106,14 @@ impl Cluster {
             connect_timeout: c.connect_timeout,
             upstream: Upstream::new(
                 &c.name,
-                c.endpoints.iter().map(|e| e.address).collect(),
+                c.endpoints
+                    .iter()
+                    .map(|e| Target {
+                        address: e.address,
+                        hbone: e.hbone,
+                    })
+                    .collect(),
+                mesh,
                 c.connect_timeout,
                 &c.connection_pool,
                 Arc::clone(&metrics),
@@ -108,6 +125,7 @@ impl Cluster {
                 .map(|e| Endpoint {
                     address: e.address,
                     workload: e.workload.clone(),
+                    hbone: e.hbone,
                     active: AtomicU32::new(0),
                 })
                 .collect(),
@@ -181,6 +199,12 @@ impl Cluster {
     /// The upstream connections, pending and active requests and retries right now.
     pub fn pool_counts(&self) -> crate::pool::Counts {
         self.upstream.counts()
+    }
+
+    /// A byte stream to endpoint `i`, plain or through HBONE as the endpoint is
+    /// marked, within the connect timeout; not reported to outlier detection.
+    pub async fn open(&self, i: usize) -> Result<super::connect::Stream, super::connect::Error> {
+        self.upstream.open(i).await
     }
 
     /// The outlier detector's interval, when the cluster has one.

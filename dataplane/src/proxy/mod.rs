@@ -4,6 +4,7 @@
 //! access-log line per request.
 
 mod cluster;
+pub mod connect;
 pub(crate) mod handler;
 mod upstream;
 
@@ -18,6 +19,7 @@ use waypoint_config::Config;
 pub use cluster::Cluster;
 pub use handler::{Downstream, serve_connection};
 
+use crate::identity::{MeshSlot, MeshTls};
 use crate::metrics::Metrics;
 use crate::rng::Rng;
 
@@ -27,17 +29,24 @@ pub struct Runtime {
     clusters: HashMap<String, Arc<Cluster>>,
     /// Shared by every runtime of one process, so counters survive reloads.
     pub metrics: Arc<Metrics>,
+    /// Likewise: the credentials HBONE endpoints are reached with.
+    mesh: Arc<MeshSlot>,
 }
 
 impl Runtime {
     pub fn new(config: Config) -> Arc<Self> {
-        Self::next(config, None, Arc::default())
+        Self::next(config, None, Arc::default(), Arc::default())
     }
 
     /// A runtime for `config` that keeps the state (outlier ejections, round-robin
     /// position) of every cluster whose config did not change, as Envoy keeps a
     /// cluster across updates that do not modify it.
-    fn next(config: Config, previous: Option<&Self>, metrics: Arc<Metrics>) -> Arc<Self> {
+    fn next(
+        config: Config,
+        previous: Option<&Self>,
+        metrics: Arc<Metrics>,
+        mesh: Arc<MeshSlot>,
+    ) -> Arc<Self> {
         let epoch = Instant::now();
         let mut seed = Rng::from_entropy();
         let clusters = config
@@ -53,6 +62,7 @@ impl Runtime {
                         epoch,
                         Rng::seeded(seed.next_u64()),
                         Arc::clone(&metrics),
+                        Arc::clone(&mesh),
                     ))
                 });
                 (c.name.clone(), cluster)
@@ -62,6 +72,7 @@ impl Runtime {
             config,
             clusters,
             metrics,
+            mesh,
         })
     }
 
@@ -162,6 +173,12 @@ impl Shared {
         }
     }
 
+    /// The mesh credentials for endpoints marked `hbone`, kept across reloads.
+    /// Without them such an endpoint fails every connect, saying why.
+    pub fn set_mesh(&self, tls: Arc<MeshTls>) {
+        self.current().mesh.set(tls);
+    }
+
     pub fn current(&self) -> Arc<Runtime> {
         Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
     }
@@ -185,7 +202,12 @@ impl Shared {
                 tracing::warn!(listener = %l.name, address = %l.address, "listener addresses change only on restart");
             }
         }
-        let next = Runtime::next(config, Some(&previous), Arc::clone(&previous.metrics));
+        let next = Runtime::next(
+            config,
+            Some(&previous),
+            Arc::clone(&previous.metrics),
+            Arc::clone(&previous.mesh),
+        );
         let timers = next.spawn_timers();
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = next;
         let old = std::mem::replace(

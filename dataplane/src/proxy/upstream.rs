@@ -2,7 +2,11 @@
 //! the pure [`crate::pool::Pool`] decides: this module only owns the sockets, the
 //! waiting requests and the timers.
 //!
-//! - `connectTimeout` bounds the TCP connect only, as Envoy's `connect_timeout`.
+//! - `connectTimeout` bounds the TCP connect only, as Envoy's `connect_timeout`; for
+//!   an HBONE endpoint it bounds TCP, TLS and CONNECT (`super::connect`), and a
+//!   refused CONNECT is a connect failure like a refused TCP connect.
+//! - An HBONE endpoint's connection is one tunnel: one HTTP/1.1 keep-alive
+//!   connection per CONNECT stream, so the pool counts and limits them the same way.
 //! - A request whose pooled keep-alive connection turns out to be closed before the
 //!   request was written is sent again on another connection (the race between our
 //!   reuse and the server's idle close); it is not an attempt and not an error.
@@ -10,7 +14,6 @@
 //!   cluster, its idle connections close at once and busy ones after their request.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
@@ -20,13 +23,22 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
+use super::connect::{self, Stream, Target};
+use crate::identity::MeshSlot;
 use crate::metrics::Metrics;
 use crate::pool::{Acquire, ConnId, Counts, Handoff, Limits, Pool, Release, WaiterId};
 
 type Sender = SendRequest<Full<Bytes>>;
+
+/// What drives one upstream HTTP/1.1 connection. A tunnel is not shut down by
+/// hyper but closed with END_STREAM both ways (`waypoint_hbone::close`): a dropped
+/// open stream is a reset, and too many resets end the node tunnel's connection.
+enum Driver {
+    Tcp(http1::Connection<TokioIo<tokio::net::TcpStream>, Full<Bytes>>),
+    Tunnel(http1::Connection<hyper::upgrade::Upgraded, Full<Bytes>>),
+}
 
 /// How many stale keep-alive connections one request may run into before giving up.
 const STALE_CONNECTIONS: usize = 4;
@@ -45,7 +57,9 @@ pub enum NoResponse {
 pub struct Upstream {
     me: Weak<Self>,
     cluster: String,
-    addresses: Vec<SocketAddr>,
+    targets: Vec<Target>,
+    /// The mesh credentials for HBONE endpoints, when the process has them.
+    mesh: Arc<MeshSlot>,
     connect_timeout: Duration,
     /// `None`: idle connections stay open until the upstream closes them.
     idle_timeout: Option<Duration>,
@@ -145,7 +159,8 @@ impl Drop for WaitGuard<'_> {
 impl Upstream {
     pub fn new(
         cluster: &str,
-        addresses: Vec<SocketAddr>,
+        targets: Vec<Target>,
+        mesh: Arc<MeshSlot>,
         connect_timeout: Duration,
         pool: &waypoint_config::ConnectionPool,
         metrics: Arc<Metrics>,
@@ -156,11 +171,12 @@ impl Upstream {
             connect_timeout,
             idle_timeout: Some(pool.idle_timeout).filter(|t| !t.is_zero()),
             inner: Mutex::new(Inner {
-                pool: Pool::new(Limits::from(pool), addresses.len()),
+                pool: Pool::new(Limits::from(pool), targets.len()),
                 idle: HashMap::new(),
                 waiters: HashMap::new(),
             }),
-            addresses,
+            targets,
+            mesh,
             metrics,
         })
     }
@@ -363,37 +379,61 @@ impl Upstream {
         self.me.upgrade()
     }
 
+    /// A byte stream to endpoint `host` outside the pool (the opaque TCP relay),
+    /// opened as the pool opens its connections.
+    pub async fn open(&self, host: usize) -> Result<Stream, connect::Error> {
+        connect::open(self.targets[host], &self.mesh, self.connect_timeout).await
+    }
+
     /// Opens connection `conn` to endpoint `host` and drives it until it closes.
     fn spawn_connect(&self, host: usize, conn: ConnId) {
-        let (addr, timeout, weak) = (self.addresses[host], self.connect_timeout, self.me.clone());
+        let target = self.targets[host];
+        let (mesh, timeout, weak) = (
+            Arc::clone(&self.mesh),
+            self.connect_timeout,
+            self.me.clone(),
+        );
         tokio::spawn(async move {
-            let connect = async {
-                let stream = TcpStream::connect(addr).await?;
-                stream.set_nodelay(true)?;
-                Ok::<_, std::io::Error>(stream)
-            };
-            let handshake = match tokio::time::timeout(timeout, connect).await {
-                Ok(Ok(stream)) => http1::handshake(TokioIo::new(stream)).await.ok(),
-                Ok(Err(e)) => {
+            let addr = target.address;
+            let handshake = match connect::open(target, &mesh, timeout).await {
+                Ok(Stream::Tcp(stream)) => http1::handshake(TokioIo::new(stream))
+                    .await
+                    .ok()
+                    .map(|(sender, conn)| (sender, Driver::Tcp(conn))),
+                Ok(Stream::Tunnel(tunnel)) => http1::handshake(tunnel)
+                    .await
+                    .ok()
+                    .map(|(sender, conn)| (sender, Driver::Tunnel(conn))),
+                Err(e) => {
                     tracing::debug!(error = %e, %addr, "upstream connect failed");
                     None
                 }
-                Err(_) => None,
             };
             let Some(upstream) = weak.upgrade() else {
                 return;
             };
-            let Some((sender, connection)) = handshake else {
+            let Some((sender, driver)) = handshake else {
                 upstream.connect_failed(host, conn);
                 return;
             };
             let weak = Arc::downgrade(&upstream);
             tokio::spawn(async move {
-                if let Err(e) = connection.await {
+                let tunnel = match driver {
+                    Driver::Tcp(connection) => connection.await.map(|()| None),
+                    Driver::Tunnel(connection) => {
+                        connection.without_shutdown().await.map(|p| Some(p.io))
+                    }
+                };
+                let tunnel = tunnel.unwrap_or_else(|e| {
                     tracing::debug!(error = %e, %addr, "upstream connection ended with an error");
-                }
+                    None
+                });
                 if let Some(upstream) = weak.upgrade() {
                     upstream.closed(host, conn);
+                }
+                // After the pool knows: the clean close waits for the peer's side.
+                if let Some(tunnel) = tunnel {
+                    waypoint_hbone::close(tunnel).await;
                 }
             });
             upstream.connected(host, conn, sender);

@@ -1,0 +1,124 @@
+//! Opening a byte stream to an endpoint: plain TCP by default, or an HBONE tunnel
+//! when the endpoint is mesh-enabled. The tunnel goes to the destination pod's node
+//! tunnel on 15008 with `CONNECT podIP:targetPort`, presenting the waypoint's own
+//! certificate, so the destination sees the waypoint as the source
+//! (waypoint-contract §5, "Hop by hop through a waypoint", step 8).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hyper::upgrade::Upgraded;
+use tokio::net::TcpStream;
+
+use crate::identity::MeshSlot;
+
+/// Where node tunnels accept HBONE.
+pub const HBONE_PORT: u16 = 15008;
+
+/// An endpoint as the connector needs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub address: SocketAddr,
+    pub hbone: bool,
+}
+
+impl Target {
+    /// The node tunnel's address and the CONNECT authority for an HBONE target:
+    /// the pod IP on 15008, and the pod's own `IP:port` as the original destination.
+    pub fn tunnel(&self) -> (SocketAddr, String) {
+        (
+            SocketAddr::new(self.address.ip(), HBONE_PORT),
+            self.address.to_string(),
+        )
+    }
+}
+
+/// A connected endpoint.
+pub enum Stream {
+    Tcp(TcpStream),
+    /// An HBONE CONNECT stream, already answered 200.
+    Tunnel(Upgraded),
+}
+
+/// Why no stream was opened. Every case is a connect failure to the caller: the
+/// endpoint never got to see a request.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("connecting to upstream {address}: timed out after {timeout:?}")]
+    Timeout {
+        address: SocketAddr,
+        timeout: Duration,
+    },
+    #[error("connecting to upstream {address}: {source}")]
+    Tcp {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(
+        "upstream {address} is HBONE but this dataplane has no mesh credentials (pass --identity-dir or --ca-address)"
+    )]
+    NoCredentials { address: SocketAddr },
+    #[error("HBONE to upstream {address}: {source}")]
+    Hbone {
+        address: SocketAddr,
+        source: waypoint_hbone::Error,
+    },
+}
+
+/// Opens a stream to `target` within `timeout`, which bounds TCP, and for HBONE also
+/// TLS and the CONNECT exchange, as Envoy's `connect_timeout` bounds a tunnelled
+/// cluster's connect.
+pub async fn open(target: Target, mesh: &MeshSlot, timeout: Duration) -> Result<Stream, Error> {
+    let address = target.address;
+    let connect = async {
+        if !target.hbone {
+            let stream = TcpStream::connect(address)
+                .await
+                .map_err(|source| Error::Tcp { address, source })?;
+            let _ = stream.set_nodelay(true);
+            return Ok(Stream::Tcp(stream));
+        }
+        let tls = mesh.get().ok_or(Error::NoCredentials { address })?;
+        let (node, authority) = target.tunnel();
+        tls.client()
+            .connect(node, &authority)
+            .await
+            .map(Stream::Tunnel)
+            .map_err(|source| Error::Hbone { address, source })
+    };
+    let result = tokio::time::timeout(timeout, connect)
+        .await
+        .unwrap_or(Err(Error::Timeout { address, timeout }));
+    if let Err(e @ Error::NoCredentials { .. }) = &result {
+        // A deployment mistake rather than a failing endpoint: say so loudly.
+        tracing::warn!(error = %e, "cannot reach an HBONE endpoint");
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tunnel_goes_to_the_pods_15008_and_names_the_pod_port() {
+        let target = Target {
+            address: "10.10.0.15:8080".parse().unwrap(),
+            hbone: true,
+        };
+        let (node, authority) = target.tunnel();
+        assert_eq!(node.to_string(), "10.10.0.15:15008");
+        assert_eq!(authority, "10.10.0.15:8080");
+        let v6 = Target {
+            address: "[fd00::7]:9080".parse().unwrap(),
+            hbone: true,
+        };
+        assert_eq!(
+            v6.tunnel(),
+            (
+                "[fd00::7]:15008".parse().unwrap(),
+                "[fd00::7]:9080".to_owned()
+            )
+        );
+    }
+}
