@@ -60,10 +60,14 @@ pub enum Error {
     Request(hyper::Error),
 }
 
+type Slot = Arc<Mutex<Option<SendRequest<Empty<Bytes>>>>>;
+
 /// Opens tunnels to waypoints, one pooled HTTP/2 connection per waypoint address.
 pub struct Client {
     config: Arc<ClientConfig>,
-    connections: Mutex<HashMap<SocketAddr, SendRequest<Empty<Bytes>>>>,
+    /// One slot per address, each with its own lock: a slow handshake to one pod
+    /// does not hold up tunnels to the others.
+    connections: std::sync::Mutex<HashMap<SocketAddr, Slot>>,
 }
 
 impl Client {
@@ -71,7 +75,7 @@ impl Client {
     pub fn new(credentials: &Credentials, peer: PeerCheck) -> Result<Self, Error> {
         Ok(Self {
             config: Arc::new(tls::client_config(credentials, peer)?),
-            connections: Mutex::default(),
+            connections: std::sync::Mutex::default(),
         })
     }
 
@@ -124,8 +128,15 @@ impl Client {
     /// The pooled connection to `waypoint`, or a new one when there is none or it
     /// closed.
     async fn sender(&self, waypoint: SocketAddr) -> Result<SendRequest<Empty<Bytes>>, Error> {
-        let mut connections = self.connections.lock().await;
-        if let Some(s) = connections.get(&waypoint)
+        let slot = Arc::clone(
+            self.connections
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry(waypoint)
+                .or_default(),
+        );
+        let mut connection = slot.lock().await;
+        if let Some(s) = connection.as_ref()
             && !s.is_closed()
         {
             return Ok(s.clone());
@@ -156,7 +167,7 @@ impl Client {
                 tracing::debug!(error = %e, "HBONE connection ended with an error");
             }
         });
-        connections.insert(waypoint, sender.clone());
+        *connection = Some(sender.clone());
         Ok(sender)
     }
 }
