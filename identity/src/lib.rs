@@ -6,8 +6,10 @@
 //! ([`workload::Request`]) and the CA ([`ca::Ca`]) signs a short-lived certificate
 //! carrying exactly that URI SAN. [`tls`] builds the TLS 1.3, ALPN h2, mutually
 //! authenticated configs HBONE uses (waypoint-contract §5) and reads the peer's identity.
+//! [`client::request_certificate`] is the workload's side of the CA's HTTPS API.
 
 pub mod ca;
+pub mod client;
 pub mod protocol;
 mod spiffe;
 pub mod tls;

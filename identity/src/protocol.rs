@@ -26,3 +26,24 @@ pub struct CertificateResponse {
     /// Every root the mesh currently trusts, PEM; more than one during a rotation.
     pub roots: Vec<String>,
 }
+
+/// What a generated waypoint pod is given to reach the CA: the operator sets these,
+/// the dataplane reads them.
+pub mod env {
+    /// `https://waypoint-ca.<operator namespace>.svc:15012`
+    pub const CA_ADDRESS: &str = "WAYPOINT_CA_ADDRESS";
+    /// A projected ServiceAccount token with audience [`super::TOKEN_AUDIENCE`],
+    /// renewed by the kubelet: read it again before each request.
+    pub const CA_TOKEN_FILE: &str = "WAYPOINT_CA_TOKEN_FILE";
+    /// PEM trust roots (the `waypoint-mesh-root` ConfigMap), for the CA's serving
+    /// certificate and for HBONE peers.
+    pub const CA_ROOT_FILE: &str = "WAYPOINT_CA_ROOT_FILE";
+    pub const TRUST_DOMAIN: &str = "WAYPOINT_TRUST_DOMAIN";
+    pub const IDENTITY_NAMESPACE: &str = "WAYPOINT_IDENTITY_NAMESPACE";
+    pub const IDENTITY_SERVICE_ACCOUNT: &str = "WAYPOINT_IDENTITY_SERVICE_ACCOUNT";
+
+    pub const TOKEN_DIR: &str = "/var/run/secrets/tokens/waypoint-ca";
+    pub const TOKEN_FILE: &str = "/var/run/secrets/tokens/waypoint-ca/token";
+    pub const ROOT_DIR: &str = "/var/run/secrets/waypoint/root";
+    pub const ROOT_FILE: &str = "/var/run/secrets/waypoint/root/root-cert.pem";
+}
