@@ -9,15 +9,17 @@ use k8s_openapi::api::autoscaling::v2::{
     CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction,
-    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SecurityContext, Service,
-    ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
+    HTTPGetAction, ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource,
+    ResourceRequirements, SecurityContext, Service, ServiceAccount, ServiceAccountTokenProjection,
+    ServicePort, ServiceSpec, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
+use waypoint_identity::protocol::{TOKEN_AUDIENCE, env};
 
 use crate::overlay::{self, OverlayError, Overlays};
 
@@ -25,6 +27,18 @@ use crate::names::{
     DATAPLANE_MODE_LABEL, GATEWAY_CLASS_LABEL, GATEWAY_NAME_LABEL, MANAGED_LABEL, MANAGED_VALUE,
     MESH_PORT, METRICS_PORT, STATUS_PORT, config_map_name,
 };
+
+/// What every generated waypoint pod runs and is told, beyond its Gateway.
+#[derive(Clone, Debug)]
+pub struct Dataplane {
+    pub image: String,
+    /// The mesh CA's URL (`https://waypoint-ca.<operator namespace>.svc:15012`).
+    pub ca_address: String,
+    pub trust_domain: String,
+}
+
+/// The CA token's lifetime; the kubelet renews it at 80%.
+const CA_TOKEN_SECONDS: i64 = 3600;
 
 #[derive(Clone, Debug)]
 pub struct Children {
@@ -96,11 +110,11 @@ fn config_yaml(config: &waypoint_config::Config) -> String {
 /// `overlays` come from its parametersRef ConfigMap.
 pub fn build(
     gw: &Gateway,
-    dataplane_image: &str,
+    dataplane: &Dataplane,
     config: &waypoint_config::Config,
     overlays: &Overlays,
 ) -> Result<Children, BuildError> {
-    let base = base(gw, dataplane_image, config)?;
+    let base = base(gw, dataplane, config)?;
     let ours = labels(gw);
     let reassert = |meta: &mut ObjectMeta| {
         meta.labels.get_or_insert_default().extend(ours.clone());
@@ -192,7 +206,7 @@ pub fn build(
 /// The objects before overlays.
 fn base(
     gw: &Gateway,
-    dataplane_image: &str,
+    dataplane: &Dataplane,
     config: &waypoint_config::Config,
 ) -> Result<Children, BuildError> {
     let name = gw.name_any();
@@ -213,12 +227,7 @@ fn base(
         },
         deployment: Deployment {
             metadata: meta(gw, name.clone(), &owner)?,
-            spec: Some(deployment_spec(
-                gw,
-                &name,
-                selector.clone(),
-                dataplane_image,
-            )),
+            spec: Some(deployment_spec(gw, &name, selector.clone(), dataplane)),
             ..Deployment::default()
         },
         service: Service {
@@ -235,7 +244,7 @@ fn deployment_spec(
     gw: &Gateway,
     name: &str,
     selector: BTreeMap<String, String>,
-    dataplane_image: &str,
+    dataplane: &Dataplane,
 ) -> DeploymentSpec {
     let mut pod_labels = labels(gw);
     pod_labels.insert(DATAPLANE_MODE_LABEL.to_owned(), "none".to_owned());
@@ -260,15 +269,42 @@ fn deployment_spec(
             }),
             spec: Some(PodSpec {
                 service_account_name: Some(name.to_owned()),
-                containers: vec![container(dataplane_image)],
-                volumes: Some(vec![Volume {
-                    name: "config".to_owned(),
-                    config_map: Some(ConfigMapVolumeSource {
-                        name: config_map_name(name),
-                        ..ConfigMapVolumeSource::default()
-                    }),
-                    ..Volume::default()
-                }]),
+                containers: vec![container(dataplane)],
+                volumes: Some(vec![
+                    Volume {
+                        name: "config".to_owned(),
+                        config_map: Some(ConfigMapVolumeSource {
+                            name: config_map_name(name),
+                            ..ConfigMapVolumeSource::default()
+                        }),
+                        ..Volume::default()
+                    },
+                    // A token only the CA accepts (not the API token), so a
+                    // leaked CA request cannot be replayed against the API server.
+                    Volume {
+                        name: "waypoint-ca-token".to_owned(),
+                        projected: Some(ProjectedVolumeSource {
+                            sources: Some(vec![VolumeProjection {
+                                service_account_token: Some(ServiceAccountTokenProjection {
+                                    audience: Some(TOKEN_AUDIENCE.to_owned()),
+                                    expiration_seconds: Some(CA_TOKEN_SECONDS),
+                                    path: "token".to_owned(),
+                                }),
+                                ..VolumeProjection::default()
+                            }]),
+                            ..ProjectedVolumeSource::default()
+                        }),
+                        ..Volume::default()
+                    },
+                    Volume {
+                        name: "waypoint-mesh-root".to_owned(),
+                        config_map: Some(ConfigMapVolumeSource {
+                            name: crate::ca::roots::CONFIG_MAP.to_owned(),
+                            ..ConfigMapVolumeSource::default()
+                        }),
+                        ..Volume::default()
+                    },
+                ]),
                 ..PodSpec::default()
             }),
         },
@@ -276,8 +312,9 @@ fn deployment_spec(
     }
 }
 
-/// The dataplane container: Istio's ports, probes, resources and hardening.
-fn container(image: &str) -> Container {
+/// The dataplane container: Istio's ports, probes, resources and hardening, and
+/// what it needs to get its mesh certificate.
+fn container(dataplane: &Dataplane) -> Container {
     let probe = |period, failures| Probe {
         http_get: Some(HTTPGetAction {
             path: Some("/healthz/ready".to_owned()),
@@ -300,9 +337,31 @@ fn container(image: &str) -> Container {
             ("memory".to_owned(), Quantity(mem.to_owned())),
         ])
     };
+    let value = |name: &str, value: &str| EnvVar {
+        name: name.to_owned(),
+        value: Some(value.to_owned()),
+        ..EnvVar::default()
+    };
+    let field = |name: &str, path: &str| EnvVar {
+        name: name.to_owned(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                api_version: Some("v1".to_owned()),
+                field_path: path.to_owned(),
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    };
+    let mount = |name: &str, path: &str| VolumeMount {
+        name: name.to_owned(),
+        mount_path: path.to_owned(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    };
     Container {
         name: "waypoint".to_owned(),
-        image: Some(image.to_owned()),
+        image: Some(dataplane.image.clone()),
         image_pull_policy: Some("IfNotPresent".to_owned()),
         args: Some(vec![
             "--config".to_owned(),
@@ -333,12 +392,19 @@ fn container(image: &str) -> Container {
             }),
             ..SecurityContext::default()
         }),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "config".to_owned(),
-            mount_path: "/etc/waypoint".to_owned(),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        }]),
+        env: Some(vec![
+            value(env::CA_ADDRESS, &dataplane.ca_address),
+            value(env::CA_TOKEN_FILE, env::TOKEN_FILE),
+            value(env::CA_ROOT_FILE, env::ROOT_FILE),
+            value(env::TRUST_DOMAIN, &dataplane.trust_domain),
+            field(env::IDENTITY_NAMESPACE, "metadata.namespace"),
+            field(env::IDENTITY_SERVICE_ACCOUNT, "spec.serviceAccountName"),
+        ]),
+        volume_mounts: Some(vec![
+            mount("config", "/etc/waypoint"),
+            mount("waypoint-ca-token", env::TOKEN_DIR),
+            mount("waypoint-mesh-root", env::ROOT_DIR),
+        ]),
         ..Container::default()
     }
 }

@@ -45,7 +45,7 @@ pub enum Error {
 
 pub struct Context {
     pub client: Client,
-    pub dataplane_image: String,
+    pub dataplane: builders::Dataplane,
     pub cluster_domain: String,
     pub metrics: Arc<Metrics>,
     pub caches: Caches,
@@ -366,10 +366,10 @@ async fn children_for(
         Ok(o) => (o, None),
         Err(why) => (Overlays::default(), Some(why)),
     };
-    match builders::build(gw, &ctx.dataplane_image, config, &overlays) {
+    match builders::build(gw, &ctx.dataplane, config, &overlays) {
         Ok(c) => Ok((c, invalid)),
         Err(BuildError::Overlay(e)) => Ok((
-            builders::build(gw, &ctx.dataplane_image, config, &Overlays::default())?,
+            builders::build(gw, &ctx.dataplane, config, &Overlays::default())?,
             Some(e.to_string()),
         )),
         Err(e) => Err(e.into()),

@@ -1,5 +1,6 @@
 //! waypoint-operator: reconciles waypoint Gateways on the cluster it runs in. Only the
-//! replica holding the Lease reconciles; the others wait, ready to take over.
+//! replica holding the Lease reconciles; the others wait, ready to take over. Every
+//! replica serves the mesh CA.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,6 +10,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use axum::routing::get;
 use clap::Parser;
+use waypoint_operator::builders::Dataplane;
+use waypoint_operator::ca::{self, server::CaServer};
 use waypoint_operator::controller::{self, Caches, Context};
 use waypoint_operator::leader::{self, LeaseConfig};
 use waypoint_operator::metrics::Metrics;
@@ -31,13 +34,26 @@ struct Args {
     /// This replica's name in the Lease (the pod name in a cluster).
     #[arg(long, env = "POD_NAME", default_value = "waypoint-operator-local")]
     identity: String,
+    /// The operator's namespace: the Lease, the CA Secret and the CA Service.
     #[arg(long, env = "POD_NAMESPACE", default_value = "waypoint-system")]
     lease_namespace: String,
     #[arg(long, default_value = "waypoint-operator")]
     lease_name: String,
     #[arg(long, default_value = "15", value_name = "SECONDS")]
     lease_seconds: u64,
+    /// The SPIFFE trust domain the mesh CA signs for.
+    #[arg(long, env = "WAYPOINT_TRUST_DOMAIN", default_value = waypoint_identity::DEFAULT_TRUST_DOMAIN)]
+    trust_domain: String,
+    /// The mesh CA's HTTPS listener (every replica).
+    #[arg(long, default_value = "0.0.0.0:15012")]
+    ca_address: SocketAddr,
+    /// The longest workload certificate the CA signs, e.g. `24h`, `90m`.
+    #[arg(long, default_value = "24h", value_parser = ca::parse_duration)]
+    workload_cert_ttl: Duration,
 }
+
+/// The CA's own serving certificate; a replica lives far shorter than this.
+const CA_SERVING_TTL: Duration = Duration::from_hours(365 * 24);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -57,6 +73,31 @@ async fn main() -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;
+    let namespace = args.lease_namespace.clone();
+    let loaded = ca::secret::load_or_create(&client, &namespace, &args.trust_domain)
+        .await
+        .context("loading the mesh root")?;
+    let roots_pem = loaded.trust_roots.concat();
+    let dns_names = ca::service_dns_names(&namespace, &args.cluster_domain);
+    let tls = ca::server::tls_config(&loaded.ca, &dns_names, CA_SERVING_TTL)
+        .context("the CA's serving certificate")?;
+    let ca_listener = tokio::net::TcpListener::bind(args.ca_address)
+        .await
+        .with_context(|| format!("binding {}", args.ca_address))?;
+    tracing::info!(address = %args.ca_address, names = ?dns_names, roots = loaded.trust_roots.len(), "serving the mesh CA");
+    tokio::spawn(ca::server::serve(
+        ca_listener,
+        Arc::new(tls),
+        Arc::new(CaServer {
+            ca: loaded.ca,
+            trust_roots: loaded.trust_roots,
+            authenticator: Arc::new(ca::server::TokenReviewer {
+                client: client.clone(),
+            }),
+            max_ttl: args.workload_cert_ttl,
+            metrics: metrics.clone(),
+        }),
+    ));
     let lease = LeaseConfig {
         namespace: args.lease_namespace,
         name: args.lease_name,
@@ -73,11 +114,20 @@ async fn main() -> anyhow::Result<()> {
     controller::ensure_class(&client, &metrics)
         .await
         .context("ensuring the istio-waypoint GatewayClass")?;
+    tokio::spawn(ca::roots::publish(
+        client.clone(),
+        roots_pem,
+        metrics.clone(),
+    ));
     let (caches, fill) = Caches::start(&client);
     tokio::spawn(fill);
     let ctx = Arc::new(Context {
         client: client.clone(),
-        dataplane_image: args.dataplane_image,
+        dataplane: Dataplane {
+            image: args.dataplane_image,
+            ca_address: ca::service_url(&namespace),
+            trust_domain: args.trust_domain,
+        },
         cluster_domain: args.cluster_domain,
         metrics: metrics.clone(),
         caches,
@@ -91,7 +141,7 @@ async fn main() -> anyhow::Result<()> {
             },
         ),
     });
-    tracing::info!(image = %ctx.dataplane_image, "reconciling waypoint Gateways");
+    tracing::info!(image = %ctx.dataplane.image, "reconciling waypoint Gateways");
     tokio::select! {
         // The controllers stop on SIGTERM/SIGINT (shutdown_on_signal).
         () = controller::run(ctx) => {

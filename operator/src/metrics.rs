@@ -18,6 +18,8 @@ pub struct Metrics {
     /// Reconciles running right now (the closest kube-runtime lets us get to a
     /// queue depth).
     pub in_flight: AtomicU64,
+    certificates_signed: AtomicU64,
+    root_writes: AtomicU64,
     inner: Mutex<Inner>,
 }
 
@@ -31,6 +33,8 @@ struct Inner {
     status_writes: BTreeMap<&'static str, u64>,
     /// `kind` → count
     applies: BTreeMap<&'static str, u64>,
+    /// `reason` → count
+    certificate_refusals: BTreeMap<&'static str, u64>,
 }
 
 impl Metrics {
@@ -61,6 +65,21 @@ impl Metrics {
         }
     }
 
+    pub fn certificate_signed(&self) {
+        self.certificates_signed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn certificate_refused(&self, reason: &'static str) {
+        if let Ok(mut m) = self.inner.lock() {
+            *m.certificate_refusals.entry(reason).or_default() += 1;
+        }
+    }
+
+    /// A `waypoint-mesh-root` ConfigMap was created or updated.
+    pub fn root_written(&self) {
+        self.root_writes.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
         let gauge = |out: &mut String, name: &str, help: &str, v: u64| {
@@ -87,6 +106,7 @@ impl Metrics {
             "Reconciles running now.",
             self.in_flight.load(Ordering::Relaxed),
         );
+        self.render_ca(&mut out);
         let Ok(m) = self.inner.lock() else { return out };
         out.push_str(
             "# HELP waypoint_operator_reconciles_total Reconciles, by controller and result.\n",
@@ -139,6 +159,37 @@ impl Metrics {
         }
         out
     }
+
+    /// The mesh CA's counters.
+    fn render_ca(&self, out: &mut String) {
+        for (name, help, v) in [
+            (
+                "waypoint_operator_certificates_signed_total",
+                "Workload certificates this replica signed.",
+                &self.certificates_signed,
+            ),
+            (
+                "waypoint_operator_root_configmap_writes_total",
+                "Creates and updates of waypoint-mesh-root ConfigMaps.",
+                &self.root_writes,
+            ),
+        ] {
+            let _ = write!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
+                v.load(Ordering::Relaxed)
+            );
+        }
+        let Ok(m) = self.inner.lock() else { return };
+        out.push_str("# HELP waypoint_operator_certificate_refusals_total Certificate requests refused, by reason.\n");
+        out.push_str("# TYPE waypoint_operator_certificate_refusals_total counter\n");
+        for (reason, n) in &m.certificate_refusals {
+            let _ = writeln!(
+                out,
+                "waypoint_operator_certificate_refusals_total{{reason=\"{reason}\"}} {n}"
+            );
+        }
+    }
 }
 
 #[cfg(test)]
@@ -151,6 +202,9 @@ mod tests {
         m.reconciled("gateway", true, Duration::from_millis(30));
         m.reconciled("gateway", false, Duration::from_secs(2));
         m.status_written("Gateway");
+        m.certificate_signed();
+        m.certificate_refused("identity_mismatch");
+        m.certificate_refused("identity_mismatch");
         let text = m.render();
         assert!(text.contains(
             "waypoint_operator_reconciles_total{controller=\"gateway\",result=\"ok\"} 1\n"
@@ -162,5 +216,9 @@ mod tests {
         assert!(text.contains("waypoint_operator_reconcile_duration_seconds_bucket{controller=\"gateway\",le=\"+Inf\"} 2\n"));
         assert!(text.contains("waypoint_operator_status_writes_total{kind=\"Gateway\"} 1\n"));
         assert!(text.contains("waypoint_operator_leader 0\n"));
+        assert!(text.contains("waypoint_operator_certificates_signed_total 1\n"));
+        assert!(text.contains(
+            "waypoint_operator_certificate_refusals_total{reason=\"identity_mismatch\"} 2\n"
+        ));
     }
 }

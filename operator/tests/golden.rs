@@ -9,7 +9,7 @@ use std::path::Path;
 
 use gateway_api::apis::standard::gateways::Gateway;
 use serde::Deserialize;
-use waypoint_operator::builders::build;
+use waypoint_operator::builders::{Dataplane, build};
 use waypoint_operator::overlay;
 
 #[derive(Deserialize)]
@@ -28,7 +28,11 @@ fn render(case: &str) -> String {
     let overlays = overlay::parse(&input.overlays).unwrap();
     let c = build(
         &input.gateway,
-        "waypoint.local/waypoint-dataplane:dev",
+        &Dataplane {
+            image: "waypoint.local/waypoint-dataplane:dev".to_owned(),
+            ca_address: "https://waypoint-ca.waypoint-system.svc:15012".to_owned(),
+            trust_domain: "cluster.local".to_owned(),
+        },
         &waypoint_config::Config::default(),
         &overlays,
     )

@@ -5,6 +5,14 @@ use crate::compile::{View, compile};
 use crate::names::{MANAGED_LABEL, MANAGED_VALUE};
 use crate::overlay::Overlays;
 
+fn dp(image: &str) -> Dataplane {
+    Dataplane {
+        image: image.to_owned(),
+        ca_address: "https://waypoint-ca.waypoint-system.svc:15012".to_owned(),
+        trust_domain: "cluster.local".to_owned(),
+    }
+}
+
 fn seed_gateway() -> Gateway {
     crate::fixtures::seed_gateway(&[])
 }
@@ -25,7 +33,7 @@ fn empty() -> waypoint_config::Config {
 fn objects_are_named_after_the_gateway_and_owned_by_it() {
     let c = build(
         &seed_gateway(),
-        "waypoint.local/waypoint-dataplane:dev",
+        &dp("waypoint.local/waypoint-dataplane:dev"),
         &empty(),
         &Overlays::default(),
     )
@@ -62,7 +70,13 @@ fn objects_are_named_after_the_gateway_and_owned_by_it() {
 
 #[test]
 fn deployment_matches_the_waypoint_contract() {
-    let c = build(&seed_gateway(), "img:1", &empty(), &Overlays::default()).unwrap();
+    let c = build(
+        &seed_gateway(),
+        &dp("img:1"),
+        &empty(),
+        &Overlays::default(),
+    )
+    .unwrap();
     let spec = c.deployment.spec.unwrap();
     assert_eq!(
         spec.selector.match_labels.unwrap(),
@@ -108,9 +122,85 @@ fn deployment_matches_the_waypoint_contract() {
     assert!(res.requests.is_some() && res.limits.is_some());
 }
 
+/// The files the env vars name are where the volumes put them: the token's path in
+/// its projection and the root ConfigMap's key under their mount points.
+#[test]
+fn the_pod_can_find_its_ca_token_and_roots() {
+    let c = build(&seed_gateway(), &dp("img"), &empty(), &Overlays::default()).unwrap();
+    let pod = c.deployment.spec.unwrap().template.spec.unwrap();
+    let container = &pod.containers[0];
+    let env: BTreeMap<_, _> = container
+        .env
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let v = e.value.clone().or_else(|| {
+                e.value_from
+                    .as_ref()
+                    .and_then(|f| f.field_ref.as_ref())
+                    .map(|f| format!("fieldRef:{}", f.field_path))
+            });
+            (e.name.as_str(), v.unwrap())
+        })
+        .collect();
+    assert_eq!(
+        env["WAYPOINT_CA_ADDRESS"],
+        "https://waypoint-ca.waypoint-system.svc:15012"
+    );
+    assert_eq!(env["WAYPOINT_TRUST_DOMAIN"], "cluster.local");
+    assert_eq!(
+        env["WAYPOINT_IDENTITY_NAMESPACE"],
+        "fieldRef:metadata.namespace"
+    );
+    assert_eq!(
+        env["WAYPOINT_IDENTITY_SERVICE_ACCOUNT"],
+        "fieldRef:spec.serviceAccountName"
+    );
+    let mounted = |volume: &str| {
+        container
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.name == volume)
+            .map(|m| m.mount_path.clone())
+            .unwrap()
+    };
+    let volume = |name: &str| {
+        pod.volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|v| v.name == name)
+            .unwrap()
+            .clone()
+    };
+    let token = volume("waypoint-ca-token")
+        .projected
+        .unwrap()
+        .sources
+        .unwrap()[0]
+        .service_account_token
+        .clone()
+        .unwrap();
+    assert_eq!(token.audience.as_deref(), Some("waypoint-ca"));
+    assert_eq!(token.expiration_seconds, Some(3600));
+    assert_eq!(
+        format!("{}/{}", mounted("waypoint-ca-token"), token.path),
+        env["WAYPOINT_CA_TOKEN_FILE"]
+    );
+    let root = volume("waypoint-mesh-root").config_map.unwrap();
+    assert_eq!(root.name, "waypoint-mesh-root");
+    assert_eq!(
+        format!("{}/root-cert.pem", mounted("waypoint-mesh-root")),
+        env["WAYPOINT_CA_ROOT_FILE"]
+    );
+}
+
 #[test]
 fn service_exposes_mesh_and_status_ports() {
-    let c = build(&seed_gateway(), "img", &empty(), &Overlays::default()).unwrap();
+    let c = build(&seed_gateway(), &dp("img"), &empty(), &Overlays::default()).unwrap();
     let spec = c.service.spec.unwrap();
     let ports: Vec<_> = spec
         .ports
@@ -143,7 +233,7 @@ fn infrastructure_labels_and_annotations_propagate_but_cannot_override_ours() {
         annotations: Some(BTreeMap::from([("owner".to_owned(), "sre".to_owned())])),
         parameters_ref: None,
     });
-    let c = build(&gw, "img", &empty(), &Overlays::default()).unwrap();
+    let c = build(&gw, &dp("img"), &empty(), &Overlays::default()).unwrap();
     for meta in [
         &c.service_account.metadata,
         &c.config_map.metadata,
@@ -163,7 +253,7 @@ fn infrastructure_labels_and_annotations_propagate_but_cannot_override_ours() {
 
 #[test]
 fn the_initial_dataplane_config_loads_in_the_dataplane_model() {
-    let c = build(&seed_gateway(), "img", &empty(), &Overlays::default()).unwrap();
+    let c = build(&seed_gateway(), &dp("img"), &empty(), &Overlays::default()).unwrap();
     let config =
         waypoint_config::Config::from_yaml(&c.config_map.data.unwrap()["config.yaml"]).unwrap();
     assert_eq!(config.listeners[0].address.to_string(), "0.0.0.0:15008");
@@ -174,13 +264,13 @@ fn a_gateway_without_uid_or_namespace_is_an_error_not_a_panic() {
     let mut gw = seed_gateway();
     gw.metadata.uid = None;
     assert_eq!(
-        build(&gw, "img", &empty(), &Overlays::default()).unwrap_err(),
+        build(&gw, &dp("img"), &empty(), &Overlays::default()).unwrap_err(),
         BuildError::NoUid
     );
     let mut gw = seed_gateway();
     gw.metadata.namespace = None;
     assert_eq!(
-        build(&gw, "img", &empty(), &Overlays::default()).unwrap_err(),
+        build(&gw, &dp("img"), &empty(), &Overlays::default()).unwrap_err(),
         BuildError::NoNamespace
     );
 }
@@ -199,7 +289,7 @@ fn overlays_patch_the_objects_and_add_an_hpa_and_a_pdb() {
         .collect(),
     )
     .unwrap();
-    let c = build(&seed_gateway(), "img", &empty(), &overlays).unwrap();
+    let c = build(&seed_gateway(), &dp("img"), &empty(), &overlays).unwrap();
     let d = c.deployment.spec.as_ref().unwrap();
     assert_eq!(d.replicas, Some(0));
     let container = &d.template.spec.as_ref().unwrap().containers[0];
@@ -239,7 +329,7 @@ fn overlays_patch_the_objects_and_add_an_hpa_and_a_pdb() {
         "httpbin-waypoint"
     );
     // Without overlays there is neither.
-    let plain = build(&seed_gateway(), "img", &empty(), &Overlays::default()).unwrap();
+    let plain = build(&seed_gateway(), &dp("img"), &empty(), &Overlays::default()).unwrap();
     assert!(plain.horizontal_pod_autoscaler.is_none() && plain.pod_disruption_budget.is_none());
 }
 
@@ -248,7 +338,7 @@ fn an_overlay_that_breaks_the_object_is_an_error_naming_it() {
     let overlays =
         overlay::parse(&[("deployment".to_owned(), "spec: {replicas: many}".to_owned())].into())
             .unwrap();
-    let e = build(&seed_gateway(), "img", &empty(), &overlays).unwrap_err();
+    let e = build(&seed_gateway(), &dp("img"), &empty(), &overlays).unwrap_err();
     assert!(
         e.to_string()
             .starts_with("overlay \"deployment\" does not make a valid Deployment: "),
