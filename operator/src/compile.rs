@@ -354,8 +354,7 @@ pub fn compile(gw: &Gateway, view: &View<'_>) -> model::Config {
         listeners: vec![model::Listener {
             name: "mesh".to_owned(),
             address: SocketAddr::from(([0, 0, 0, 0], 15008)),
-            // Plain HTTP on 15008 until the waypoint pods carry mesh certificates.
-            protocol: model::ListenerProtocol::Http,
+            protocol: model::ListenerProtocol::Hbone,
             routes,
         }],
         clusters,

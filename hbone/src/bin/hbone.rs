@@ -71,6 +71,9 @@ struct Args {
     /// Print only the status code of each response, one per line.
     #[arg(long)]
     status_only: bool,
+    /// Printed after each body, as curl's -w: `%{http_code}` and `\n` are replaced.
+    #[arg(short = 'w', long)]
+    write_out: Option<String>,
     /// Send the request this many times, each in a new tunnel on one connection.
     #[arg(short = 'n', long, default_value = "1")]
     count: u32,
@@ -116,6 +119,7 @@ async fn main() -> anyhow::Result<()> {
         .map_or("/", |p| p.as_str())
         .to_owned();
     let mut out = std::io::stdout().lock();
+    let mut failures = 0;
     for _ in 0..args.count {
         let mut req = Request::new(Full::new(Bytes::from(
             args.data.clone().unwrap_or_default(),
@@ -138,9 +142,23 @@ async fn main() -> anyhow::Result<()> {
                 HeaderValue::from_str(value.trim())?,
             );
         }
-        let resp = client.request(waypoint, &destination, req).await?;
-        let (parts, body) = resp.into_parts();
-        let body = body.collect().await?.to_bytes();
+        // Like a loop of curls: a failed request is reported and the next one sent.
+        let answer = async {
+            let (parts, body) = client
+                .request(waypoint, &destination, req)
+                .await?
+                .into_parts();
+            anyhow::Ok((parts, body.collect().await?.to_bytes()))
+        };
+        let (parts, body) = match answer.await {
+            Ok(answer) => answer,
+            Err(e) if args.count > 1 => {
+                writeln!(out, "FAILED: {e:#}")?;
+                failures += 1;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         if args.status_only {
             writeln!(out, "{}", parts.status.as_u16())?;
             continue;
@@ -153,9 +171,20 @@ async fn main() -> anyhow::Result<()> {
             writeln!(out)?;
         }
         out.write_all(&body)?;
-        if !body.ends_with(b"\n") {
-            writeln!(out)?;
+        match &args.write_out {
+            Some(format) => write!(
+                out,
+                "{}",
+                format
+                    .replace("%{http_code}", parts.status.as_str())
+                    .replace("\\n", "\n")
+            )?,
+            None if !body.ends_with(b"\n") => writeln!(out)?,
+            None => {}
         }
+    }
+    if failures > 0 {
+        bail!("{failures} of {} requests failed", args.count);
     }
     Ok(())
 }
