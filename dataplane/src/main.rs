@@ -62,11 +62,16 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colour only on a terminal: `kubectl logs` and log collectors get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     let args = Args::parse();
+    // Installed first: as a container's PID 1 we would otherwise ignore SIGTERM and
+    // be killed only at the end of the grace period.
+    let mut stop = stop_signal()?;
     let text = std::fs::read_to_string(&args.config)
         .with_context(|| format!("reading {}", args.config.display()))?;
     let config = waypoint_config::Config::from_yaml(&text)
@@ -100,7 +105,13 @@ async fn main() -> anyhow::Result<()> {
                         args.identity_service_account.as_deref().unwrap_or_default(),
                     ),
                 };
-                let creds = identity::fetch_until_ok(&source).await;
+                let creds = tokio::select! {
+                    creds = identity::fetch_until_ok(&source) => creds,
+                    _ = stop.changed() => {
+                        tracing::info!("stopping before the first certificate arrived");
+                        return Ok(());
+                    }
+                };
                 tracing::info!(identity = %creds.identity, expires = ?creds.not_after, ca = %url, "mesh certificate issued");
                 let tls = identity::MeshTls::new(creds)?;
                 tokio::spawn(identity::renew(source, Arc::clone(&tls)));
@@ -141,11 +152,29 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     readiness.set_ready();
-    tokio::spawn(watch_config(args.config, text, shared));
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for a signal")?;
+    tokio::spawn(watch_config(args.config, text, Arc::clone(&shared)));
+    let _ = stop.changed().await;
+    // Not ready, so the Service stops sending new connections; responses now say
+    // `connection: close`; in-flight requests get --drain-seconds to finish.
+    readiness.set_not_ready();
+    let left = shared.drain(Duration::from_secs(args.drain_seconds)).await;
+    tracing::info!(in_flight_left = left, "drained; exiting");
     Ok(())
+}
+
+/// Flips to true on SIGTERM or SIGINT.
+fn stop_signal() -> anyhow::Result<tokio::sync::watch::Receiver<bool>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: draining"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
+        }
+        let _ = tx.send(true);
+    });
+    Ok(rx)
 }
 
 /// Polls the config file: a mounted ConfigMap is swapped by the kubelet through a
