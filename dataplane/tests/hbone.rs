@@ -6,6 +6,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test harness
 
+mod support;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,6 +18,7 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use support::{echo, issue};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use waypoint_dataplane::identity::MeshTls;
@@ -25,29 +28,12 @@ use waypoint_hbone::{Client, Error};
 use waypoint_identity::Identity;
 use waypoint_identity::ca::Ca;
 use waypoint_identity::tls::PeerCheck;
-use waypoint_identity::workload::{Credentials, Request as Csr};
 
 const DAY: Duration = Duration::from_hours(24);
 const VIP: &str = "10.96.0.10:8000";
 const EMPTY_VIP: &str = "10.96.0.20:8000";
 const TCP_VIP: &str = "10.96.0.30:5432";
 const DEAD_TCP_VIP: &str = "10.96.0.31:5432";
-
-/// An opaque TCP backend that echoes what it reads.
-async fn echo() -> SocketAddr {
-    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = socket.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (mut stream, _) = socket.accept().await.unwrap();
-            tokio::spawn(async move {
-                let (mut r, mut w) = stream.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    addr
-}
 
 /// A loopback port nobody listens on.
 async fn dead() -> SocketAddr {
@@ -87,15 +73,6 @@ async fn backend(name: &'static str) -> SocketAddr {
     addr
 }
 
-fn issue(ca: &Ca, id: &Identity, roots: &[&Ca], ttl: Duration) -> Credentials {
-    let req = Csr::new(id).unwrap();
-    let cert = ca
-        .sign(req.csr_pem(), id, OffsetDateTime::now_utc(), ttl)
-        .unwrap();
-    let roots: Vec<String> = roots.iter().map(|r| r.cert_pem().to_owned()).collect();
-    req.complete(&[cert], &roots).unwrap()
-}
-
 struct Mesh {
     ca: Ca,
     /// Another trust domain's CA, which the waypoint also trusts (a federation
@@ -112,7 +89,7 @@ impl Mesh {
         let ca = Ca::generate("cluster.local", OffsetDateTime::now_utc(), 365 * DAY).unwrap();
         let foreign = Ca::generate("evil.org", OffsetDateTime::now_utc(), 365 * DAY).unwrap();
         let pod = backend("in-ambient-abc12").await;
-        let (db, dead) = (echo().await, dead().await);
+        let (db, dead) = (echo("127.0.0.1").await, dead().await);
         let yaml = format!(
             "listeners:
 - name: mesh

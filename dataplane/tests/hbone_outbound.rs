@@ -5,6 +5,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test harness
 
+mod support;
+
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -24,17 +26,13 @@ use waypoint_hbone::Client;
 use waypoint_identity::Identity;
 use waypoint_identity::ca::Ca;
 use waypoint_identity::tls::PeerCheck;
-use waypoint_identity::workload::{Credentials, Request as Csr};
+use waypoint_identity::workload::Credentials;
 
 const DAY: Duration = Duration::from_hours(24);
 const WAYPOINT_SA: &str = "spiffe://cluster.local/ns/httpbin/sa/httpbin-waypoint";
 
 fn issue(ca: &Ca, id: &Identity) -> Credentials {
-    let req = Csr::new(id).unwrap();
-    let cert = ca
-        .sign(req.csr_pem(), id, OffsetDateTime::now_utc(), DAY)
-        .unwrap();
-    req.complete(&[cert], &[ca.cert_pem().to_owned()]).unwrap()
+    support::issue(ca, id, &[ca], DAY)
 }
 
 fn ca() -> Ca {
@@ -67,22 +65,6 @@ async fn backend(ip: &str, name: &'static str) -> SocketAddr {
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), svc)
                     .await;
-            });
-        }
-    });
-    addr
-}
-
-/// An opaque TCP backend on `ip` that echoes what it reads.
-async fn echo(ip: &str) -> SocketAddr {
-    let socket = TcpListener::bind((ip, 0)).await.unwrap();
-    let addr = socket.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (mut stream, _) = socket.accept().await.unwrap();
-            tokio::spawn(async move {
-                let (mut r, mut w) = stream.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
             });
         }
     });
@@ -367,7 +349,7 @@ async fn new_tunnels_present_renewed_credentials() {
 async fn an_opaque_tcp_tunnel_to_a_mesh_enabled_endpoint_rides_hbone_too() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let ca = ca();
-    let db = echo("127.0.0.76").await;
+    let db = support::echo("127.0.0.76").await;
     let b = node(&ca, "127.0.0.76", &[(db, "TCP")]).await;
     // A terminates HBONE from a client and relays the opaque port to B.
     let (a, a_log) = shared(&format!(

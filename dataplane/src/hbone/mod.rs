@@ -36,14 +36,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Serves one bound HBONE listener until the task is dropped.
 pub async fn serve(shared: Arc<Shared>, tls: Arc<MeshTls>, socket: TcpListener, listener: String) {
     let listener: Arc<str> = listener.into();
-    loop {
-        let (stream, peer) = match socket.accept().await {
-            Ok(conn) => conn,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                continue;
-            }
-        };
+    crate::proxy::accept_loop(socket, |stream, peer| {
         tokio::spawn(connection(
             Arc::clone(&shared),
             Arc::clone(&tls),
@@ -51,7 +44,8 @@ pub async fn serve(shared: Arc<Shared>, tls: Arc<MeshTls>, socket: TcpListener, 
             stream,
             peer,
         ));
-    }
+    })
+    .await;
 }
 
 async fn connection(

@@ -238,19 +238,27 @@ pub async fn bind(runtime: &Runtime) -> anyhow::Result<Vec<(TcpListener, String)
 /// Serves one bound listener, by name, with whatever config is in force.
 pub async fn serve(shared: Arc<Shared>, socket: TcpListener, listener: String) {
     let listener: Arc<str> = listener.into();
-    loop {
-        let (stream, peer) = match socket.accept().await {
-            Ok(conn) => conn,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                continue;
-            }
-        };
+    accept_loop(socket, |stream, peer| {
         tokio::spawn(handler::serve_tcp(
             Arc::clone(&shared),
             Arc::clone(&listener),
             stream,
             peer,
         ));
+    })
+    .await;
+}
+
+/// Accepts forever, handing each connection to `spawn`; a failed accept (out of file
+/// descriptors, say) is logged and the next one tried.
+pub(crate) async fn accept_loop(
+    socket: TcpListener,
+    mut spawn: impl FnMut(tokio::net::TcpStream, std::net::SocketAddr),
+) {
+    loop {
+        match socket.accept().await {
+            Ok((stream, peer)) => spawn(stream, peer),
+            Err(e) => tracing::warn!(error = %e, "accept failed"),
+        }
     }
 }
