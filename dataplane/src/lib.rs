@@ -6,6 +6,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod filters;
 pub mod hash_policy;
 pub mod hbone;
 pub mod identity;
@@ -16,6 +17,7 @@ pub mod pool;
 pub mod proxy;
 pub mod retry;
 pub mod rng;
+pub mod route_match;
 pub mod xxhash;
 
 /// Writes one line to stdout (access log and outlier events), where `kubectl logs`

@@ -338,6 +338,7 @@ pub fn compile(gw: &Gateway, view: &View<'_>) -> model::Config {
                 retry: model::RetryConfig::for_cluster(load_balancer),
                 timeout: None,
                 protocol,
+                rules: Vec::new(),
             });
             clusters.push(model::Cluster {
                 name: cluster,

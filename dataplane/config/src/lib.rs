@@ -20,11 +20,16 @@ use serde::{Deserialize, Serialize};
 
 mod connection_pool;
 mod consistent_hash;
+mod http_route;
 
 pub use connection_pool::{ConnectionPool, UNLIMITED};
 pub use consistent_hash::{
     ConsistentHash, CookieAttribute, DEFAULT_MAGLEV_TABLE_SIZE, DEFAULT_MINIMUM_RING_SIZE, HashKey,
     HttpCookie, MAXIMUM_RING_SIZE,
+};
+pub use http_route::{
+    Filter, Header, HeaderModifier, MatchType, PathMatch, PathRewrite, Redirect, RouteMatch,
+    RouteRule, ValueMatch, WeightedBackend,
 };
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -86,6 +91,10 @@ pub struct Route {
     /// byte for byte to one endpoint, with no HTTP parsing.
     #[serde(default, skip_serializing_if = "RouteProtocol::is_http")]
     pub protocol: RouteProtocol,
+    /// HTTPRoute rules (GAMMA: an HTTPRoute whose parent is the Service); none: every
+    /// request goes to `cluster`. A request no rule matches gets 404.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<RouteRule>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -293,6 +302,11 @@ impl Config {
                         format!("listeners[{i}].routes[{j}].cluster"),
                         format!("no cluster named {:?}", r.cluster),
                     );
+                }
+                for (k, rule) in r.rules.iter().enumerate() {
+                    rule.validate(&format!("listeners[{i}].routes[{j}].rules[{k}]"), |c| {
+                        self.cluster(c).is_some()
+                    })?;
                 }
             }
         }

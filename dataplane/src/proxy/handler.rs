@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
-use waypoint_config::{RetryConfig, Route};
+use waypoint_config::{Filter, PathMatch, RetryConfig, Route, RouteRule};
 
 use super::upstream::{Lease, NoResponse};
 use super::{Cluster, Runtime, Shared};
@@ -21,6 +21,7 @@ use crate::hash_policy::RequestParts;
 use crate::outlier::Outcome;
 use crate::retry::{Attempt, RetryOn, RetryPolicy};
 use crate::rng::Rng;
+use crate::{filters, route_match};
 
 /// Request bodies are buffered so that retries can replay them; beyond this, 413.
 const MAX_BUFFERED_BODY: usize = 16 << 20;
@@ -225,7 +226,7 @@ async fn handle(
     };
     let (resp, flags, details) = forward(
         runtime,
-        routes,
+        (&downstream.listener, routes),
         destination.as_deref(),
         req,
         (peer, local),
@@ -276,7 +277,7 @@ type Verdict = (Response<Full<Bytes>>, Option<&'static str>, &'static str);
 
 async fn forward(
     runtime: &Runtime,
-    routes: &[Route],
+    (listener, routes): (&str, &[Route]),
     authority: Option<&str>,
     req: Request<Incoming>,
     (peer, local): (SocketAddr, Option<SocketAddr>),
@@ -290,8 +291,15 @@ async fn forward(
         );
     };
     entry.route_name = Some("default".to_owned());
-    entry.upstream_cluster = Some(route.cluster.clone());
-    let Some(cluster) = runtime.cluster(&route.cluster) else {
+    let index = routes.iter().position(|r| std::ptr::eq(r, route));
+    let rule = match choose_rule(runtime, listener, index, route, &req) {
+        Ok(rule) => rule,
+        Err(verdict) => return *verdict,
+    };
+    let cluster_name = rule.map_or(route.cluster.as_str(), |(_, cluster)| cluster);
+    let rule = rule.map(|(rule, _)| rule);
+    entry.upstream_cluster = Some(cluster_name.to_owned());
+    let Some(cluster) = runtime.cluster(cluster_name) else {
         return (
             local_reply(StatusCode::SERVICE_UNAVAILABLE, ""),
             Some("NC"),
@@ -323,6 +331,11 @@ async fn forward(
         parts.headers.insert(header::HOST, a);
     }
     strip_hop_by_hop(&mut parts.headers);
+    for f in rule.iter().flat_map(|r| &r.filters) {
+        if let Filter::RequestHeaderModifier { modifier } = f {
+            filters::modify_headers(modifier, &mut parts.headers);
+        }
+    }
     let policy = policy(&route.retry);
     // Hashed once per request: Envoy hashes at every pick, but from inputs that do not
     // change between attempts.
@@ -351,7 +364,85 @@ async fn forward(
     {
         verdict.0.headers_mut().append(header::SET_COOKIE, cookie);
     }
+    for f in rule.iter().flat_map(|r| &r.filters) {
+        if let Filter::ResponseHeaderModifier { modifier } = f {
+            filters::modify_headers(modifier, verdict.0.headers_mut());
+        }
+    }
     verdict
+}
+
+/// The HTTPRoute rule a request takes on `route` and the cluster it goes to (`None`:
+/// the route has no rules, use its cluster). A request no rule matches gets 404, a
+/// redirect is answered here, and a rule whose backends all weigh 0 gets 500.
+fn choose_rule<'a>(
+    runtime: &Runtime,
+    listener: &str,
+    index: Option<usize>,
+    route: &'a Route,
+    req: &Request<Incoming>,
+) -> Result<Option<(&'a RouteRule, &'a str)>, Box<Verdict>> {
+    if route.rules.is_empty() {
+        return Ok(None);
+    }
+    let uri = req.uri();
+    let selected = index
+        .and_then(|i| runtime.matcher(listener, i))
+        .and_then(|m| {
+            m.select(&route_match::Request {
+                method: req.method().as_str(),
+                path: uri.path(),
+                query: uri.query(),
+                headers: req.headers(),
+            })
+        });
+    let Some(selected) = selected else {
+        return Err(Box::new((
+            local_reply(StatusCode::NOT_FOUND, ""),
+            Some("NR"),
+            "route_not_found",
+        )));
+    };
+    let rule = &route.rules[selected.rule];
+    for f in &rule.filters {
+        if let Filter::RequestRedirect { redirect } = f {
+            let matched_prefix = selected.matched.and_then(|j| match &rule.matches[j].path {
+                Some(PathMatch::PathPrefix(p)) => Some(p.as_str()),
+                _ => None,
+            });
+            let host = authority(req).unwrap_or_default();
+            let location = filters::redirect_location(
+                redirect,
+                &filters::Origin {
+                    scheme: uri.scheme_str().unwrap_or("http"),
+                    authority: &host,
+                    path: uri.path(),
+                    query: uri.query(),
+                    matched_prefix,
+                },
+            );
+            let mut resp = local_reply(StatusCode::FOUND, "");
+            *resp.status_mut() =
+                StatusCode::from_u16(redirect.status_code).unwrap_or(StatusCode::FOUND);
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                resp.headers_mut().insert(header::LOCATION, v);
+            }
+            return Err(Box::new((resp, None, "direct_response")));
+        }
+    }
+    if rule.backends.is_empty() {
+        return Ok(Some((rule, route.cluster.as_str())));
+    }
+    let mut rng = Rng::from_entropy();
+    let draw = |total: u64| rng.next_u64() % total;
+    match filters::pick_backend(&rule.backends, draw) {
+        Some(cluster) => Ok(Some((rule, cluster))),
+        None => Err(Box::new((
+            local_reply(StatusCode::INTERNAL_SERVER_ERROR, ""),
+            None,
+            "direct_response",
+        ))),
+    }
 }
 
 /// Envoy's router loop: pick, send, report to outlier detection, maybe retry. A

@@ -27,6 +27,8 @@ use crate::rng::Rng;
 pub struct Runtime {
     pub config: Config,
     clusters: HashMap<String, Arc<Cluster>>,
+    /// Per listener, per route: its HTTPRoute rules compiled.
+    matchers: HashMap<String, Vec<crate::route_match::Matcher>>,
     /// Shared by every runtime of one process, so counters survive reloads.
     pub metrics: Arc<Metrics>,
     /// Likewise: the credentials HBONE endpoints are reached with.
@@ -68,9 +70,22 @@ impl Runtime {
                 (c.name.clone(), cluster)
             })
             .collect();
+        let matchers = config
+            .listeners
+            .iter()
+            .map(|l| {
+                let per_route = l
+                    .routes
+                    .iter()
+                    .map(|r| crate::route_match::Matcher::new(&r.rules))
+                    .collect();
+                (l.name.clone(), per_route)
+            })
+            .collect();
         Arc::new(Self {
             config,
             clusters,
+            matchers,
             metrics,
             mesh,
         })
@@ -78,6 +93,11 @@ impl Runtime {
 
     pub fn cluster(&self, name: &str) -> Option<&Arc<Cluster>> {
         self.clusters.get(name)
+    }
+
+    /// The compiled rules of route `index` of `listener`.
+    pub fn matcher(&self, listener: &str, index: usize) -> Option<&crate::route_match::Matcher> {
+        self.matchers.get(listener)?.get(index)
     }
 
     /// Runs every cluster's outlier-detection interval timer until the task is dropped.

@@ -1,0 +1,301 @@
+//! HTTPRoute-shaped rules on a route (Gateway API `HTTPRouteRule`): matches on
+//! path, headers, query parameters and method; request and response header
+//! modifiers; redirects; weighted backends. Which rule wins when several match is
+//! Gateway API's precedence, decided in the dataplane (`route_match`).
+
+use serde::{Deserialize, Serialize};
+
+use crate::invalid;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteRule {
+    /// Any one match selects the rule; none at all matches every request (Gateway
+    /// API's default, a `/` prefix).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub matches: Vec<RouteMatch>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<Filter>,
+    /// Weighted clusters; none: the route's own cluster.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<WeightedBackend>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteMatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathMatch>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<ValueMatch>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub query_params: Vec<ValueMatch>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "value")]
+pub enum PathMatch {
+    Exact(String),
+    /// Element-wise: `/foo` matches `/foo` and `/foo/bar`, not `/foobar`.
+    PathPrefix(String),
+    RegularExpression(String),
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MatchType {
+    #[default]
+    Exact,
+    RegularExpression,
+}
+
+/// A header (name case-insensitive) or query parameter (name exact) match.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ValueMatch {
+    #[serde(default, rename = "type")]
+    pub kind: MatchType,
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all_fields = "camelCase")]
+pub enum Filter {
+    RequestHeaderModifier {
+        #[serde(flatten)]
+        modifier: HeaderModifier,
+    },
+    ResponseHeaderModifier {
+        #[serde(flatten)]
+        modifier: HeaderModifier,
+    },
+    RequestRedirect {
+        #[serde(flatten)]
+        redirect: Redirect,
+    },
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeaderModifier {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub set: Vec<Header>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add: Vec<Header>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Header {
+    pub name: String,
+    pub value: String,
+}
+
+/// Gateway API's `HTTPRequestRedirectFilter`; unset parts keep the request's.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Redirect {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathRewrite>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(default = "found")]
+    pub status_code: u16,
+}
+
+fn found() -> u16 {
+    302
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all_fields = "camelCase")]
+pub enum PathRewrite {
+    ReplaceFullPath {
+        replace_full_path: String,
+    },
+    /// Replaces the matched `PathPrefix`; only valid on a rule matched by prefix.
+    ReplacePrefixMatch {
+        replace_prefix_match: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WeightedBackend {
+    pub cluster: String,
+    /// Gateway API's default is 1; 0 sends nothing there.
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl RouteRule {
+    /// Checks what serde cannot: regexes compile, paths are absolute, redirect codes
+    /// are Gateway API's, backends name clusters (`cluster_exists`).
+    pub(crate) fn validate(
+        &self,
+        at: &str,
+        cluster_exists: impl Fn(&str) -> bool,
+    ) -> Result<(), crate::Error> {
+        for (i, m) in self.matches.iter().enumerate() {
+            let at = format!("{at}.matches[{i}]");
+            match &m.path {
+                Some(PathMatch::Exact(p) | PathMatch::PathPrefix(p)) if !p.starts_with('/') => {
+                    return invalid(
+                        format!("{at}.path.value"),
+                        format!("{p:?} does not start with /"),
+                    );
+                }
+                Some(PathMatch::RegularExpression(re)) => regex(&format!("{at}.path.value"), re)?,
+                _ => {}
+            }
+            for (list, values) in [("headers", &m.headers), ("queryParams", &m.query_params)] {
+                for (j, v) in values.iter().enumerate() {
+                    if v.kind == MatchType::RegularExpression {
+                        regex(&format!("{at}.{list}[{j}].value"), &v.value)?;
+                    }
+                }
+            }
+        }
+        for (i, f) in self.filters.iter().enumerate() {
+            if let Filter::RequestRedirect { redirect } = f {
+                if ![301, 302, 303, 307, 308].contains(&redirect.status_code) {
+                    return invalid(
+                        format!("{at}.filters[{i}].statusCode"),
+                        format!(
+                            "{} is not one of 301, 302, 303, 307, 308",
+                            redirect.status_code
+                        ),
+                    );
+                }
+                let by_prefix = self
+                    .matches
+                    .iter()
+                    .all(|m| matches!(m.path, Some(PathMatch::PathPrefix(_))));
+                if matches!(redirect.path, Some(PathRewrite::ReplacePrefixMatch { .. }))
+                    && (self.matches.is_empty() || !by_prefix)
+                {
+                    return invalid(
+                        format!("{at}.filters[{i}].path"),
+                        "ReplacePrefixMatch needs every match of the rule to be a PathPrefix",
+                    );
+                }
+            }
+        }
+        for (i, b) in self.backends.iter().enumerate() {
+            if !cluster_exists(&b.cluster) {
+                return invalid(
+                    format!("{at}.backends[{i}].cluster"),
+                    format!("no cluster named {:?}", b.cluster),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+fn regex(at: &str, re: &str) -> Result<(), crate::Error> {
+    match regex::Regex::new(re) {
+        Ok(_) => Ok(()),
+        Err(e) => invalid(
+            at.to_owned(),
+            format!("{re:?} is not a regular expression: {e}"),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::Config;
+
+    fn load(rules: &str) -> Result<Config, crate::Error> {
+        Config::from_yaml(&format!(
+            "listeners:
+- name: mesh
+  address: 0.0.0.0:15008
+  routes:
+  - hosts: [svc:80]
+    cluster: a
+    rules:
+{rules}
+clusters: [{{name: a}}, {{name: b}}]
+"
+        ))
+    }
+
+    #[test]
+    fn reads_gateway_api_shaped_rules() {
+        let c = load(
+            "    - matches:
+      - path: {type: PathPrefix, value: /api}
+        headers: [{name: x-canary, value: \"yes\"}]
+        queryParams: [{type: RegularExpression, name: v, value: \"^[0-9]+$\"}]
+        method: GET
+      filters:
+      - type: RequestHeaderModifier
+        set: [{name: x-env, value: canary}]
+        remove: [x-debug]
+      - type: RequestRedirect
+        scheme: https
+        path: {type: ReplacePrefixMatch, replacePrefixMatch: /v2}
+        statusCode: 301
+      backends: [{cluster: a, weight: 90}, {cluster: b, weight: 10}]",
+        )
+        .unwrap();
+        let rule = &c.listeners[0].routes[0].rules[0];
+        assert_eq!(rule.backends[1].weight, 10);
+        assert_eq!(
+            rule.matches[0].query_params[0].kind,
+            crate::MatchType::RegularExpression
+        );
+        // Round trip.
+        let again = Config::from_yaml(&serde_yaml::to_string(&c).unwrap()).unwrap();
+        assert_eq!(again, c);
+    }
+
+    #[test]
+    fn refusals_name_the_field() {
+        for (rules, field, message) in [
+            (
+                "    - matches: [{path: {type: Exact, value: api}}]",
+                "listeners[0].routes[0].rules[0].matches[0].path.value",
+                "\"api\" does not start with /",
+            ),
+            (
+                "    - matches: [{headers: [{type: RegularExpression, name: a, value: \"(\"}]}]",
+                "listeners[0].routes[0].rules[0].matches[0].headers[0].value",
+                "\"(\" is not a regular expression",
+            ),
+            (
+                "    - filters: [{type: RequestRedirect, statusCode: 305}]",
+                "listeners[0].routes[0].rules[0].filters[0].statusCode",
+                "305 is not one of 301, 302, 303, 307, 308",
+            ),
+            (
+                "    - matches: [{path: {type: Exact, value: /a}}]
+      filters: [{type: RequestRedirect, path: {type: ReplacePrefixMatch, replacePrefixMatch: /b}}]",
+                "listeners[0].routes[0].rules[0].filters[0].path",
+                "ReplacePrefixMatch needs every match of the rule to be a PathPrefix",
+            ),
+            (
+                "    - backends: [{cluster: c}]",
+                "listeners[0].routes[0].rules[0].backends[0].cluster",
+                "no cluster named \"c\"",
+            ),
+        ] {
+            let err = load(rules).unwrap_err().to_string();
+            assert!(err.contains(field) && err.contains(message), "{err}");
+        }
+    }
+}

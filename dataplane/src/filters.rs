@@ -1,0 +1,222 @@
+//! HTTPRoute filters and weighted backends, as pure functions over the request's
+//! parts: header modifiers, where a redirect points, which backend a weight draw picks.
+
+use http::HeaderMap;
+use http::header::{HeaderName, HeaderValue};
+use waypoint_config::{HeaderModifier, PathRewrite, Redirect, WeightedBackend};
+
+/// Gateway API's order: set, then add, then remove. Names or values that are not
+/// valid HTTP are skipped (the config was validated; this keeps the proxy total).
+pub fn modify_headers(m: &HeaderModifier, headers: &mut HeaderMap) {
+    let pair = |name: &str, value: &str| {
+        Some((
+            HeaderName::from_bytes(name.as_bytes()).ok()?,
+            HeaderValue::from_str(value).ok()?,
+        ))
+    };
+    for h in &m.set {
+        if let Some((name, value)) = pair(&h.name, &h.value) {
+            headers.insert(name, value);
+        }
+    }
+    for h in &m.add {
+        if let Some((name, value)) = pair(&h.name, &h.value) {
+            headers.append(name, value);
+        }
+    }
+    for name in &m.remove {
+        if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
+            headers.remove(name);
+        }
+    }
+}
+
+/// The request a redirect is computed from.
+pub struct Origin<'a> {
+    pub scheme: &'a str,
+    /// `host` or `host:port`.
+    pub authority: &'a str,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    /// The `PathPrefix` the rule matched with, for `ReplacePrefixMatch`.
+    pub matched_prefix: Option<&'a str>,
+}
+
+fn default_port(scheme: &str) -> Option<u16> {
+    match scheme {
+        "http" => Some(80),
+        "https" => Some(443),
+        _ => None,
+    }
+}
+
+/// The `Location` of a `RequestRedirect`. Port rules are Gateway API's: an explicit
+/// port wins; a changed scheme takes its well-known port; otherwise the request's
+/// port stays; a port well known for the scheme is not written.
+pub fn redirect_location(r: &Redirect, o: &Origin<'_>) -> String {
+    let parsed = o.authority.parse::<http::uri::Authority>().ok();
+    let (req_host, req_port) = parsed
+        .as_ref()
+        .map_or((o.authority, None), |a| (a.host(), a.port_u16()));
+    let scheme = r.scheme.as_deref().unwrap_or(o.scheme);
+    let host = r.hostname.as_deref().unwrap_or(req_host);
+    let port = r.port.or_else(|| {
+        if r.scheme.is_some() {
+            default_port(scheme)
+        } else {
+            req_port.or_else(|| default_port(scheme))
+        }
+    });
+    let path = match &r.path {
+        None => o.path.to_owned(),
+        Some(PathRewrite::ReplaceFullPath { replace_full_path }) => replace_full_path.clone(),
+        Some(PathRewrite::ReplacePrefixMatch {
+            replace_prefix_match,
+        }) => {
+            let prefix = o.matched_prefix.unwrap_or("/").trim_end_matches('/');
+            let rest = o.path.strip_prefix(prefix).unwrap_or(o.path);
+            let base = replace_prefix_match.trim_end_matches('/');
+            match (base.is_empty(), rest.is_empty()) {
+                (true, true) => "/".to_owned(),
+                (true, false) => rest.to_owned(),
+                (false, _) => format!("{base}{rest}"),
+            }
+        }
+    };
+    let mut out = format!("{scheme}://{host}");
+    if let Some(p) = port.filter(|p| Some(*p) != default_port(scheme)) {
+        out.push(':');
+        out.push_str(&p.to_string());
+    }
+    out.push_str(&path);
+    if let Some(q) = o.query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+/// A backend by weight, from `draw` uniform in `0..total`; `None` when every weight
+/// is 0 (Gateway API: answer 500).
+pub fn pick_backend(backends: &[WeightedBackend], draw: impl FnOnce(u64) -> u64) -> Option<&str> {
+    let total: u64 = backends.iter().map(|b| u64::from(b.weight)).sum();
+    if total == 0 {
+        return None;
+    }
+    let mut at = draw(total);
+    for b in backends {
+        let w = u64::from(b.weight);
+        if at < w {
+            return Some(&b.cluster);
+        }
+        at -= w;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use waypoint_config::{Header, HeaderModifier, Redirect, WeightedBackend};
+
+    use super::*;
+
+    fn redirect(yaml: &str) -> Redirect {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    fn origin<'a>(authority: &'a str, path: &'a str, prefix: Option<&'a str>) -> Origin<'a> {
+        Origin {
+            scheme: "http",
+            authority,
+            path,
+            query: Some("a=1"),
+            matched_prefix: prefix,
+        }
+    }
+
+    #[test]
+    fn redirect_locations_follow_gateway_apis_port_rules() {
+        let o = origin("example.com:8080", "/api/users", Some("/api"));
+        assert_eq!(
+            redirect_location(&redirect("{scheme: https}"), &o),
+            "https://example.com/api/users?a=1"
+        );
+        assert_eq!(
+            redirect_location(&redirect("{hostname: other.org}"), &o),
+            "http://other.org:8080/api/users?a=1"
+        );
+        assert_eq!(
+            redirect_location(&redirect("{port: 443, scheme: https}"), &o),
+            "https://example.com/api/users?a=1"
+        );
+        assert_eq!(
+            redirect_location(&redirect("{port: 9000}"), &origin("example.com", "/", None)),
+            "http://example.com:9000/?a=1"
+        );
+        assert_eq!(
+            redirect_location(
+                &redirect("{path: {type: ReplacePrefixMatch, replacePrefixMatch: /v2}}"),
+                &o
+            ),
+            "http://example.com:8080/v2/users?a=1"
+        );
+        assert_eq!(
+            redirect_location(
+                &redirect("{path: {type: ReplacePrefixMatch, replacePrefixMatch: /}}"),
+                &origin("example.com", "/api", Some("/api/"))
+            ),
+            "http://example.com/?a=1"
+        );
+        assert_eq!(
+            redirect_location(
+                &redirect("{path: {type: ReplaceFullPath, replaceFullPath: /moved}}"),
+                &o
+            ),
+            "http://example.com:8080/moved?a=1"
+        );
+        assert_eq!(redirect("{}").status_code, 302);
+    }
+
+    #[test]
+    fn header_modifier_sets_adds_then_removes() {
+        let mut h = HeaderMap::new();
+        h.insert("x-a", "old".parse().unwrap());
+        h.insert("x-gone", "1".parse().unwrap());
+        let m = HeaderModifier {
+            set: vec![Header {
+                name: "X-A".into(),
+                value: "new".into(),
+            }],
+            add: vec![
+                Header {
+                    name: "x-b".into(),
+                    value: "1".into(),
+                },
+                Header {
+                    name: "x-b".into(),
+                    value: "2".into(),
+                },
+            ],
+            remove: vec!["X-Gone".into()],
+        };
+        modify_headers(&m, &mut h);
+        assert_eq!(h.get_all("x-a").iter().collect::<Vec<_>>(), ["new"]);
+        assert_eq!(h.get_all("x-b").iter().collect::<Vec<_>>(), ["1", "2"]);
+        assert!(h.get("x-gone").is_none());
+    }
+
+    #[test]
+    fn weights_split_draws_and_all_zero_is_none() {
+        let b = |c: &str, w| WeightedBackend {
+            cluster: c.into(),
+            weight: w,
+        };
+        let backends = [b("a", 90), b("zero", 0), b("c", 10)];
+        let picks: Vec<&str> = (0..100)
+            .map(|d| pick_backend(&backends, |_| d).unwrap())
+            .collect();
+        assert_eq!(picks.iter().filter(|p| **p == "a").count(), 90);
+        assert_eq!(picks.iter().filter(|p| **p == "c").count(), 10);
+        assert_eq!(pick_backend(&[b("x", 0)], |_| 0), None);
+    }
+}

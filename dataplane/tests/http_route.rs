@@ -1,0 +1,146 @@
+//! HTTPRoute rules through the whole proxy on loopback, real backends and client:
+//! matching precedence, header modifiers both ways, weighted backends, redirects,
+//! 404 when no rule matches and 500 when every backend weighs 0.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test harness
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use waypoint_dataplane::proxy::{self, Shared};
+
+/// Answers `<name> x-env=<the x-env header it got>`.
+async fn backend(name: &'static str) -> SocketAddr {
+    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = socket.accept().await.unwrap();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: Request<hyper::body::Incoming>| async move {
+                        let env = req
+                            .headers()
+                            .get("x-env")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("-")
+                            .to_owned();
+                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(format!(
+                            "{name} x-env={env}"
+                        )))))
+                    },
+                );
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+async fn start() -> SocketAddr {
+    let (v1, v2) = (backend("v1").await, backend("v2").await);
+    let yaml = format!(
+        "listeners:
+- name: plain
+  address: 127.0.0.1:0
+  routes:
+  - hosts: [reviews:9080]
+    cluster: v1
+    rules:
+    - matches: [{{path: {{type: PathPrefix, value: /api}}}}]
+      backends: [{{cluster: v1, weight: 50}}, {{cluster: v2, weight: 50}}]
+    - matches: [{{path: {{type: PathPrefix, value: /api}}, headers: [{{name: x-canary, value: \"yes\"}}]}}]
+      filters:
+      - {{type: RequestHeaderModifier, set: [{{name: x-env, value: canary}}]}}
+      - {{type: ResponseHeaderModifier, add: [{{name: x-route, value: canary}}]}}
+      backends: [{{cluster: v2}}]
+    - matches: [{{path: {{type: PathPrefix, value: /old}}}}]
+      filters: [{{type: RequestRedirect, path: {{type: ReplacePrefixMatch, replacePrefixMatch: /new}}, statusCode: 301}}]
+    - matches: [{{path: {{type: Exact, value: /zero}}}}]
+      backends: [{{cluster: v1, weight: 0}}]
+clusters:
+- {{name: v1, endpoints: [{{address: \"{v1}\"}}]}}
+- {{name: v2, endpoints: [{{address: \"{v2}\"}}]}}
+"
+    );
+    let shared = Shared::with_access_log(
+        waypoint_config::Config::from_yaml(&yaml).unwrap(),
+        Box::new(|_| {}),
+    );
+    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(proxy::serve(shared, socket, "plain".into()));
+    addr
+}
+
+async fn get(proxy: SocketAddr, path: &str, headers: &[(&str, &str)]) -> http::Response<String> {
+    let tcp = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut req = Request::get(path).header("host", "reviews:9080");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = sender
+        .send_request(req.body(Empty::<Bytes>::new()).unwrap())
+        .await
+        .unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = String::from_utf8(body.collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    http::Response::from_parts(parts, body)
+}
+
+#[tokio::test]
+async fn more_header_matches_win_and_modifiers_apply_both_ways() {
+    let proxy = start().await;
+    let resp = get(proxy, "/api/reviews/1", &[("x-canary", "yes")]).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.body(), "v2 x-env=canary");
+    assert_eq!(resp.headers()["x-route"], "canary");
+}
+
+#[tokio::test]
+async fn weighted_backends_both_serve() {
+    let proxy = start().await;
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..100 {
+        let resp = get(proxy, "/api/reviews/1", &[]).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert!(resp.headers().get("x-route").is_none());
+        *seen.entry(resp.body().clone()).or_insert(0) += 1;
+    }
+    // 50/50 over 100 draws: each side is all but certain to be seen.
+    assert_eq!(
+        seen.keys().collect::<Vec<_>>(),
+        ["v1 x-env=-", "v2 x-env=-"],
+        "{seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn redirects_404s_and_zero_weights() {
+    let proxy = start().await;
+    let resp = get(proxy, "/old/page?x=1", &[]).await;
+    assert_eq!(resp.status(), StatusCode::MOVED_PERMANENTLY);
+    assert_eq!(
+        resp.headers()["location"],
+        "http://reviews:9080/new/page?x=1"
+    );
+    assert_eq!(
+        get(proxy, "/elsewhere", &[]).await.status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        get(proxy, "/zero", &[]).await.status(),
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+}
