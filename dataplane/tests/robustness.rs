@@ -1,0 +1,67 @@
+//! Bad input on a plain listener, over raw TCP: what goes back and whether the
+//! connection closes (issue 6, Robustness).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test harness
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use waypoint_dataplane::proxy::{self, Shared};
+
+async fn start() -> SocketAddr {
+    let shared = Shared::with_access_log(
+        waypoint_config::Config::from_yaml(
+            "listeners: [{name: plain, address: \"127.0.0.1:0\", routes: []}]\nclusters: []\n",
+        )
+        .unwrap(),
+        Box::new(|_| {}),
+    );
+    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(proxy::serve(shared, socket, "plain".into()));
+    addr
+}
+
+/// Sends `bytes`, then reads until the server closes (bounded: 20 s of silence
+/// means it did not close).
+async fn exchange(addr: SocketAddr, bytes: &[u8]) -> (String, bool) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let _ = s.write_all(bytes).await;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(20), s.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => break true,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => break false,
+        }
+    };
+    (String::from_utf8_lossy(&out).into_owned(), closed)
+}
+
+#[tokio::test]
+async fn malformed_http_gets_400_and_close() {
+    let addr = start().await;
+    let (resp, closed) = exchange(
+        addr,
+        b"GET / HTTP/1.1\r\nHost: a\r\nBad Header Line\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp:?}");
+    assert!(closed);
+}
+
+#[tokio::test]
+async fn a_header_block_over_the_limit_gets_431_and_close() {
+    let addr = start().await;
+    let mut req = b"GET / HTTP/1.1\r\nHost: a\r\n".to_vec();
+    for i in 0..2000 {
+        req.extend_from_slice(format!("x-filler-{i}: {}\r\n", "v".repeat(100)).as_bytes());
+    }
+    req.extend_from_slice(b"\r\n");
+    let (resp, closed) = exchange(addr, &req).await;
+    assert!(resp.starts_with("HTTP/1.1 431"), "{resp:?}");
+    assert!(closed);
+}
