@@ -12,6 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use gateway_api::apis::standard::gateways::Gateway;
+use gateway_api::apis::standard::httproutes::HttpRoute;
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
@@ -24,12 +25,16 @@ use waypoint_crds::destination_rule::{
 
 use waypoint_mesh::binding;
 
+mod gamma;
+
 /// The objects of the waypoint's namespace that matter to it.
 pub struct View<'a> {
     pub namespace: Option<&'a Namespace>,
     pub services: &'a [Service],
     pub slices: &'a [EndpointSlice],
     pub destination_rules: &'a [DestinationRule],
+    /// HTTPRoutes of the namespace; those with a Service parent (GAMMA) apply.
+    pub http_routes: &'a [HttpRoute],
     pub cluster_domain: &'a str,
 }
 
@@ -284,9 +289,54 @@ fn port_protocol(port: &k8s_openapi::api::core::v1::ServicePort) -> model::Route
     }
 }
 
+/// Clusters for the backends HTTPRoutes name that no bound Service already gave one.
+fn backend_clusters(
+    view: &View<'_>,
+    wanted: Vec<gamma::Backend>,
+    clusters: &mut Vec<model::Cluster>,
+) {
+    for (cluster, name, ns, port) in wanted {
+        if clusters.iter().any(|c: &model::Cluster| c.name == cluster) {
+            continue;
+        }
+        // A backend Service of the namespace gets its endpoints and default policy;
+        // one that does not exist gets no endpoints, so its share of traffic fails
+        // (503), as a missing backend must.
+        let svc = view
+            .services
+            .iter()
+            .find(|s| s.name_any() == name && s.namespace().as_deref() == Some(ns.as_str()));
+        let port_name = svc
+            .and_then(|s| s.spec.as_ref())
+            .and_then(|s| s.ports.as_ref())
+            .and_then(|ports| ports.iter().find(|p| p.port == port))
+            .and_then(|p| p.name.clone());
+        let ClusterPolicy {
+            load_balancer,
+            consistent_hash,
+            connection_pool,
+            outlier_detection,
+            connect_timeout,
+        } = cluster_policy(None, port);
+        clusters.push(model::Cluster {
+            name: cluster,
+            endpoints: svc.map_or_else(Vec::new, |s| {
+                endpoints(view.slices, s, port_name.as_deref())
+            }),
+            load_balancer,
+            consistent_hash,
+            outlier_detection,
+            connect_timeout,
+            connection_pool,
+        });
+    }
+}
+
 pub fn compile(gw: &Gateway, view: &View<'_>) -> model::Config {
     let mut routes = Vec::new();
     let mut clusters = Vec::new();
+    // Backends HTTPRoutes name, which need a cluster even when not bound here.
+    let mut wanted: Vec<gamma::Backend> = Vec::new();
     let mut services: Vec<&Service> = view
         .services
         .iter()
@@ -338,7 +388,19 @@ pub fn compile(gw: &Gateway, view: &View<'_>) -> model::Config {
                 retry: model::RetryConfig::for_cluster(load_balancer),
                 timeout: None,
                 protocol,
-                rules: Vec::new(),
+                rules: if protocol == model::RouteProtocol::Http {
+                    let (rules, backends) = gamma::rules_for(
+                        view.http_routes,
+                        &name,
+                        &ns,
+                        port.port,
+                        view.cluster_domain,
+                    );
+                    wanted.extend(backends);
+                    rules
+                } else {
+                    Vec::new()
+                },
             });
             clusters.push(model::Cluster {
                 name: cluster,
@@ -351,6 +413,7 @@ pub fn compile(gw: &Gateway, view: &View<'_>) -> model::Config {
             });
         }
     }
+    backend_clusters(view, wanted, &mut clusters);
     model::Config {
         listeners: vec![model::Listener {
             name: "mesh".to_owned(),
@@ -500,6 +563,7 @@ mod tests {
             services: &svcs,
             slices: &slices,
             destination_rules: rules,
+            http_routes: &[],
             cluster_domain: "cluster.local",
         };
         compile(&waypoint(&[]), &view)

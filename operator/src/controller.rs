@@ -8,6 +8,7 @@ use std::time::Duration;
 use futures::StreamExt as _;
 use gateway_api::apis::standard::gatewayclasses::{GatewayClass, GatewayClassSpec};
 use gateway_api::apis::standard::gateways::Gateway;
+use gateway_api::apis::standard::httproutes::HttpRoute;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};
@@ -376,6 +377,20 @@ async fn children_for(
     }
 }
 
+/// Every `K` of namespace `ns`, from the API server.
+async fn list_in<K>(client: &Client, ns: &str) -> Result<Vec<K>, kube::Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    Ok(Api::<K>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await?
+        .items)
+}
+
 async fn reconcile_gateway(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ours = ctx.caches.class_is_ours(&gw.spec.gateway_class_name);
     if !ours || gw.metadata.deletion_timestamp.is_some() {
@@ -383,18 +398,10 @@ async fn reconcile_gateway(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action
     }
     let ns = gw.namespace().ok_or(BuildError::NoNamespace)?;
     let name = gw.name_any();
-    let view_services = Api::<Service>::namespaced(ctx.client.clone(), &ns)
-        .list(&ListParams::default())
-        .await?
-        .items;
-    let view_slices = Api::<EndpointSlice>::namespaced(ctx.client.clone(), &ns)
-        .list(&ListParams::default())
-        .await?
-        .items;
-    let view_rules = Api::<DestinationRule>::namespaced(ctx.client.clone(), &ns)
-        .list(&ListParams::default())
-        .await?
-        .items;
+    let view_services: Vec<Service> = list_in(&ctx.client, &ns).await?;
+    let view_slices: Vec<EndpointSlice> = list_in(&ctx.client, &ns).await?;
+    let view_rules: Vec<DestinationRule> = list_in(&ctx.client, &ns).await?;
+    let view_routes: Vec<HttpRoute> = list_in(&ctx.client, &ns).await?;
     let view_namespace = ctx.caches.namespace(&ns);
     let config = compile::compile(
         &gw,
@@ -403,6 +410,7 @@ async fn reconcile_gateway(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action
             services: &view_services,
             slices: &view_slices,
             destination_rules: &view_rules,
+            http_routes: &view_routes,
             cluster_domain: &ctx.cluster_domain,
         },
     );
@@ -632,7 +640,8 @@ pub async fn run(ctx: Arc<Context>) {
     let gateways_in = in_namespace(controller.store());
     let params_store = controller.store();
     let class_store = controller.store();
-    let (a, b, c, d) = (
+    let (for_svc, for_slice, for_rule, for_ns, for_route) = (
+        gateways_in.clone(),
         gateways_in.clone(),
         gateways_in.clone(),
         gateways_in.clone(),
@@ -649,7 +658,7 @@ pub async fn run(ctx: Arc<Context>) {
             watcher::Config::default(),
             move |o| {
                 if service_wakes(&relevant_svc, &o) {
-                    a(o.namespace())
+                    for_svc(o.namespace())
                 } else {
                     Vec::new()
                 }
@@ -660,7 +669,7 @@ pub async fn run(ctx: Arc<Context>) {
             watcher::Config::default(),
             move |o| {
                 if slice_wakes(&relevant_slice, &o) {
-                    b(o.namespace())
+                    for_slice(o.namespace())
                 } else {
                     Vec::new()
                 }
@@ -669,12 +678,17 @@ pub async fn run(ctx: Arc<Context>) {
         .watches(
             Api::<DestinationRule>::all(client.clone()),
             watcher::Config::default(),
-            move |o| c(o.namespace()),
+            move |o| for_rule(o.namespace()),
+        )
+        .watches(
+            Api::<HttpRoute>::all(client.clone()),
+            watcher::Config::default(),
+            move |o| for_route(o.namespace()),
         )
         .watches(
             Api::<Namespace>::all(client.clone()),
             watcher::Config::default(),
-            move |o| d(Some(o.name_any())),
+            move |o| for_ns(Some(o.name_any())),
         )
         .watches(
             Api::<ConfigMap>::all(client.clone()),
@@ -699,8 +713,18 @@ pub async fn run(ctx: Arc<Context>) {
                 tracing::debug!(error = %e, "gateway reconcile");
             }
         });
-    let classes = Controller::new(
-        Api::<GatewayClass>::all(client.clone()),
+    futures::join!(
+        gateways,
+        run_classes(Arc::clone(&ctx)),
+        run_services(ctx),
+        crate::bound::run(Arc::clone(&ctx2))
+    );
+}
+
+/// The GatewayClass controller.
+async fn run_classes(ctx: Arc<Context>) {
+    Controller::new(
+        Api::<GatewayClass>::all(ctx.client.clone()),
         watcher::Config::default(),
     )
     .shutdown_on_signal()
@@ -715,13 +739,8 @@ pub async fn run(ctx: Arc<Context>) {
         error_policy,
         Arc::clone(&ctx),
     )
-    .for_each(|_| async {});
-    futures::join!(
-        gateways,
-        classes,
-        run_services(ctx),
-        crate::bound::run(Arc::clone(&ctx2))
-    );
+    .for_each(|_| async {})
+    .await;
 }
 
 /// The Service controller. A Service's binding changes with its own labels, its

@@ -24,6 +24,7 @@ fn empty() -> waypoint_config::Config {
         services: &[],
         slices: &[],
         destination_rules: &[],
+        http_routes: &[],
         cluster_domain: "cluster.local",
     };
     compile(&seed_gateway(), &view)
