@@ -65,3 +65,70 @@ async fn a_header_block_over_the_limit_gets_431_and_close() {
     assert!(resp.starts_with("HTTP/1.1 431"), "{resp:?}");
     assert!(closed);
 }
+
+/// A backend answering 200 "ok" to everything.
+async fn ok_backend() -> SocketAddr {
+    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = socket.accept().await.unwrap();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(
+                        http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
+                    ))
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn reloads_under_load_lose_no_request() {
+    let backend = ok_backend().await;
+    let config = |lb: &str| {
+        format!(
+            "listeners: [{{name: plain, address: \"127.0.0.1:0\", routes: [{{hosts: [], cluster: c}}]}}]
+clusters: [{{name: c, loadBalancer: {lb}, endpoints: [{{address: \"{backend}\"}}]}}]
+"
+        )
+    };
+    let shared = Shared::with_access_log(
+        waypoint_config::Config::from_yaml(&config("ROUND_ROBIN")).unwrap(),
+        Box::new(|_| {}),
+    );
+    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(proxy::serve(
+        std::sync::Arc::clone(&shared),
+        socket,
+        "plain".into(),
+    ));
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let load = tokio::spawn(async move {
+        let mut failed = 0;
+        for _ in 0..400 {
+            let uri: http::Uri = format!("http://{addr}/").parse().unwrap();
+            match client.get(uri).await {
+                Ok(r) if r.status() == 200 => {}
+                _ => failed += 1,
+            }
+        }
+        failed
+    });
+    // Every reload changes the cluster, so each builds a new runtime and cluster.
+    for i in 0..40 {
+        let lb = ["RANDOM", "LEAST_REQUEST", "ROUND_ROBIN"][i % 3];
+        shared.reload(&config(lb)).unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(load.await.unwrap(), 0);
+}
