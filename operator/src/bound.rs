@@ -10,6 +10,7 @@ use gateway_api::apis::standard::gateways::Gateway;
 use k8s_openapi::api::core::v1::{Namespace, NamespaceCondition, Pod, PodCondition};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::WatchStreamExt as _;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::{reflector::ObjectRef, watcher};
@@ -201,6 +202,7 @@ fn error_policy<K>(_obj: Arc<K>, error: &Error, _ctx: Arc<Context>) -> Action {
 /// clear the condition).
 pub async fn run(ctx: Arc<Context>) {
     let client = ctx.client.clone();
+    let ctx2 = Arc::clone(&ctx);
     let labelled = watcher::Config::default().labels(USE_WAYPOINT);
     let pods = Controller::new(Api::<Pod>::all(client.clone()), labelled);
     let pod_store = pods.store();
@@ -256,5 +258,48 @@ pub async fn run(ctx: Arc<Context>) {
             ctx,
         )
         .for_each(|_| async {});
-    futures::join!(pods, namespaces);
+    futures::join!(pods, namespaces, clear_unlabelled(Arc::clone(&ctx2)));
+}
+
+/// A Pod whose `istio.io/use-waypoint` label is removed leaves the labelled watch as
+/// a deletion, and no reconcile sees it again: if the Pod still exists, this removes
+/// the condition it would otherwise keep.
+async fn clear_unlabelled(ctx: Arc<Context>) {
+    let labelled = watcher::Config::default().labels(USE_WAYPOINT);
+    watcher(Api::<Pod>::all(ctx.client.clone()), labelled)
+        .default_backoff()
+        .for_each(|event| {
+            let ctx = Arc::clone(&ctx);
+            async move {
+                if let Ok(watcher::Event::Delete(pod)) = event
+                    && let Err(e) = clear_if_unlabelled(&ctx, &pod).await
+                {
+                    tracing::debug!(error = %e, pod = %pod.name_any(), "clearing a stale binding condition");
+                }
+            }
+        })
+        .await;
+}
+
+async fn clear_if_unlabelled(ctx: &Context, gone: &Pod) -> Result<(), Error> {
+    let api = Api::<Pod>::namespaced(ctx.client.clone(), &gone.namespace().unwrap_or_default());
+    let Some(pod) = api.get_opt(&gone.name_any()).await? else {
+        return Ok(());
+    };
+    let has_condition = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == binding::CONDITION));
+    if pod.labels().contains_key(USE_WAYPOINT) || !has_condition {
+        return Ok(());
+    }
+    api.patch_status(
+        &pod.name_any(),
+        &PatchParams::default(),
+        &Patch::Strategic(condition_patch(None, true)),
+    )
+    .await?;
+    ctx.metrics.status_written("Pod");
+    Ok(())
 }
