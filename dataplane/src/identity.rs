@@ -189,6 +189,8 @@ pub struct CaSource {
     /// kubelet rotates it).
     pub token_file: PathBuf,
     pub identity: waypoint_identity::Identity,
+    /// The lifetime to ask for; `None`: the CA's default (24 h).
+    pub validity: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -215,10 +217,13 @@ pub async fn fetch(source: &CaSource) -> Result<Credentials, CaError> {
         roots_pem: read(&source.root_file)?,
     };
     let token = read(&source.token_file)?;
-    Ok(
-        waypoint_identity::client::request_certificate(&endpoint, &token, &source.identity, None)
-            .await?,
+    Ok(waypoint_identity::client::request_certificate(
+        &endpoint,
+        &token,
+        &source.identity,
+        source.validity,
     )
+    .await?)
 }
 
 /// The first certificate: retried with backoff (1 s doubling to 30 s) until the CA
@@ -241,11 +246,11 @@ pub async fn fetch_until_ok(source: &CaSource) -> Credentials {
 /// renewal is retried with backoff while the certificate in force stays.
 pub async fn renew(source: CaSource, tls: Arc<MeshTls>) {
     loop {
-        let due = tls.credentials().renew_at();
-        let wait = due
-            .duration_since(std::time::SystemTime::now())
-            .unwrap_or_default();
-        tokio::time::sleep(wait).await;
+        tokio::time::sleep(until_renewal(
+            &tls.credentials(),
+            std::time::SystemTime::now(),
+        ))
+        .await;
         let creds = fetch_until_ok(&source).await;
         let (identity, expires) = (creds.identity.clone(), creds.not_after);
         match tls.set(creds) {
@@ -255,5 +260,56 @@ pub async fn renew(source: CaSource, tls: Arc<MeshTls>) {
                 tokio::time::sleep(Duration::from_secs(30)).await;
             }
         }
+    }
+}
+
+/// Half of what is left of the certificate's life at `now`, and at least a second.
+/// Measured from now, not from `notBefore`: the CA backdates certificates a minute
+/// for clock skew, which would put the half-life of a short certificate in the past
+/// and renew in a tight loop.
+fn until_renewal(creds: &Credentials, now: std::time::SystemTime) -> Duration {
+    let left = creds.not_after.duration_since(now).unwrap_or_default();
+    (left / 2).max(Duration::from_secs(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use time::OffsetDateTime;
+    use waypoint_identity::Identity;
+    use waypoint_identity::ca::Ca;
+    use waypoint_identity::workload::Request;
+
+    #[test]
+    fn a_short_certificate_renews_at_half_its_remaining_life_not_at_once() {
+        let ca = Ca::generate(
+            "cluster.local",
+            OffsetDateTime::now_utc(),
+            Duration::from_hours(1),
+        )
+        .unwrap();
+        let id = Identity::new("cluster.local", "ns", "sa");
+        let req = Request::new(&id).unwrap();
+        let cert = ca
+            .sign(
+                req.csr_pem(),
+                &id,
+                OffsetDateTime::now_utc(),
+                Duration::from_secs(40),
+            )
+            .unwrap();
+        let creds = req.complete(&[cert], &[ca.cert_pem().to_owned()]).unwrap();
+        // Backdated a minute: half of notBefore..notAfter is already past.
+        assert!(creds.renew_at() < SystemTime::now());
+        // At issue time (40 s before notAfter), renewal is 20 s away.
+        let issued = creds.not_after - Duration::from_secs(40);
+        assert_eq!(
+            super::until_renewal(&creds, issued),
+            Duration::from_secs(20)
+        );
+        // An expired certificate is renewed after a second, not in a loop.
+        let later = creds.not_after + Duration::from_hours(1);
+        assert_eq!(super::until_renewal(&creds, later), Duration::from_secs(1));
     }
 }

@@ -56,6 +56,9 @@ struct Args {
     /// This pod's ServiceAccount (downward API).
     #[arg(long, env = "WAYPOINT_IDENTITY_SERVICE_ACCOUNT")]
     identity_service_account: Option<String>,
+    /// The certificate lifetime to ask the CA for (it may cap it); default its own.
+    #[arg(long, env = "WAYPOINT_CERT_TTL_SECONDS", value_name = "SECONDS")]
+    cert_ttl_seconds: Option<u64>,
 }
 
 #[tokio::main]
@@ -104,6 +107,7 @@ async fn main() -> anyhow::Result<()> {
                         args.identity_namespace.as_deref().unwrap_or_default(),
                         args.identity_service_account.as_deref().unwrap_or_default(),
                     ),
+                    validity: args.cert_ttl_seconds.map(Duration::from_secs),
                 };
                 let creds = tokio::select! {
                     creds = identity::fetch_until_ok(&source) => creds,
