@@ -35,7 +35,56 @@ fn or_dash(v: Option<&str>) -> &str {
     v.filter(|s| !s.is_empty()).unwrap_or("-")
 }
 
+/// Istio's `accessLogEncoding`: TEXT (the default) or JSON.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    #[default]
+    Text,
+    Json,
+}
+
 impl Entry {
+    /// The line in `format`, without the trailing newline.
+    pub fn render(&self, format: Format) -> String {
+        match format {
+            Format::Text => self.to_istio_text(),
+            Format::Json => self.to_istio_json(),
+        }
+    }
+
+    /// Istio's `EnvoyJSONLogFormatIstio`: the text format's operators under their
+    /// keys; a value Envoy cannot give is `null`, numbers are numbers.
+    pub fn to_istio_json(&self) -> String {
+        let text = |v: Option<&str>| v.filter(|s| !s.is_empty()).map(str::to_owned);
+        serde_json::json!({
+            "start_time": self.start_time.map(rfc3339_millis),
+            "route_name": text(self.route_name.as_deref()),
+            "method": text(Some(&self.method)),
+            "path": text(Some(&self.path)),
+            "protocol": text(Some(self.protocol)),
+            "response_code": self.response_code,
+            "response_flags": text(self.response_flags),
+            "response_code_details": text(Some(self.response_code_details)),
+            "connection_termination_details": serde_json::Value::Null,
+            "bytes_received": self.bytes_received,
+            "bytes_sent": self.bytes_sent,
+            "duration": u64::try_from(self.duration_ms).unwrap_or(u64::MAX),
+            "upstream_service_time": self.upstream_service_time_ms.map(|ms| u64::try_from(ms).unwrap_or(u64::MAX)),
+            "x_forwarded_for": text(self.x_forwarded_for.as_deref()),
+            "user_agent": text(self.user_agent.as_deref()),
+            "request_id": text(self.request_id.as_deref()),
+            "authority": text(self.authority.as_deref()),
+            "upstream_host": text(self.upstream_host.as_deref()),
+            "upstream_cluster": text(self.upstream_cluster.as_deref()),
+            "upstream_local_address": text(self.upstream_local_address.as_deref()),
+            "downstream_local_address": text(self.downstream_local_address.as_deref()),
+            "downstream_remote_address": text(self.downstream_remote_address.as_deref()),
+            "requested_server_name": serde_json::Value::Null,
+            "upstream_transport_failure_reason": serde_json::Value::Null,
+        })
+        .to_string()
+    }
+
     /// Istio's `EnvoyTextLogFormat`, without the trailing newline.
     pub fn to_istio_text(&self) -> String {
         let mut line = String::with_capacity(320);
@@ -108,6 +157,31 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn json_has_istios_keys_numbers_and_nulls() {
+        let e = Entry {
+            start_time: Some(UNIX_EPOCH + Duration::from_millis(1_741_281_323_456)),
+            method: "GET".into(),
+            path: "/hostname".into(),
+            protocol: "HTTP/1.1",
+            response_code: 503,
+            response_flags: Some("UH"),
+            response_code_details: "no_healthy_upstream",
+            bytes_sent: 19,
+            duration_ms: 1,
+            ..Entry::default()
+        };
+        let v: serde_json::Value = serde_json::from_str(&e.render(Format::Json)).unwrap();
+        assert_eq!(v["start_time"], "2025-03-06T17:15:23.456Z");
+        assert_eq!(v["response_code"], 503);
+        assert_eq!(v["response_flags"], "UH");
+        assert_eq!(v["bytes_sent"], 19);
+        assert!(v["upstream_host"].is_null() && v["upstream_service_time"].is_null());
+        let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+        assert_eq!(keys.len(), 24, "{keys:?}");
+        assert_eq!(e.render(Format::Text), e.to_istio_text());
+    }
 
     #[test]
     fn formats_like_the_reference_sample() {

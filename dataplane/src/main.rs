@@ -23,6 +23,14 @@ struct Args {
     /// On SIGTERM, how long in-flight requests may take to finish.
     #[arg(long, default_value = "5", value_name = "SECONDS")]
     drain_seconds: u64,
+    /// Access-log encoding, as Istio's `accessLogEncoding`.
+    #[arg(
+        long,
+        env = "WAYPOINT_ACCESS_LOG_ENCODING",
+        value_enum,
+        default_value_t
+    )]
+    access_log_encoding: waypoint_dataplane::access_log::Format,
     /// Prometheus endpoint (`/stats/prometheus`).
     #[arg(long, default_value = "0.0.0.0:15020")]
     metrics_address: SocketAddr,
@@ -84,7 +92,11 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the admin address {}", args.admin_address))?;
     tokio::spawn(admin::serve(admin_socket, readiness.clone()));
-    let shared = proxy::Shared::new(config);
+    let shared = proxy::Shared::with_access_log_format(
+        config,
+        Box::new(waypoint_dataplane::log_line),
+        args.access_log_encoding,
+    );
     let metrics_socket = tokio::net::TcpListener::bind(args.metrics_address)
         .await
         .with_context(|| format!("binding the metrics address {}", args.metrics_address))?;

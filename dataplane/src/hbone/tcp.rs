@@ -96,7 +96,7 @@ pub async fn relay(shared: Arc<Shared>, upgrade: OnUpgrade, upstream: Upstream, 
         downstream_remote_address: Some(down.peer.to_string()),
         ..Entry::default()
     };
-    (shared.access_log)(&entry.to_istio_text());
+    (shared.access_log)(&entry.render(shared.log_format));
 }
 
 /// Copies both ways, passing each half-close on, and counts bytes even when a side

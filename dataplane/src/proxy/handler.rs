@@ -53,7 +53,7 @@ where
         let shared = Arc::clone(&shared);
         let in_flight = shared.begin();
         async move {
-            let mut resp = handle(&runtime, &downstream, req, &shared.access_log).await;
+            let mut resp = handle(&runtime, &downstream, req, &shared).await;
             if shared.is_draining() {
                 // Tell keep-alive clients to reconnect elsewhere while we drain.
                 resp.headers_mut()
@@ -192,7 +192,7 @@ async fn handle(
     runtime: &Runtime,
     downstream: &Downstream,
     req: Request<Incoming>,
-    access_log: &super::AccessLog,
+    shared: &Shared,
 ) -> Response<Full<Bytes>> {
     let start_time = SystemTime::now();
     let started = Instant::now();
@@ -240,7 +240,7 @@ async fn handle(
         .exact()
         .unwrap_or(0);
     entry.duration_ms = started.elapsed().as_millis();
-    access_log(&entry.to_istio_text());
+    (shared.access_log)(&entry.render(shared.log_format));
     record_metrics(runtime, &entry, downstream.source_principal.as_deref());
     resp
 }

@@ -126,6 +126,7 @@ pub type AccessLog = Box<dyn Fn(&str) + Send + Sync>;
 pub struct Shared {
     current: RwLock<Arc<Runtime>>,
     pub(crate) access_log: AccessLog,
+    pub(crate) log_format: crate::access_log::Format,
     timers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     in_flight: AtomicUsize,
     idle: tokio::sync::Notify,
@@ -151,11 +152,21 @@ impl Shared {
 
     /// [`Shared::new`] writing access-log lines to `access_log`.
     pub fn with_access_log(config: Config, access_log: AccessLog) -> Arc<Self> {
+        Self::with_access_log_format(config, access_log, crate::access_log::Format::Text)
+    }
+
+    /// [`Shared::with_access_log`] in a chosen encoding.
+    pub fn with_access_log_format(
+        config: Config,
+        access_log: AccessLog,
+        log_format: crate::access_log::Format,
+    ) -> Arc<Self> {
         let runtime = Runtime::new(config);
         let timers = runtime.spawn_timers();
         Arc::new(Self {
             current: RwLock::new(runtime),
             access_log,
+            log_format,
             timers: Mutex::new(timers),
             in_flight: AtomicUsize::new(0),
             idle: tokio::sync::Notify::new(),
