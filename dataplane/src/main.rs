@@ -20,7 +20,9 @@ struct Args {
     /// Readiness endpoint (`/healthz/ready`).
     #[arg(long, default_value = "0.0.0.0:15021")]
     admin_address: SocketAddr,
-    /// On SIGTERM, how long in-flight requests may take to finish.
+    /// On SIGTERM, how long to keep accepting while the endpoint is withdrawn
+    /// (Istio's `terminationDrainDuration`, 5 s), before waiting for in-flight
+    /// requests as long again.
     #[arg(long, default_value = "5", value_name = "SECONDS")]
     drain_seconds: u64,
     /// Access-log encoding, as Istio's `accessLogEncoding`.
@@ -170,12 +172,20 @@ async fn main() -> anyhow::Result<()> {
     readiness.set_ready();
     tokio::spawn(watch_config(args.config, text, Arc::clone(&shared)));
     let _ = stop.changed().await;
-    // Not ready, so the Service stops sending new connections; responses now say
-    // `connection: close`; in-flight requests get --drain-seconds to finish.
-    readiness.set_not_ready();
-    let left = shared.drain(Duration::from_secs(args.drain_seconds)).await;
-    tracing::info!(in_flight_left = left, "drained; exiting");
+    drain(&shared, &readiness, Duration::from_secs(args.drain_seconds)).await;
     Ok(())
+}
+
+/// Not ready, so the endpoint is withdrawn; until kube-proxy has caught up, new
+/// connections still arrive and are served (exiting at once refused them: e2e saw
+/// one request fail during a waypoint rollout). Responses say `connection: close`
+/// meanwhile; then in-flight requests get as long again to finish.
+async fn drain(shared: &proxy::Shared, readiness: &admin::Readiness, period: Duration) {
+    readiness.set_not_ready();
+    let _ = shared.drain(Duration::ZERO).await;
+    tokio::time::sleep(period).await;
+    let left = shared.drain(period).await;
+    tracing::info!(in_flight_left = left, "drained; exiting");
 }
 
 /// Flips to true on SIGTERM or SIGINT.

@@ -17,7 +17,7 @@ fn sigterm_drains_and_exits_zero() {
     )
     .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_waypoint-dataplane"))
-        .args(["--config", config.to_str().unwrap()])
+        .args(["--config", config.to_str().unwrap(), "--drain-seconds", "1"])
         .args([
             "--admin-address",
             "127.0.0.1:0",
