@@ -194,6 +194,20 @@ struct ClusterPolicy {
     connect_timeout: Duration,
 }
 
+impl ClusterPolicy {
+    fn into_cluster(self, name: String, endpoints: Vec<model::Endpoint>) -> model::Cluster {
+        model::Cluster {
+            name,
+            endpoints,
+            load_balancer: self.load_balancer,
+            consistent_hash: self.consistent_hash,
+            outlier_detection: self.outlier_detection,
+            connect_timeout: self.connect_timeout,
+            connection_pool: self.connection_pool,
+        }
+    }
+}
+
 /// Istio's port-level rule (`GetPortLevelTrafficPolicy`): a `portLevelSettings`
 /// entry for this port replaces loadBalancer, connectionPool and outlierDetection
 /// wholesale; a part it omits falls to its default, not to the top-level value.
@@ -311,24 +325,10 @@ fn backend_clusters(
             .and_then(|s| s.ports.as_ref())
             .and_then(|ports| ports.iter().find(|p| p.port == port))
             .and_then(|p| p.name.clone());
-        let ClusterPolicy {
-            load_balancer,
-            consistent_hash,
-            connection_pool,
-            outlier_detection,
-            connect_timeout,
-        } = cluster_policy(None, port);
-        clusters.push(model::Cluster {
-            name: cluster,
-            endpoints: svc.map_or_else(Vec::new, |s| {
-                endpoints(view.slices, s, port_name.as_deref())
-            }),
-            load_balancer,
-            consistent_hash,
-            outlier_detection,
-            connect_timeout,
-            connection_pool,
+        let endpoints = svc.map_or_else(Vec::new, |s| {
+            endpoints(view.slices, s, port_name.as_deref())
         });
+        clusters.push(cluster_policy(None, port).into_cluster(cluster, endpoints));
     }
 }
 
@@ -358,13 +358,8 @@ pub fn compile(gw: &Gateway, view: &View<'_>) -> model::Config {
                 model::RouteProtocol::Tcp => "tcp",
             };
             let cluster = format!("inbound-vip|{}|{kind}|{fqdn}", port.port);
-            let ClusterPolicy {
-                load_balancer,
-                consistent_hash,
-                connection_pool,
-                outlier_detection,
-                connect_timeout,
-            } = cluster_policy(policy, port.port);
+            let policy = cluster_policy(policy, port.port);
+            let load_balancer = policy.load_balancer;
             let endpoints = endpoints(view.slices, svc, port.name.as_deref());
             let mut hosts: Vec<String> = [fqdn.clone(), format!("{name}.{ns}"), name.clone()]
                 .into_iter()
@@ -402,15 +397,7 @@ pub fn compile(gw: &Gateway, view: &View<'_>) -> model::Config {
                     Vec::new()
                 },
             });
-            clusters.push(model::Cluster {
-                name: cluster,
-                endpoints,
-                load_balancer,
-                consistent_hash: consistent_hash.clone(),
-                outlier_detection: outlier_detection.clone(),
-                connect_timeout,
-                connection_pool: connection_pool.clone(),
-            });
+            clusters.push(policy.into_cluster(cluster, endpoints));
         }
     }
     backend_clusters(view, wanted, &mut clusters);
