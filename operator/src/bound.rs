@@ -258,7 +258,13 @@ pub async fn run(ctx: Arc<Context>) {
             ctx,
         )
         .for_each(|_| async {});
-    futures::join!(pods, namespaces, clear_unlabelled(Arc::clone(&ctx2)));
+    // The watcher has no signal of its own: it stops when both controllers have
+    // (a join with it kept a terminated leader alive until SIGKILL, and the standby
+    // waited out the Lease: 24-26 s failovers).
+    tokio::select! {
+        _ = async { futures::join!(pods, namespaces) } => {}
+        () = clear_unlabelled(Arc::clone(&ctx2)) => {}
+    }
 }
 
 /// A Pod whose `istio.io/use-waypoint` label is removed leaves the labelled watch as
