@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use waypoint_config::ListenerProtocol;
-use waypoint_dataplane::{admin, hbone, identity, proxy};
+use waypoint_dataplane::{admin, config_client, hbone, identity, proxy};
 
 #[derive(Parser, Debug)]
 #[command(version, about)]
@@ -69,6 +69,14 @@ struct Args {
     /// The certificate lifetime to ask the CA for (it may cap it); default its own.
     #[arg(long, env = "WAYPOINT_CERT_TTL_SECONDS", value_name = "SECONDS")]
     cert_ttl_seconds: Option<u64>,
+    /// The operator's config server (`https://host:port`). `--config` is then only
+    /// the config to start with (the operator keeps it current in the ConfigMap);
+    /// updates come from the server. Needs mesh credentials.
+    #[arg(long, env = "WAYPOINT_CONFIG_URL")]
+    config_url: Option<http::Uri>,
+    /// This pod's name (downward API), reported to the config server.
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
 }
 
 #[tokio::main]
@@ -142,6 +150,26 @@ async fn main() -> anyhow::Result<()> {
         // Endpoints marked `hbone` are reached with the same (renewed) credentials.
         shared.set_mesh(Arc::clone(tls));
     }
+    serve_listeners(&shared, mesh_tls.as_ref()).await?;
+    readiness.set_ready();
+    keep_config_current(
+        args.config_url,
+        args.pod_name,
+        args.config,
+        text,
+        mesh_tls.as_ref(),
+        &shared,
+    )?;
+    let _ = stop.changed().await;
+    drain(&shared, &readiness, Duration::from_secs(args.drain_seconds)).await;
+    Ok(())
+}
+
+/// Binds every listener of the config loaded at start and serves it.
+async fn serve_listeners(
+    shared: &Arc<proxy::Shared>,
+    mesh_tls: Option<&Arc<identity::MeshTls>>,
+) -> anyhow::Result<()> {
     let runtime = shared.current();
     for (socket, name) in proxy::bind(&runtime).await? {
         let protocol = runtime
@@ -152,13 +180,13 @@ async fn main() -> anyhow::Result<()> {
             .map(|l| l.protocol)
             .unwrap_or_default();
         tracing::info!(listener = %name, ?protocol, address = ?socket.local_addr().ok(), "serving");
-        match (protocol, &mesh_tls) {
+        match (protocol, mesh_tls) {
             (ListenerProtocol::Http, _) => {
-                tokio::spawn(proxy::serve(Arc::clone(&shared), socket, name));
+                tokio::spawn(proxy::serve(Arc::clone(shared), socket, name));
             }
             (ListenerProtocol::Hbone, Some(tls)) => {
                 tokio::spawn(hbone::serve(
-                    Arc::clone(&shared),
+                    Arc::clone(shared),
                     Arc::clone(tls),
                     socket,
                     name,
@@ -169,10 +197,32 @@ async fn main() -> anyhow::Result<()> {
             ),
         }
     }
-    readiness.set_ready();
-    tokio::spawn(watch_config(args.config, text, Arc::clone(&shared)));
-    let _ = stop.changed().await;
-    drain(&shared, &readiness, Duration::from_secs(args.drain_seconds)).await;
+    Ok(())
+}
+
+/// From the operator's config server with `--config-url`, else from the file.
+fn keep_config_current(
+    url: Option<http::Uri>,
+    pod: Option<String>,
+    path: PathBuf,
+    text: String,
+    mesh_tls: Option<&Arc<identity::MeshTls>>,
+    shared: &Arc<proxy::Shared>,
+) -> anyhow::Result<()> {
+    match (url, mesh_tls) {
+        (Some(url), Some(tls)) => {
+            tracing::info!(%url, "following the operator's config");
+            let source = config_client::Source { url, pod };
+            let (tls, shared) = (Arc::clone(tls), Arc::clone(shared));
+            tokio::spawn(async move { config_client::follow(source, tls, shared, &text).await });
+        }
+        (Some(_), None) => anyhow::bail!(
+            "--config-url needs mesh credentials to authenticate: pass --identity-dir or --ca-address"
+        ),
+        (None, _) => {
+            tokio::spawn(watch_config(path, text, Arc::clone(shared)));
+        }
+    }
     Ok(())
 }
 

@@ -95,6 +95,16 @@ pub fn client_config(creds: &Credentials, peer: PeerCheck) -> Result<ClientConfi
     Ok(config)
 }
 
+/// A workload's client config for a mesh control-plane service with a DNS name
+/// (the operator's config endpoint): WebPKI verification of that name against the
+/// mesh roots, and `creds` presented so the service knows who asks.
+pub fn service_client_config(creds: &Credentials) -> Result<ClientConfig, Error> {
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots(creds)?)
+        .with_client_auth_cert(creds.chain.clone(), creds.key.clone_key())?)
+}
+
 /// The SPIFFE identity in a peer's leaf certificate.
 pub fn peer_identity(chain: &[CertificateDer<'_>]) -> Option<Identity> {
     Leaf::parse(chain.first()?).ok()?.identity.ok()

@@ -34,8 +34,14 @@ pub struct Dataplane {
     pub image: String,
     /// The mesh CA's URL (`https://waypoint-ca.<operator namespace>.svc:15012`).
     pub ca_address: String,
+    /// The config server's URL (`https://waypoint-config.<operator namespace>.svc:15012`).
+    pub config_url: String,
     pub trust_domain: String,
 }
+
+/// The dataplane's `--config-url` and `--pod-name`.
+pub const CONFIG_URL_ENV: &str = "WAYPOINT_CONFIG_URL";
+pub const POD_NAME_ENV: &str = "POD_NAME";
 
 /// The CA token's lifetime; the kubelet renews it at 80%.
 const CA_TOKEN_SECONDS: i64 = 3600;
@@ -102,7 +108,7 @@ fn meta(gw: &Gateway, name: String, owner: &OwnerReference) -> Result<ObjectMeta
 
 /// The config's YAML for the ConfigMap. Serializing plain data cannot fail; if it
 /// ever did, an empty document would fail the dataplane's validation loudly.
-fn config_yaml(config: &waypoint_config::Config) -> String {
+pub fn config_yaml(config: &waypoint_config::Config) -> String {
     serde_yaml::to_string(config).unwrap_or_default()
 }
 
@@ -397,6 +403,8 @@ fn container(dataplane: &Dataplane) -> Container {
             value(env::CA_TOKEN_FILE, env::TOKEN_FILE),
             value(env::CA_ROOT_FILE, env::ROOT_FILE),
             value(env::TRUST_DOMAIN, &dataplane.trust_domain),
+            value(CONFIG_URL_ENV, &dataplane.config_url),
+            field(POD_NAME_ENV, "metadata.name"),
             field(env::IDENTITY_NAMESPACE, "metadata.namespace"),
             field(env::IDENTITY_SERVICE_ACCOUNT, "spec.serviceAccountName"),
         ]),

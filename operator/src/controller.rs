@@ -50,6 +50,8 @@ pub struct Context {
     pub cluster_domain: String,
     pub metrics: Arc<Metrics>,
     pub caches: Caches,
+    /// What each waypoint's dataplanes are served, and what they report running.
+    pub configs: Arc<crate::config_server::Store>,
     pub recorder: kube::runtime::events::Recorder,
     /// The Services each waypoint served at its last reconcile, so that an event
     /// on a Service that is neither bound nor was bound wakes no waypoint.
@@ -153,6 +155,12 @@ impl Caches {
                 metadata: m.metadata.clone(),
                 ..Namespace::default()
             })
+    }
+
+    pub(crate) fn has_gateway(&self, namespace: &str, name: &str) -> bool {
+        self.gateways
+            .get(&ObjectRef::new(name).within(namespace))
+            .is_some()
     }
 
     pub(crate) fn gateways_in(&self, namespace: &str) -> Vec<Gateway> {
@@ -391,20 +399,21 @@ where
         .items)
 }
 
-async fn reconcile_gateway(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let ours = ctx.caches.class_is_ours(&gw.spec.gateway_class_name);
-    if !ours || gw.metadata.deletion_timestamp.is_some() {
-        return Ok(Action::await_change());
-    }
-    let ns = gw.namespace().ok_or(BuildError::NoNamespace)?;
-    let name = gw.name_any();
-    let view_services: Vec<Service> = list_in(&ctx.client, &ns).await?;
-    let view_slices: Vec<EndpointSlice> = list_in(&ctx.client, &ns).await?;
-    let view_rules: Vec<DestinationRule> = list_in(&ctx.client, &ns).await?;
-    let view_routes: Vec<HttpRoute> = list_in(&ctx.client, &ns).await?;
-    let view_namespace = ctx.caches.namespace(&ns);
+/// The waypoint's config from its namespace as the API server has it now; also
+/// records which Services it serves.
+async fn compile_for(
+    ctx: &Context,
+    gw: &Gateway,
+    ns: &str,
+    name: &str,
+) -> Result<waypoint_config::Config, Error> {
+    let view_services: Vec<Service> = list_in(&ctx.client, ns).await?;
+    let view_slices: Vec<EndpointSlice> = list_in(&ctx.client, ns).await?;
+    let view_rules: Vec<DestinationRule> = list_in(&ctx.client, ns).await?;
+    let view_routes: Vec<HttpRoute> = list_in(&ctx.client, ns).await?;
+    let view_namespace = ctx.caches.namespace(ns);
     let config = compile::compile(
-        &gw,
+        gw,
         &compile::View {
             namespace: view_namespace.as_ref(),
             services: &view_services,
@@ -415,14 +424,35 @@ async fn reconcile_gateway(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action
         },
     );
     ctx.served.set(
-        &ns,
-        &name,
+        ns,
+        name,
         view_services
             .iter()
-            .filter(|s| compile::binds(&gw, s, view_namespace.as_ref()))
+            .filter(|s| compile::binds(gw, s, view_namespace.as_ref()))
             .map(ResourceExt::name_any)
             .collect(),
     );
+    Ok(config)
+}
+
+async fn reconcile_gateway(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ours = ctx.caches.class_is_ours(&gw.spec.gateway_class_name);
+    let ns = gw.namespace().ok_or(BuildError::NoNamespace)?;
+    let name = gw.name_any();
+    let key = (ns.clone(), name.clone());
+    // Deleted Gateways are not reconciled: forget them here.
+    ctx.configs.retain(|k| {
+        if *k == key {
+            ours
+        } else {
+            ctx.caches.has_gateway(&k.0, &k.1)
+        }
+    });
+    if !ours || gw.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let config = compile_for(&ctx, &gw, &ns, &name).await?;
+    let (version, fresh) = ctx.configs.publish(&key, builders::config_yaml(&config));
     let (children, invalid_parameters) = children_for(&ctx, &gw, &ns, &config).await?;
     let (sas, cms, deploys, svcs): (
         Api<ServiceAccount>,
@@ -457,6 +487,13 @@ async fn reconcile_gateway(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action
         Some((d, s)) => (Some(d), Some(s)),
         None => (deploys.get_opt(&name).await?, svcs.get_opt(&name).await?),
     };
+    if fresh {
+        // Running replicas apply a new config within milliseconds; waiting for
+        // that keeps Programmed from flapping to Pending on every change.
+        ctx.configs
+            .wait_applied(&key, &version, CONFIG_APPLY_WAIT)
+            .await;
+    }
     let observed = Observed {
         ready_replicas: deployment
             .and_then(|d| d.status)
@@ -469,6 +506,7 @@ async fn reconcile_gateway(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action
         conflict: clash,
         invalid_parameters,
         cluster_domain: ctx.cluster_domain.clone(),
+        config: ctx.configs.applied(&key, std::time::Instant::now()),
     };
     let status = status::gateway_status(&gw, &observed, &now());
     if gw.status.as_ref() != Some(&status) {
@@ -622,8 +660,16 @@ where
     }
 }
 
-/// Runs the three controllers (Gateways, GatewayClasses, Services) until asked to stop.
-pub async fn run(ctx: Arc<Context>) {
+/// How long a reconcile that published a new config waits for a running replica
+/// to apply it before writing status.
+const CONFIG_APPLY_WAIT: Duration = Duration::from_secs(2);
+
+/// Runs the three controllers (Gateways, GatewayClasses, Services) until asked to
+/// stop. `reported` names Gateways whose replicas reported a new config version.
+pub async fn run(
+    ctx: Arc<Context>,
+    reported: impl futures::Stream<Item = crate::config_server::Key> + Send + 'static,
+) {
     ctx.caches.synced().await;
     let ctx2 = Arc::clone(&ctx);
     let client = ctx.client.clone();
@@ -702,6 +748,7 @@ pub async fn run(ctx: Arc<Context>) {
             watcher::Config::default(),
             move |class| gateways_of_class(&class_store, &class),
         )
+        .reconcile_on(reported.map(|(ns, name)| ObjectRef::new(&name).within(&ns)))
         .shutdown_on_signal()
         .run(
             |gw, ctx| timed("gateway", ctx.metrics.clone(), reconcile_gateway(gw, ctx)),

@@ -186,6 +186,32 @@ pub async fn release(client: &Client, cfg: &LeaseConfig) {
     }
 }
 
+/// Puts [`crate::ca::LEADER_LABEL`] on this replica's pod, or takes it off: the
+/// `waypoint-config` Service selects the leader by it. Best effort; a replica that
+/// runs outside a pod has none to label.
+pub async fn label_pod(client: &Client, namespace: &str, pod: &str, leading: bool) {
+    let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), namespace);
+    let value = if leading {
+        serde_json::Value::String("true".to_owned())
+    } else {
+        serde_json::Value::Null
+    };
+    let patch = serde_json::json!({ "metadata": { "labels": { crate::ca::LEADER_LABEL: value } } });
+    match api
+        .patch(
+            pod,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => tracing::info!(pod, leading, "leader label updated"),
+        Err(e) => {
+            tracing::warn!(pod, leading, error = %e, "could not update the leader label on this pod");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

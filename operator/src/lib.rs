@@ -8,6 +8,7 @@ pub mod bound;
 pub mod builders;
 pub mod ca;
 pub mod compile;
+pub mod config_server;
 pub mod controller;
 pub mod leader;
 pub mod metrics;

@@ -12,6 +12,7 @@ use axum::routing::get;
 use clap::Parser;
 use waypoint_operator::builders::Dataplane;
 use waypoint_operator::ca::{self, server::CaServer};
+use waypoint_operator::config_server;
 use waypoint_operator::controller::{self, Caches, Context};
 use waypoint_operator::leader::{self, LeaseConfig};
 use waypoint_operator::metrics::Metrics;
@@ -65,39 +66,18 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     let metrics = Arc::new(Metrics::default());
+    let (configs, reported) = config_server::Store::new();
+    let configs = Arc::new(configs);
     let listener = tokio::net::TcpListener::bind(args.admin_address)
         .await
         .with_context(|| format!("binding {}", args.admin_address))?;
-    tokio::spawn(serve_admin(listener, metrics.clone()));
+    tokio::spawn(serve_admin(listener, metrics.clone(), Arc::clone(&configs)));
 
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;
     let namespace = args.lease_namespace.clone();
-    let loaded = ca::secret::load_or_create(&client, &namespace, &args.trust_domain)
-        .await
-        .context("loading the mesh root")?;
-    let roots_pem = loaded.trust_roots.concat();
-    let dns_names = ca::service_dns_names(&namespace, &args.cluster_domain);
-    let tls = ca::server::tls_config(&loaded.ca, &dns_names, CA_SERVING_TTL)
-        .context("the CA's serving certificate")?;
-    let ca_listener = tokio::net::TcpListener::bind(args.ca_address)
-        .await
-        .with_context(|| format!("binding {}", args.ca_address))?;
-    tracing::info!(address = %args.ca_address, names = ?dns_names, roots = loaded.trust_roots.len(), "serving the mesh CA");
-    tokio::spawn(ca::server::serve(
-        ca_listener,
-        Arc::new(tls),
-        Arc::new(CaServer {
-            ca: loaded.ca,
-            trust_roots: loaded.trust_roots,
-            authenticator: Arc::new(ca::server::TokenReviewer {
-                client: client.clone(),
-            }),
-            max_ttl: args.workload_cert_ttl,
-            metrics: metrics.clone(),
-        }),
-    ));
+    let roots_pem = serve_mesh_endpoint(&args, &client, &metrics, &configs).await?;
     let lease = LeaseConfig {
         namespace: args.lease_namespace,
         name: args.lease_name,
@@ -106,11 +86,15 @@ async fn main() -> anyhow::Result<()> {
         renew_every: Duration::from_secs(args.lease_seconds.max(3) / 3),
         retry_every: Duration::from_secs(1),
     };
+    // A restarted container keeps its pod, and the pod its label from the last run.
+    leader::label_pod(&client, &namespace, &lease.identity, false).await;
     tokio::select! {
         () = leader::acquire(&client, &lease) => {}
         () = terminated() => return Ok(()),
     }
+    configs.start_leading();
     metrics.leader.store(true, Ordering::Relaxed);
+    leader::label_pod(&client, &namespace, &lease.identity, true).await;
     controller::ensure_class(&client, &metrics)
         .await
         .context("ensuring the istio-waypoint GatewayClass")?;
@@ -126,11 +110,13 @@ async fn main() -> anyhow::Result<()> {
         dataplane: Dataplane {
             image: args.dataplane_image,
             ca_address: ca::service_url(&namespace),
+            config_url: ca::config_url(&namespace),
             trust_domain: args.trust_domain,
         },
         cluster_domain: args.cluster_domain,
         metrics: metrics.clone(),
         caches,
+        configs,
         served: controller::Served::default(),
         no_extras: std::sync::Mutex::default(),
         recorder: kube::runtime::events::Recorder::new(
@@ -144,8 +130,9 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(image = %ctx.dataplane.image, "reconciling waypoint Gateways");
     tokio::select! {
         // The controllers stop on SIGTERM/SIGINT (shutdown_on_signal).
-        () = controller::run(ctx) => {
+        () = controller::run(ctx, reported) => {
             metrics.leader.store(false, Ordering::Relaxed);
+            leader::label_pod(&client, &namespace, &lease.identity, false).await;
             leader::release(&client, &lease).await;
             Ok(())
         }
@@ -153,6 +140,43 @@ async fn main() -> anyhow::Result<()> {
             anyhow::bail!("lost the leader lease; exiting so that only the new leader writes")
         }
     }
+}
+
+/// Loads (or creates) the mesh root and serves the CA and the config server on
+/// `--ca-address`; returns the trust roots as one PEM for publishing.
+async fn serve_mesh_endpoint(
+    args: &Args,
+    client: &kube::Client,
+    metrics: &Arc<Metrics>,
+    configs: &Arc<config_server::Store>,
+) -> anyhow::Result<String> {
+    let namespace = &args.lease_namespace;
+    let loaded = ca::secret::load_or_create(client, namespace, &args.trust_domain)
+        .await
+        .context("loading the mesh root")?;
+    let roots_pem = loaded.trust_roots.concat();
+    let dns_names = ca::service_dns_names(namespace, &args.cluster_domain);
+    let tls = ca::server::tls_config(&loaded.ca, &dns_names, CA_SERVING_TTL, &loaded.trust_roots)
+        .context("the CA's serving certificate")?;
+    let ca_listener = tokio::net::TcpListener::bind(args.ca_address)
+        .await
+        .with_context(|| format!("binding {}", args.ca_address))?;
+    tracing::info!(address = %args.ca_address, names = ?dns_names, roots = loaded.trust_roots.len(), "serving the mesh CA");
+    tokio::spawn(ca::server::serve(
+        ca_listener,
+        Arc::new(tls),
+        Arc::new(CaServer {
+            ca: loaded.ca,
+            trust_roots: loaded.trust_roots,
+            authenticator: Arc::new(ca::server::TokenReviewer {
+                client: client.clone(),
+            }),
+            max_ttl: args.workload_cert_ttl,
+            metrics: Arc::clone(metrics),
+        }),
+        Arc::clone(configs),
+    ));
+    Ok(roots_pem)
 }
 
 async fn terminated() {
@@ -172,15 +196,36 @@ async fn terminated() {
 
 /// Liveness and readiness say the process serves; a standby replica is ready too
 /// (it is what a failover needs). `waypoint_operator_leader` says who leads.
-async fn serve_admin(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
+async fn serve_admin(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    configs: Arc<config_server::Store>,
+) {
+    let (debug_metrics, debug_configs) = (Arc::clone(&metrics), Arc::clone(&configs));
     let app = axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(|| async { "ok\n" }))
         .route(
             "/metrics",
             get(move || {
-                let metrics = metrics.clone();
-                async move { metrics.render() }
+                let (metrics, configs) = (metrics.clone(), configs.clone());
+                async move {
+                    let mut out = metrics.render();
+                    config_server::http::render_metrics(&configs, &mut out);
+                    out
+                }
+            }),
+        )
+        .route(
+            "/debug/config",
+            get(move || {
+                let (metrics, configs) = (debug_metrics.clone(), debug_configs.clone());
+                async move {
+                    axum::Json(config_server::http::debug_json(
+                        &configs,
+                        metrics.leader.load(Ordering::Relaxed),
+                    ))
+                }
             }),
         );
     if let Err(e) = axum::serve(listener, app).await {

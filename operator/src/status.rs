@@ -9,6 +9,7 @@ use gateway_api::apis::standard::gateways::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 
+use crate::config_server::Applied;
 use crate::names::MESH_PORT;
 
 /// What the operator saw of a waypoint's generated objects.
@@ -22,6 +23,8 @@ pub struct Observed {
     /// overlay), in words for the user.
     pub invalid_parameters: Option<String>,
     pub cluster_domain: String,
+    /// Whether a running replica has applied the current config.
+    pub config: Applied,
 }
 
 fn condition(
@@ -82,12 +85,16 @@ pub fn gateway_status(gw: &Gateway, observed: &Observed, now: &Time) -> GatewayS
                 "{what} already exists and is not managed by waypoint-operator; delete or rename it, or rename the Gateway"
             ),
         ),
-        (None, true) => cond(
-            "Programmed",
-            true,
-            "Programmed",
-            format!("Resource programmed, assigned to service(s) {fqdn}:{MESH_PORT}"),
-        ),
+        (None, true) => match &observed.config {
+            Applied::Unknown | Applied::Yes => cond(
+                "Programmed",
+                true,
+                "Programmed",
+                format!("Resource programmed, assigned to service(s) {fqdn}:{MESH_PORT}"),
+            ),
+            Applied::Pending(why) => cond("Programmed", false, "Pending", why.clone()),
+            Applied::Rejected(why) => cond("Programmed", false, "Invalid", why.clone()),
+        },
         (None, false) => cond(
             "Programmed",
             false,
@@ -258,7 +265,44 @@ mod tests {
             conflict: None,
             invalid_parameters: None,
             cluster_domain: "cluster.local".into(),
+            config: Applied::Yes,
         }
+    }
+
+    #[test]
+    fn programmed_waits_for_a_replica_to_run_the_current_config() {
+        let pending = "Waiting for a waypoint pod to apply config version 0011223344556677";
+        let obs = Observed {
+            config: Applied::Pending(pending.into()),
+            ..observed(1)
+        };
+        let s = gateway_status(&gw(15008, "HBONE"), &obs, &at(1));
+        let p = cond(&s, "Programmed");
+        assert_eq!(
+            (p.status.as_str(), p.reason.as_str(), p.message.as_str()),
+            ("False", "Pending", pending)
+        );
+        assert!(
+            s.addresses.is_some(),
+            "the Service exists and a pod is ready"
+        );
+
+        let refused = "waypoint pod w-1 refused config version 0011223344556677; its log says why";
+        let obs = Observed {
+            config: Applied::Rejected(refused.into()),
+            ..observed(1)
+        };
+        let p = gateway_status(&gw(15008, "HBONE"), &obs, &at(1));
+        assert_eq!(cond(&p, "Programmed").reason, "Invalid");
+        assert_eq!(cond(&p, "Programmed").message, refused);
+
+        // A new leader that has heard from no replica yet keeps Programmed.
+        let obs = Observed {
+            config: Applied::Unknown,
+            ..observed(1)
+        };
+        let s = gateway_status(&gw(15008, "HBONE"), &obs, &at(1));
+        assert_eq!(cond(&s, "Programmed").status, "True");
     }
 
     #[test]

@@ -31,6 +31,7 @@ fn render(case: &str) -> String {
         &Dataplane {
             image: "waypoint.local/waypoint-dataplane:dev".to_owned(),
             ca_address: "https://waypoint-ca.waypoint-system.svc:15012".to_owned(),
+            config_url: "https://waypoint-config.waypoint-system.svc:15012".to_owned(),
             trust_domain: "cluster.local".to_owned(),
         },
         &waypoint_config::Config::default(),

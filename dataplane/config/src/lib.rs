@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 mod connection_pool;
 mod consistent_hash;
+pub mod delivery;
 mod http_route;
 
 pub use connection_pool::{ConnectionPool, UNLIMITED};

@@ -9,6 +9,7 @@ fn dp(image: &str) -> Dataplane {
     Dataplane {
         image: image.to_owned(),
         ca_address: "https://waypoint-ca.waypoint-system.svc:15012".to_owned(),
+        config_url: "https://waypoint-config.waypoint-system.svc:15012".to_owned(),
         trust_domain: "cluster.local".to_owned(),
     }
 }

@@ -18,6 +18,11 @@ pub mod server;
 pub const PORT: u16 = 15012;
 /// The Service in front of every replica's CA server.
 pub const SERVICE_NAME: &str = "waypoint-ca";
+/// The Service in front of the leader's config server: the same port, selecting
+/// only the pod labelled [`LEADER_LABEL`].
+pub const CONFIG_SERVICE_NAME: &str = "waypoint-config";
+/// The label the leader puts on its own pod (and removes when it stops leading).
+pub const LEADER_LABEL: &str = "waypoint.dev/leader";
 
 /// Why a certificate request got no certificate. Each has a metrics label and an
 /// HTTP status.
@@ -94,11 +99,21 @@ pub fn bearer(authorization: Option<&str>) -> Option<&str> {
 
 /// The DNS names clients may use for the CA Service, for its serving certificate.
 pub fn service_dns_names(namespace: &str, cluster_domain: &str) -> Vec<String> {
-    vec![
-        format!("{SERVICE_NAME}.{namespace}.svc"),
-        format!("{SERVICE_NAME}.{namespace}.svc.{cluster_domain}"),
-        format!("{SERVICE_NAME}.{namespace}"),
-    ]
+    [SERVICE_NAME, CONFIG_SERVICE_NAME]
+        .iter()
+        .flat_map(|name| {
+            [
+                format!("{name}.{namespace}.svc"),
+                format!("{name}.{namespace}.svc.{cluster_domain}"),
+                format!("{name}.{namespace}"),
+            ]
+        })
+        .collect()
+}
+
+/// Where generated waypoint pods poll for their config (`WAYPOINT_CONFIG_URL`).
+pub fn config_url(namespace: &str) -> String {
+    format!("https://{CONFIG_SERVICE_NAME}.{namespace}.svc:{PORT}")
 }
 
 /// The address generated waypoint pods are given (`WAYPOINT_CA_ADDRESS`).
@@ -227,10 +242,16 @@ mod tests {
                 "waypoint-ca.waypoint-system.svc",
                 "waypoint-ca.waypoint-system.svc.cluster.local",
                 "waypoint-ca.waypoint-system",
+                "waypoint-config.waypoint-system.svc",
+                "waypoint-config.waypoint-system.svc.cluster.local",
+                "waypoint-config.waypoint-system",
             ]
         );
         let url: http::Uri = service_url("waypoint-system").parse().unwrap();
         assert_eq!(url.host(), Some(names[0].as_str()));
+        assert_eq!(url.port_u16(), Some(PORT));
+        let url: http::Uri = config_url("waypoint-system").parse().unwrap();
+        assert_eq!(url.host(), Some(names[3].as_str()));
         assert_eq!(url.port_u16(), Some(PORT));
     }
 }

@@ -12,22 +12,26 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt as _, Full, Limited};
-use hyper::body::Body;
+use hyper::body::{Body, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::Client;
 use kube::api::{Api, PostParams};
-use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
+use waypoint_config::delivery;
 use waypoint_identity::ca::{self, Ca};
 use waypoint_identity::protocol::{CertificateRequest, CertificateResponse, PATH, TOKEN_AUDIENCE};
+use waypoint_identity::tls::peer_identity;
 use waypoint_identity::{Identity, ParseError};
 
 use super::{Refusal, bearer, refusal_status, ttl};
+use crate::config_server;
 use crate::metrics::Metrics;
 
 /// A CSR and a token are a few KiB; anything bigger is not a certificate request.
@@ -226,10 +230,17 @@ pub enum TlsError {
     Tls(#[from] rustls::Error),
 }
 
-/// TLS for the CA endpoint: a certificate for `dns_names` signed by the mesh root
+/// TLS for the mesh endpoint: a certificate for `dns_names` signed by the mesh root
 /// itself, so the one root ConfigMap lets a workload trust both the CA and its
-/// peers. It lives `ttl` (a year); replicas restart far more often.
-pub fn tls_config(ca: &Ca, dns_names: &[String], ttl: Duration) -> Result<ServerConfig, TlsError> {
+/// peers. It lives `ttl` (a year); replicas restart far more often. A client
+/// certificate chained to `trust_roots` is optional: asking for a certificate needs
+/// none, the config endpoint names its caller by it.
+pub fn tls_config(
+    ca: &Ca,
+    dns_names: &[String],
+    ttl: Duration,
+    trust_roots: &[String],
+) -> Result<ServerConfig, TlsError> {
     let (cert, key) = ca.serving_certificate(dns_names, OffsetDateTime::now_utc(), ttl)?;
     let chain = vec![
         CertificateDer::from_pem_slice(cert.as_bytes())
@@ -237,17 +248,36 @@ pub fn tls_config(ca: &Ca, dns_names: &[String], ttl: Duration) -> Result<Server
     ];
     let key =
         PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|e| TlsError::Pem(e.to_string()))?;
-    let mut config =
-        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
-            .with_single_cert(chain, key)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    for pem in trust_roots {
+        for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            roots
+                .add(cert.map_err(|e| TlsError::Pem(e.to_string()))?)
+                .map_err(|e| TlsError::Pem(e.to_string()))?;
+        }
+    }
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| TlsError::Pem(format!("the trust roots: {e}")))?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }
 
-/// Accepts TLS connections forever, HTTP/1.1 and HTTP/2.
-pub async fn serve(listener: TcpListener, tls: Arc<ServerConfig>, server: Arc<CaServer>) {
+/// Accepts TLS connections forever, HTTP/1.1 and HTTP/2: certificate requests
+/// for anyone, and config polls for waypoints ([`config_server::http`]).
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    server: Arc<CaServer>,
+    configs: Arc<config_server::Store>,
+) {
     let acceptor = TlsAcceptor::from(tls);
     loop {
         let (tcp, peer) = match listener.accept().await {
@@ -257,7 +287,8 @@ pub async fn serve(listener: TcpListener, tls: Arc<ServerConfig>, server: Arc<Ca
                 continue;
             }
         };
-        let (acceptor, server) = (acceptor.clone(), Arc::clone(&server));
+        let (acceptor, server, configs) =
+            (acceptor.clone(), Arc::clone(&server), Arc::clone(&configs));
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -271,9 +302,29 @@ pub async fn serve(listener: TcpListener, tls: Arc<ServerConfig>, server: Arc<Ca
                     return;
                 }
             };
-            let service = hyper::service::service_fn(move |req| {
-                let server = Arc::clone(&server);
-                async move { Ok::<_, Infallible>(server.handle(req).await) }
+            let client = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(peer_identity)
+                .map(Arc::new);
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let (server, configs, client) =
+                    (Arc::clone(&server), Arc::clone(&configs), client.clone());
+                async move {
+                    Ok::<_, Infallible>(if req.uri().path() == delivery::PATH {
+                        config_server::http::handle(
+                            &configs,
+                            &server.metrics.leader,
+                            server.ca.trust_domain(),
+                            client.as_deref(),
+                            &req,
+                        )
+                        .await
+                    } else {
+                        server.handle(req).await
+                    })
+                }
             });
             if let Err(e) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
