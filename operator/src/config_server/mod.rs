@@ -32,6 +32,9 @@ pub struct Entry {
     pub yaml: Arc<str>,
     pub published: Instant,
     pub replicas: BTreeMap<String, Replica>,
+    /// What status last saw ([`Store::applied`]): a report that does not change it
+    /// wakes no reconcile.
+    pub observed: Option<Applied>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -132,6 +135,7 @@ impl Store {
                         yaml: yaml.into(),
                         published: Instant::now(),
                         replicas: BTreeMap::new(),
+                        observed: None,
                     },
                 );
                 true
@@ -149,9 +153,10 @@ impl Store {
         self.lock().retain(|k, _| keep(k));
     }
 
-    /// Records what a replica says it runs. A new replica, or a changed version,
-    /// wakes the Gateway's reconcile.
+    /// Records what a replica says it runs. A report that changes what status would
+    /// say wakes the Gateway's reconcile; the rest wake only the waiting polls.
     pub fn report(&self, key: &Key, poll: &Poll, now: Instant) {
+        let in_grace = self.in_grace(now);
         let Some(pod) = poll.pod.clone() else {
             return;
         };
@@ -183,9 +188,12 @@ impl Store {
         entry
             .replicas
             .retain(|_, r| now.saturating_duration_since(r.seen) < REPLICA_TTL);
+        let status_changes = entry.observed.as_ref() != Some(&decide_applied(entry, now, in_grace));
         drop(entries);
         if changed {
             self.bump();
+        }
+        if changed && status_changes {
             let _ = self.wake.unbounded_send(key.clone());
         }
     }
@@ -207,18 +215,22 @@ impl Store {
         }
     }
 
-    /// Whether a live replica runs the Gateway's current config.
+    fn in_grace(&self, now: Instant) -> bool {
+        let started = *self.started.lock().unwrap_or_else(PoisonError::into_inner);
+        now.saturating_duration_since(started) < REPORT_GRACE
+    }
+
+    /// Whether a live replica runs the Gateway's current config; remembered as what
+    /// status saw.
     pub fn applied(&self, key: &Key, now: Instant) -> Applied {
-        let entries = self.lock();
-        let Some(entry) = entries.get(key) else {
+        let in_grace = self.in_grace(now);
+        let mut entries = self.lock();
+        let Some(entry) = entries.get_mut(key) else {
             return Applied::Unknown;
         };
-        let started = *self.started.lock().unwrap_or_else(PoisonError::into_inner);
-        decide_applied(
-            entry,
-            now,
-            now.saturating_duration_since(started) < REPORT_GRACE,
-        )
+        let applied = decide_applied(entry, now, in_grace);
+        entry.observed = Some(applied.clone());
+        applied
     }
 
     /// Waits until a live replica has applied `version`, at most `limit`; only when

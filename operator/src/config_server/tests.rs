@@ -57,6 +57,13 @@ fn reports_wake_the_gateway_only_when_they_change() {
     assert_eq!(woken.try_recv().ok(), Some(key()), "a new version");
     store.report(&key(), &Poll::default(), t0);
     assert!(woken.try_recv().is_err(), "no pod name: not recorded");
+    // Once status has seen the replica on the current version, a second replica
+    // arriving on it changes nothing status says: no reconcile.
+    assert_eq!(store.applied(&key(), t0), Applied::Yes);
+    store.report(&key(), &poll(Some(&v1), None, "p2"), t0);
+    assert!(woken.try_recv().is_err(), "status would say the same");
+    store.report(&key(), &poll(Some("old"), Some(&v1), "p1"), t0);
+    assert!(woken.try_recv().is_err(), "p2 still runs it");
 }
 
 fn entry(
@@ -84,6 +91,7 @@ fn entry(
             yaml: "".into(),
             published: now,
             replicas,
+            observed: None,
         },
         now,
     )
