@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt as _;
+use futures::channel::mpsc::UnboundedReceiver;
 use gateway_api::apis::standard::gatewayclasses::{GatewayClass, GatewayClassSpec};
 use gateway_api::apis::standard::gateways::Gateway;
 use gateway_api::apis::standard::httproutes::HttpRoute;
@@ -15,7 +16,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::WatchStreamExt as _;
 use kube::runtime::controller::{self, Action, Controller};
@@ -83,6 +84,11 @@ impl Served {
     }
 }
 
+/// Managed fields are the bulk of most objects and nothing here reads them.
+fn trimmed<K: Resource>(obj: &mut K) {
+    obj.managed_fields_mut().clear();
+}
+
 /// A store of every `K` and the future that keeps it filled. For
 /// `PartialObjectMeta<K>`, kube asks the API server for metadata only.
 fn cache<K>(client: &Client) -> (Store<K>, impl Future<Output = ()> + Send + use<K>)
@@ -96,13 +102,47 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store();
-    let fill = reflector::reflector(
-        writer,
-        watcher(Api::<K>::all(client.clone()), watcher::Config::default()),
-    )
-    .default_backoff()
-    .for_each(|_| futures::future::ready(()));
+    let fill = watcher(Api::<K>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .modify(trimmed::<K>)
+        .reflect(writer)
+        .for_each(|_| futures::future::ready(()));
     (reader, fill)
+}
+
+/// Like [`cache`], and every object the store has taken in (changed or deleted) is
+/// then sent on: the Gateway controller's trigger, which so never runs a reconcile
+/// on a store that has not seen the event that caused it.
+fn shared_cache<K>(
+    client: &Client,
+) -> (
+    Store<K>,
+    impl Future<Output = ()> + Send + use<K>,
+    UnboundedReceiver<K>,
+)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let (tx, rx) = futures::channel::mpsc::unbounded();
+    let fill = watcher(Api::<K>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .modify(trimmed::<K>)
+        .reflect(writer)
+        .touched_objects()
+        .for_each(move |obj| {
+            if let Ok(obj) = obj {
+                let _ = tx.unbounded_send(obj);
+            }
+            futures::future::ready(())
+        });
+    (reader, fill, rx)
 }
 
 /// Watch caches that reconciles read instead of calling the API server: with
@@ -112,22 +152,51 @@ pub struct Caches {
     namespaces: Store<PartialObjectMeta<Namespace>>,
     gateways: Store<Gateway>,
     classes: Store<GatewayClass>,
+    services: Store<Service>,
+    slices: Store<EndpointSlice>,
+    rules: Store<DestinationRule>,
+    routes: Store<HttpRoute>,
+}
+
+/// What changed in the caches a waypoint's config is compiled from.
+pub struct Triggers {
+    services: UnboundedReceiver<Service>,
+    slices: UnboundedReceiver<EndpointSlice>,
+    rules: UnboundedReceiver<DestinationRule>,
+    routes: UnboundedReceiver<HttpRoute>,
 }
 
 impl Caches {
-    /// The caches, and the future that keeps them filled (run it forever).
-    pub fn start(client: &Client) -> (Self, impl Future<Output = ()> + Send + use<>) {
+    /// The caches, the future that keeps them filled (run it forever), and the
+    /// changes the Gateway controller reacts to.
+    pub fn start(client: &Client) -> (Self, impl Future<Output = ()> + Send + use<>, Triggers) {
         let (namespaces, ns_run) = cache::<PartialObjectMeta<Namespace>>(client);
         let (gateways, gw_run) = cache::<Gateway>(client);
         let (classes, class_run) = cache::<GatewayClass>(client);
+        let (services, svc_run, svc_rx) = shared_cache::<Service>(client);
+        let (slices, slice_run, slice_rx) = shared_cache::<EndpointSlice>(client);
+        let (rules, rule_run, rule_rx) = shared_cache::<DestinationRule>(client);
+        let (routes, route_run, route_rx) = shared_cache::<HttpRoute>(client);
         (
             Self {
                 namespaces,
                 gateways,
                 classes,
+                services,
+                slices,
+                rules,
+                routes,
             },
             async move {
-                futures::join!(ns_run, gw_run, class_run);
+                futures::join!(
+                    ns_run, gw_run, class_run, svc_run, slice_run, rule_run, route_run
+                );
+            },
+            Triggers {
+                services: svc_rx,
+                slices: slice_rx,
+                rules: rule_rx,
+                routes: route_rx,
             },
         )
     }
@@ -136,7 +205,11 @@ impl Caches {
         let _ = futures::join!(
             self.namespaces.wait_until_ready(),
             self.gateways.wait_until_ready(),
-            self.classes.wait_until_ready()
+            self.classes.wait_until_ready(),
+            self.services.wait_until_ready(),
+            self.slices.wait_until_ready(),
+            self.rules.wait_until_ready(),
+            self.routes.wait_until_ready(),
         );
     }
 
@@ -164,13 +237,21 @@ impl Caches {
     }
 
     pub(crate) fn gateways_in(&self, namespace: &str) -> Vec<Gateway> {
-        self.gateways
-            .state()
-            .iter()
-            .filter(|g| g.namespace().as_deref() == Some(namespace))
-            .map(|g| (**g).clone())
-            .collect()
+        in_namespace_of(&self.gateways, namespace)
     }
+}
+
+/// Copies of the store's objects in `namespace`.
+fn in_namespace_of<K: Resource + Clone>(store: &Store<K>, namespace: &str) -> Vec<K>
+where
+    K::DynamicType: std::hash::Hash + Eq + Clone,
+{
+    store
+        .state()
+        .iter()
+        .filter(|o| o.meta().namespace.as_deref() == Some(namespace))
+        .map(|o| (**o).clone())
+        .collect()
 }
 
 fn now() -> Time {
@@ -385,32 +466,14 @@ async fn children_for(
     }
 }
 
-/// Every `K` of namespace `ns`, from the API server.
-async fn list_in<K>(client: &Client, ns: &str) -> Result<Vec<K>, kube::Error>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug,
-{
-    Ok(Api::<K>::namespaced(client.clone(), ns)
-        .list(&ListParams::default())
-        .await?
-        .items)
-}
-
-/// The waypoint's config from its namespace as the API server has it now; also
-/// records which Services it serves.
-async fn compile_for(
-    ctx: &Context,
-    gw: &Gateway,
-    ns: &str,
-    name: &str,
-) -> Result<waypoint_config::Config, Error> {
-    let view_services: Vec<Service> = list_in(&ctx.client, ns).await?;
-    let view_slices: Vec<EndpointSlice> = list_in(&ctx.client, ns).await?;
-    let view_rules: Vec<DestinationRule> = list_in(&ctx.client, ns).await?;
-    let view_routes: Vec<HttpRoute> = list_in(&ctx.client, ns).await?;
+/// The waypoint's config from its namespace as the caches have it; also records
+/// which Services it serves.
+fn compile_for(ctx: &Context, gw: &Gateway, ns: &str, name: &str) -> waypoint_config::Config {
+    let caches = &ctx.caches;
+    let view_services = in_namespace_of(&caches.services, ns);
+    let view_slices = in_namespace_of(&caches.slices, ns);
+    let view_rules = in_namespace_of(&caches.rules, ns);
+    let view_routes = in_namespace_of(&caches.routes, ns);
     let view_namespace = ctx.caches.namespace(ns);
     let config = compile::compile(
         gw,
@@ -432,7 +495,7 @@ async fn compile_for(
             .map(ResourceExt::name_any)
             .collect(),
     );
-    Ok(config)
+    config
 }
 
 async fn reconcile_gateway(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -451,7 +514,7 @@ async fn reconcile_gateway(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action
     if !ours || gw.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let config = compile_for(&ctx, &gw, &ns, &name).await?;
+    let config = compile_for(&ctx, &gw, &ns, &name);
     let (version, fresh) = ctx.configs.publish(&key, builders::config_yaml(&config));
     let (children, invalid_parameters) = children_for(&ctx, &gw, &ns, &config).await?;
     let (sas, cms, deploys, svcs): (
@@ -668,6 +731,7 @@ const CONFIG_APPLY_WAIT: Duration = Duration::from_secs(2);
 /// stop. `reported` names Gateways whose replicas reported a new config version.
 pub async fn run(
     ctx: Arc<Context>,
+    triggers: Triggers,
     reported: impl futures::Stream<Item = crate::config_server::Key> + Send + 'static,
 ) {
     ctx.caches.synced().await;
@@ -699,10 +763,9 @@ pub async fn run(
     let (relevant_svc, relevant_slice) = (Arc::clone(&ctx), Arc::clone(&ctx));
     let gateways = controller
         .owns(Api::<Deployment>::all(client.clone()), managed)
-        .watches(
-            Api::<Service>::all(client.clone()),
-            watcher::Config::default(),
-            move |o| {
+        .watches_stream(
+            triggers.services.map(Ok::<_, watcher::Error>),
+            move |o: Service| {
                 if service_wakes(&relevant_svc, &o) {
                     for_svc(o.namespace())
                 } else {
@@ -710,10 +773,9 @@ pub async fn run(
                 }
             },
         )
-        .watches(
-            Api::<EndpointSlice>::all(client.clone()),
-            watcher::Config::default(),
-            move |o| {
+        .watches_stream(
+            triggers.slices.map(Ok::<_, watcher::Error>),
+            move |o: EndpointSlice| {
                 if slice_wakes(&relevant_slice, &o) {
                     for_slice(o.namespace())
                 } else {
@@ -721,15 +783,13 @@ pub async fn run(
                 }
             },
         )
-        .watches(
-            Api::<DestinationRule>::all(client.clone()),
-            watcher::Config::default(),
-            move |o| for_rule(o.namespace()),
+        .watches_stream(
+            triggers.rules.map(Ok::<_, watcher::Error>),
+            move |o: DestinationRule| for_rule(o.namespace()),
         )
-        .watches(
-            Api::<HttpRoute>::all(client.clone()),
-            watcher::Config::default(),
-            move |o| for_route(o.namespace()),
+        .watches_stream(
+            triggers.routes.map(Ok::<_, watcher::Error>),
+            move |o: HttpRoute| for_route(o.namespace()),
         )
         .watches(
             Api::<Namespace>::all(client.clone()),

@@ -103,7 +103,7 @@ async fn main() -> anyhow::Result<()> {
         roots_pem,
         metrics.clone(),
     ));
-    let (caches, fill) = Caches::start(&client);
+    let (caches, fill, triggers) = Caches::start(&client);
     tokio::spawn(fill);
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -130,7 +130,7 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(image = %ctx.dataplane.image, "reconciling waypoint Gateways");
     tokio::select! {
         // The controllers stop on SIGTERM/SIGINT (shutdown_on_signal).
-        () = controller::run(ctx, reported) => {
+        () = controller::run(ctx, triggers, reported) => {
             metrics.leader.store(false, Ordering::Relaxed);
             leader::label_pod(&client, &namespace, &lease.identity, false).await;
             leader::release(&client, &lease).await;
