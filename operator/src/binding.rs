@@ -11,6 +11,8 @@ use kube::ResourceExt;
 use waypoint_mesh::binding;
 use waypoint_mesh::names::USE_WAYPOINT;
 
+pub mod table;
+
 pub const CONDITION: &str = "istio.io/WaypointBound";
 
 /// The waypoint a Service asks for: `(namespace, name)`, or `None` when it asks for
@@ -23,7 +25,7 @@ pub fn requested(svc: &Service, namespace: Option<&Namespace>) -> Option<(String
 
 /// What a binding is reported on: the object's kind decides which traffic type the
 /// waypoint must carry (a Namespace's label binds both kinds).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 pub enum Subject {
     Service,
     Pod,

@@ -91,7 +91,10 @@ fn trimmed<K: Resource>(obj: &mut K) {
 
 /// A store of every `K` and the future that keeps it filled. For
 /// `PartialObjectMeta<K>`, kube asks the API server for metadata only.
-fn cache<K>(client: &Client) -> (Store<K>, impl Future<Output = ()> + Send + use<K>)
+fn cache<K>(
+    client: &Client,
+    config: watcher::Config,
+) -> (Store<K>, impl Future<Output = ()> + Send + use<K>)
 where
     K: Resource<DynamicType = ()>
         + Clone
@@ -102,7 +105,7 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store();
-    let fill = watcher(Api::<K>::all(client.clone()), watcher::Config::default())
+    let fill = watcher(Api::<K>::all(client.clone()), config)
         .default_backoff()
         .modify(trimmed::<K>)
         .reflect(writer)
@@ -156,6 +159,8 @@ pub struct Caches {
     slices: Store<EndpointSlice>,
     rules: Store<DestinationRule>,
     routes: Store<HttpRoute>,
+    /// Pods that carry `istio.io/use-waypoint` (for the binding table).
+    pods: Store<k8s_openapi::api::core::v1::Pod>,
 }
 
 /// What changed in the caches a waypoint's config is compiled from.
@@ -170,9 +175,11 @@ impl Caches {
     /// The caches, the future that keeps them filled (run it forever), and the
     /// changes the Gateway controller reacts to.
     pub fn start(client: &Client) -> (Self, impl Future<Output = ()> + Send + use<>, Triggers) {
-        let (namespaces, ns_run) = cache::<PartialObjectMeta<Namespace>>(client);
-        let (gateways, gw_run) = cache::<Gateway>(client);
-        let (classes, class_run) = cache::<GatewayClass>(client);
+        let all = watcher::Config::default;
+        let (namespaces, ns_run) = cache::<PartialObjectMeta<Namespace>>(client, all());
+        let (gateways, gw_run) = cache::<Gateway>(client, all());
+        let (classes, class_run) = cache::<GatewayClass>(client, all());
+        let (pods, pod_run) = cache(client, all().labels(USE_WAYPOINT));
         let (services, svc_run, svc_rx) = shared_cache::<Service>(client);
         let (slices, slice_run, slice_rx) = shared_cache::<EndpointSlice>(client);
         let (rules, rule_run, rule_rx) = shared_cache::<DestinationRule>(client);
@@ -186,10 +193,11 @@ impl Caches {
                 slices,
                 rules,
                 routes,
+                pods,
             },
             async move {
                 futures::join!(
-                    ns_run, gw_run, class_run, svc_run, slice_run, rule_run, route_run
+                    ns_run, gw_run, class_run, svc_run, slice_run, rule_run, route_run, pod_run
                 );
             },
             Triggers {
@@ -228,6 +236,38 @@ impl Caches {
                 metadata: m.metadata.clone(),
                 ..Namespace::default()
             })
+    }
+
+    /// Every object that asks for a waypoint, and what it is bound to.
+    pub fn binding_table(&self) -> Vec<binding::table::Row> {
+        let services: Vec<Service> = self
+            .services
+            .state()
+            .iter()
+            .map(|s| (**s).clone())
+            .collect();
+        let pods: Vec<_> = self.pods.state().iter().map(|p| (**p).clone()).collect();
+        let namespaces: Vec<Namespace> = self
+            .namespaces
+            .state()
+            .iter()
+            .map(|m| Namespace {
+                metadata: m.metadata.clone(),
+                ..Namespace::default()
+            })
+            .collect();
+        let gateways: Vec<Gateway> = self
+            .gateways
+            .state()
+            .iter()
+            .map(|g| (**g).clone())
+            .collect();
+        binding::table::compute(&binding::table::Objects {
+            services: &services,
+            pods: &pods,
+            namespaces: &namespaces,
+            gateways: &gateways,
+        })
     }
 
     pub(crate) fn has_gateway(&self, namespace: &str, name: &str) -> bool {

@@ -3,11 +3,12 @@
 //! replica serves the mesh CA.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use axum::response::IntoResponse as _;
 use axum::routing::get;
 use clap::Parser;
 use waypoint_operator::builders::Dataplane;
@@ -68,10 +69,17 @@ async fn main() -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let (configs, reported) = config_server::Store::new();
     let configs = Arc::new(configs);
+    // Filled once this replica leads; `/debug/bindings` reads it.
+    let leader_caches: Arc<OnceLock<Caches>> = Arc::default();
     let listener = tokio::net::TcpListener::bind(args.admin_address)
         .await
         .with_context(|| format!("binding {}", args.admin_address))?;
-    tokio::spawn(serve_admin(listener, metrics.clone(), Arc::clone(&configs)));
+    tokio::spawn(serve_admin(
+        listener,
+        metrics.clone(),
+        Arc::clone(&configs),
+        Arc::clone(&leader_caches),
+    ));
 
     let client = kube::Client::try_default()
         .await
@@ -105,6 +113,7 @@ async fn main() -> anyhow::Result<()> {
     ));
     let (caches, fill, triggers) = Caches::start(&client);
     tokio::spawn(fill);
+    let _ = leader_caches.set(caches.clone());
     let ctx = Arc::new(Context {
         client: client.clone(),
         dataplane: Dataplane {
@@ -200,6 +209,7 @@ async fn serve_admin(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     configs: Arc<config_server::Store>,
+    caches: Arc<OnceLock<Caches>>,
 ) {
     let (debug_metrics, debug_configs) = (Arc::clone(&metrics), Arc::clone(&configs));
     let app = axum::Router::new()
@@ -213,6 +223,23 @@ async fn serve_admin(
                     let mut out = metrics.render();
                     config_server::http::render_metrics(&configs, &mut out);
                     out
+                }
+            }),
+        )
+        .route(
+            "/debug/bindings",
+            get(move || {
+                let caches = Arc::clone(&caches);
+                async move {
+                    match caches.get() {
+                        Some(c) => axum::Json(serde_json::json!({ "bindings": c.binding_table() }))
+                            .into_response(),
+                        None => (
+                            http::StatusCode::SERVICE_UNAVAILABLE,
+                            "not the leader: the leader's caches hold the binding table\n",
+                        )
+                            .into_response(),
+                    }
                 }
             }),
         )
