@@ -84,9 +84,12 @@ impl Served {
     }
 }
 
-/// Managed fields are the bulk of most objects and nothing here reads them.
+/// Managed fields and kubectl's last-applied copy are the bulk of most objects,
+/// and nothing here reads them.
 fn trimmed<K: Resource>(obj: &mut K) {
     obj.managed_fields_mut().clear();
+    obj.annotations_mut()
+        .remove("kubectl.kubernetes.io/last-applied-configuration");
 }
 
 /// A store of every `K` and the future that keeps it filled. For
