@@ -1,6 +1,7 @@
 //! HTTPRoute rules through the whole proxy on loopback, real backends and client:
 //! matching precedence, header modifiers both ways, weighted backends, redirects,
-//! 404 when no rule matches and 500 when every backend weighs 0.
+//! 404 when no rule matches and 500 when every backend weighs 0; a rule's own retry
+//! policy and timeout.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test harness
 
@@ -142,5 +143,95 @@ async fn redirects_404s_and_zero_weights() {
     assert_eq!(
         get(proxy, "/zero", &[]).await.status(),
         StatusCode::INTERNAL_SERVER_ERROR
+    );
+}
+
+/// A port nothing listens on: connecting to it is refused.
+async fn refused_address() -> SocketAddr {
+    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    socket.local_addr().unwrap()
+}
+
+/// Answers after `delay`.
+async fn slow_backend(delay: std::time::Duration) -> SocketAddr {
+    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = socket.accept().await.unwrap();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req| async move {
+                    tokio::time::sleep(delay).await;
+                    Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from("slow"))))
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A rule's own retry policy and request timeout replace the route's: with
+/// `attempts: 0` a refused connection is the client's 503 (round robin sends every
+/// other request to the dead endpoint), while the route's default retries hide it;
+/// a rule's timeout answers 504.
+#[tokio::test]
+async fn a_rules_retry_and_timeout_replace_the_routes() {
+    let dead = refused_address().await;
+    let live = backend("live").await;
+    let slow = slow_backend(std::time::Duration::from_secs(5)).await;
+    let yaml = format!(
+        "listeners:
+- name: plain
+  address: 127.0.0.1:0
+  routes:
+  - hosts: [reviews:9080]
+    cluster: mixed
+    rules:
+    - matches: [{{path: {{type: PathPrefix, value: /no-retry}}}}]
+      retry: {{attempts: 0, retryOn: [connect-failure]}}
+    - matches: [{{path: {{type: PathPrefix, value: /slow}}}}]
+      timeout: 100ms
+      backends: [{{cluster: slow}}]
+    - matches: [{{path: {{type: PathPrefix, value: /}}}}]
+clusters:
+- name: mixed
+  loadBalancer: ROUND_ROBIN
+  endpoints: [{{address: \"{dead}\"}}, {{address: \"{live}\"}}]
+- {{name: slow, endpoints: [{{address: \"{slow}\"}}]}}
+"
+    );
+    let shared = Shared::with_access_log(
+        waypoint_config::Config::from_yaml(&yaml).unwrap(),
+        Box::new(|_| {}),
+    );
+    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = socket.local_addr().unwrap();
+    tokio::spawn(proxy::serve(shared, socket, "plain".into()));
+
+    let mut with_default = Vec::new();
+    for _ in 0..4 {
+        with_default.push(get(proxy, "/retried", &[]).await.status());
+    }
+    assert_eq!(
+        with_default,
+        [StatusCode::OK; 4],
+        "the route's default retries"
+    );
+    let mut without = Vec::new();
+    for _ in 0..4 {
+        without.push(get(proxy, "/no-retry", &[]).await.status().as_u16());
+    }
+    without.sort_unstable();
+    assert_eq!(
+        without,
+        [200, 200, 503, 503],
+        "attempts 0: every other request fails"
+    );
+    assert_eq!(
+        get(proxy, "/slow", &[]).await.status(),
+        StatusCode::GATEWAY_TIMEOUT
     );
 }

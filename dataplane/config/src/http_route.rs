@@ -19,6 +19,16 @@ pub struct RouteRule {
     /// Weighted clusters; none: the route's own cluster.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub backends: Vec<WeightedBackend>,
+    /// HTTPRoute `retry`; none: the route's policy (Istio's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<crate::RetryConfig>,
+    /// HTTPRoute `timeouts.request`; none: the route's.
+    #[serde(
+        default,
+        with = "crate::opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<std::time::Duration>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

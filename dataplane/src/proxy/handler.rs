@@ -336,7 +336,9 @@ async fn forward(
             filters::modify_headers(modifier, &mut parts.headers);
         }
     }
-    let policy = policy(&route.retry);
+    // A matched HTTPRoute rule's retry and timeout replace the route's.
+    let policy = policy(rule.and_then(|r| r.retry.as_ref()).unwrap_or(&route.retry));
+    let timeout = rule.and_then(|r| r.timeout).or(route.timeout);
     // Hashed once per request: Envoy hashes at every pick, but from inputs that do not
     // change between attempts.
     let hashed = cluster.hash(&RequestParts {
@@ -346,7 +348,7 @@ async fn forward(
         local,
     });
     let attempts = attempts(cluster, &policy, &parts, &body, hashed.hash, entry);
-    let mut verdict = match route.timeout {
+    let mut verdict = match timeout {
         None => attempts.await,
         Some(t) => tokio::time::timeout(t, attempts).await.unwrap_or_else(|_| {
             (

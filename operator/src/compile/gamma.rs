@@ -3,10 +3,12 @@
 //! API's match shapes are the model's, so matches and redirects carry over as they
 //! are; backends become the clusters of their Service ports.
 //!
-//! Not yet carried: URLRewrite, RequestMirror, CORS and ExtensionRef filters (dropped,
-//! with a debug log), timeouts, consumer routes from other namespaces, route status.
+//! A rule's `retry` (attempts over Istio's default policy, `codes`) and
+//! `timeouts.request` carry over too. Not yet carried: URLRewrite, RequestMirror,
+//! CORS and ExtensionRef filters (dropped, with a debug log), `timeouts.backendRequest`,
+//! consumer routes from other namespaces, route status.
 
-use gateway_api::apis::standard::httproutes::{HttpRoute, HttpRouteParentRefs};
+use gateway_api::apis::experimental::httproutes::{HttpRoute, HttpRouteParentRefs};
 use kube::ResourceExt;
 use serde_json::Value;
 use waypoint_config as model;
@@ -97,12 +99,76 @@ pub fn rules_for(
                 matches,
                 filters,
                 backends: weighted,
+                retry: json.get("retry").map(retry),
+                timeout: json
+                    .pointer("/timeouts/request")
+                    .and_then(Value::as_str)
+                    .and_then(|t| {
+                        let d = gateway_duration(t);
+                        if d.is_none() {
+                            tracing::debug!(route = %route.name_any(), timeout = t, "not a Gateway API duration; ignored");
+                        }
+                        d
+                    })
+                    .filter(|d| !d.is_zero()),
             });
         }
     }
     backends.sort();
     backends.dedup();
     (rules, backends)
+}
+
+/// HTTPRoute `retry` (GEP-1731) over Istio's default policy: `attempts` retries
+/// (2 when unset, 0 turns retries off) and `codes` as retriable status codes.
+fn retry(r: &Value) -> model::RetryConfig {
+    let mut policy = model::RetryConfig::default();
+    if let Some(n) = r.get("attempts").and_then(Value::as_u64) {
+        policy.attempts = u32::try_from(n).unwrap_or(u32::MAX);
+    }
+    policy.retriable_status_codes = r
+        .get("codes")
+        .and_then(Value::as_array)
+        .map(|codes| {
+            codes
+                .iter()
+                .filter_map(Value::as_u64)
+                .filter_map(|c| u16::try_from(c).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    policy
+}
+
+/// Gateway API's duration (GEP-2257): one to four number-unit pairs, units `h`,
+/// `m`, `s`, `ms` (`1h`, `1m30s`, `500ms`).
+pub fn gateway_duration(text: &str) -> Option<std::time::Duration> {
+    let mut total = std::time::Duration::ZERO;
+    let mut rest = text;
+    let mut parts = 0;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
+        if digits == 0 || digits > 5 {
+            return None;
+        }
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let (unit, len) = if rest.starts_with("ms") {
+            (std::time::Duration::from_millis(1), 2)
+        } else if rest.starts_with('h') {
+            (std::time::Duration::from_hours(1), 1)
+        } else if rest.starts_with('m') {
+            (std::time::Duration::from_mins(1), 1)
+        } else if rest.starts_with('s') {
+            (std::time::Duration::from_secs(1), 1)
+        } else {
+            return None;
+        };
+        total = total.checked_add(unit.checked_mul(u32::try_from(n).ok()?)?)?;
+        rest = &rest[len..];
+        parts += 1;
+    }
+    (parts > 0 && parts <= 4).then_some(total)
 }
 
 fn has_redirect(filters: &[model::Filter]) -> bool {
@@ -209,5 +275,55 @@ spec:
                 .0
                 .is_empty()
         );
+        assert_eq!((rules[0].retry.as_ref(), rules[0].timeout), (None, None));
+    }
+
+    #[test]
+    fn a_rules_retry_and_request_timeout_carry_over() {
+        let routes = [route(
+            "apiVersion: gateway.networking.k8s.io/v1
+kind: HttpRoute
+metadata: {name: no-retries, namespace: httpbin}
+spec:
+  parentRefs: [{group: \"\", kind: Service, name: in-ambient, port: 8000}]
+  rules:
+  - retry: {attempts: 0}
+    timeouts: {request: 1m30s}
+    backendRefs: [{name: in-ambient, port: 8000}]
+  - retry: {codes: [503, 504]}
+    timeouts: {request: 0s}
+    backendRefs: [{name: in-ambient, port: 8000}]",
+        )];
+        let (rules, _) = rules_for(&routes, "in-ambient", "httpbin", 8000, "cluster.local");
+        let off = rules[0].retry.as_ref().unwrap();
+        assert_eq!(off.attempts, 0);
+        assert_eq!(rules[0].timeout, Some(std::time::Duration::from_secs(90)));
+        let codes = rules[1].retry.as_ref().unwrap();
+        assert_eq!(
+            (codes.attempts, codes.retriable_status_codes.as_slice()),
+            (2, &[503, 504][..])
+        );
+        assert_eq!(rules[1].timeout, None, "0s: no timeout");
+    }
+
+    #[test]
+    fn gateway_api_durations() {
+        use std::time::Duration;
+        for (text, want) in [
+            ("10s", Some(Duration::from_secs(10))),
+            ("500ms", Some(Duration::from_millis(500))),
+            ("1h2m3s4ms", Some(Duration::from_millis(3_723_004))),
+            ("0s", Some(Duration::ZERO)),
+            ("", None),
+            ("10", None),
+            ("s", None),
+            ("1.5s", None),
+            ("123456s", None),
+            ("1s1s1s1s1s", None),
+            ("-1s", None),
+            ("1d", None),
+        ] {
+            assert_eq!(gateway_duration(text), want, "{text:?}");
+        }
     }
 }
