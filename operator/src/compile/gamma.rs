@@ -120,7 +120,7 @@ pub fn rules_for(
 }
 
 /// HTTPRoute `retry` (GEP-1731) over Istio's default policy: `attempts` retries
-/// (2 when unset, 0 turns retries off) and `codes` as retriable status codes.
+/// (2 when unset; the v1.6 CRD refuses 0) and `codes` as retriable status codes.
 fn retry(r: &Value) -> model::RetryConfig {
     let mut policy = model::RetryConfig::default();
     if let Some(n) = r.get("attempts").and_then(Value::as_u64) {
