@@ -14,6 +14,7 @@ use waypoint_config::delivery::{POLL_WAIT_SECONDS, Poll, VERSION_HEADER};
 use waypoint_identity::Identity;
 
 use super::{Answer, Key, Store, decide_applied};
+use crate::ca::server::text;
 
 /// Answers one poll. `peer` is the client certificate's identity, if it sent one
 /// that chains to the mesh roots.
@@ -114,16 +115,6 @@ pub async fn handle_with_wait<B>(
             ),
         )
     }
-}
-
-fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
 }
 
 /// `/debug/config`: per waypoint, the current version, its age, each replica's
