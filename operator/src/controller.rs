@@ -92,62 +92,68 @@ fn trimmed<K: Resource>(obj: &mut K) {
         .remove("kubectl.kubernetes.io/last-applied-configuration");
 }
 
-/// A store of every `K` and the future that keeps it filled. For
-/// `PartialObjectMeta<K>`, kube asks the API server for metadata only.
-fn cache<K>(
-    client: &Client,
-    config: watcher::Config,
-) -> (Store<K>, impl Future<Output = ()> + Send + use<K>)
-where
+/// What a watch cache can hold.
+trait Cached:
+    Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static
+{
+}
+
+impl<K> Cached for K where
     K: Resource<DynamicType = ()>
         + Clone
         + DeserializeOwned
         + std::fmt::Debug
         + Send
         + Sync
-        + 'static,
+        + 'static
 {
+}
+
+/// A store of every `K` (trimmed) and the watch events that fill it, each applied
+/// to the store before it comes out of the stream.
+fn reflected<K: Cached>(
+    client: &Client,
+    config: watcher::Config,
+) -> (
+    Store<K>,
+    impl futures::Stream<Item = watcher::Result<watcher::Event<K>>> + Send + use<K>,
+) {
     let (reader, writer) = reflector::store();
-    let fill = watcher(Api::<K>::all(client.clone()), config)
+    let events = watcher(Api::<K>::all(client.clone()), config)
         .default_backoff()
         .modify(trimmed::<K>)
-        .reflect(writer)
-        .for_each(|_| futures::future::ready(()));
-    (reader, fill)
+        .reflect(writer);
+    (reader, events)
+}
+
+/// A store of every `K` and the future that keeps it filled. For
+/// `PartialObjectMeta<K>`, kube asks the API server for metadata only.
+fn cache<K: Cached>(
+    client: &Client,
+    config: watcher::Config,
+) -> (Store<K>, impl Future<Output = ()> + Send + use<K>) {
+    let (reader, events) = reflected(client, config);
+    (reader, events.for_each(|_| futures::future::ready(())))
 }
 
 /// Like [`cache`], and every object the store has taken in (changed or deleted) is
 /// then sent on: the Gateway controller's trigger, which so never runs a reconcile
 /// on a store that has not seen the event that caused it.
-fn shared_cache<K>(
+fn shared_cache<K: Cached>(
     client: &Client,
 ) -> (
     Store<K>,
     impl Future<Output = ()> + Send + use<K>,
     UnboundedReceiver<K>,
-)
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let (reader, writer) = reflector::store();
+) {
+    let (reader, events) = reflected(client, watcher::Config::default());
     let (tx, rx) = futures::channel::mpsc::unbounded();
-    let fill = watcher(Api::<K>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .modify(trimmed::<K>)
-        .reflect(writer)
-        .touched_objects()
-        .for_each(move |obj| {
-            if let Ok(obj) = obj {
-                let _ = tx.unbounded_send(obj);
-            }
-            futures::future::ready(())
-        });
+    let fill = events.touched_objects().for_each(move |obj| {
+        if let Ok(obj) = obj {
+            let _ = tx.unbounded_send(obj);
+        }
+        futures::future::ready(())
+    });
     (reader, fill, rx)
 }
 
