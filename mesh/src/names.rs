@@ -4,6 +4,10 @@
 
 pub const WAYPOINT_CLASS: &str = "istio-waypoint";
 pub const CONTROLLER_NAME: &str = "waypoint.dev/mesh-controller";
+/// The ordinary (ingress) Gateway class: HTTP and HTTPS listeners with HTTPRoutes,
+/// served by the same dataplane. Its own controller name, so the two never mix.
+pub const INGRESS_CLASS: &str = "waypoint";
+pub const INGRESS_CONTROLLER_NAME: &str = "waypoint.dev/gateway-controller";
 /// Istio's key with our value: Istio skips objects whose value is not its own.
 pub const MANAGED_LABEL: &str = "gateway.istio.io/managed";
 pub const MANAGED_VALUE: &str = "waypoint.dev-mesh-controller";

@@ -10,9 +10,10 @@ use k8s_openapi::api::autoscaling::v2::{
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
-    HTTPGetAction, ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource,
-    ResourceRequirements, SecurityContext, Service, ServiceAccount, ServiceAccountTokenProjection,
-    ServicePort, ServiceSpec, Volume, VolumeMount, VolumeProjection,
+    HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ProjectedVolumeSource, ResourceRequirements, SecurityContext, Service, ServiceAccount,
+    ServiceAccountTokenProjection, ServicePort, ServiceSpec, Sysctl, Volume, VolumeMount,
+    VolumeProjection,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -233,12 +234,18 @@ fn base(
         },
         deployment: Deployment {
             metadata: meta(gw, name.clone(), &owner)?,
-            spec: Some(deployment_spec(gw, &name, selector.clone(), dataplane)),
+            spec: Some(deployment_spec(
+                gw,
+                &name,
+                selector.clone(),
+                dataplane,
+                config,
+            )),
             ..Deployment::default()
         },
         service: Service {
             metadata: meta(gw, name, &owner)?,
-            spec: Some(service_spec(selector)),
+            spec: Some(service_spec(selector, config)),
             ..Service::default()
         },
         horizontal_pod_autoscaler: None,
@@ -251,7 +258,21 @@ fn deployment_spec(
     name: &str,
     selector: BTreeMap<String, String>,
     dataplane: &Dataplane,
+    config: &waypoint_config::Config,
 ) -> DeploymentSpec {
+    let ports = serving_ports(config);
+    // Ingress listeners on 80 or 443, bound by a non-root process: a namespaced,
+    // safe sysctl lets it (no capability needed).
+    let security_context = ports
+        .iter()
+        .any(|p| p.port < 1024)
+        .then(|| PodSecurityContext {
+            sysctls: Some(vec![Sysctl {
+                name: "net.ipv4.ip_unprivileged_port_start".to_owned(),
+                value: "0".to_owned(),
+            }]),
+            ..PodSecurityContext::default()
+        });
     let mut pod_labels = labels(gw);
     pod_labels.insert(DATAPLANE_MODE_LABEL.to_owned(), "none".to_owned());
     pod_labels.insert("sidecar.istio.io/inject".to_owned(), "false".to_owned());
@@ -275,7 +296,8 @@ fn deployment_spec(
             }),
             spec: Some(PodSpec {
                 service_account_name: Some(name.to_owned()),
-                containers: vec![container(dataplane)],
+                containers: vec![container(dataplane, &ports)],
+                security_context,
                 volumes: Some(vec![
                     Volume {
                         name: "config".to_owned(),
@@ -318,9 +340,41 @@ fn deployment_spec(
     }
 }
 
+/// A port the dataplane serves traffic on, from its config's listeners: a waypoint's
+/// `mesh` (15008, HBONE), an ingress Gateway's `http-80`, `https-443`, ...
+struct Serving {
+    name: String,
+    port: i32,
+    app_protocol: &'static str,
+}
+
+fn serving_ports(config: &waypoint_config::Config) -> Vec<Serving> {
+    let mut ports: Vec<Serving> = config
+        .listeners
+        .iter()
+        .map(|l| Serving {
+            name: l.name.clone(),
+            port: i32::from(l.address.port()),
+            app_protocol: match l.protocol {
+                waypoint_config::ListenerProtocol::Hbone => "hbone",
+                waypoint_config::ListenerProtocol::Http => "http",
+            },
+        })
+        .collect();
+    if ports.is_empty() {
+        // A waypoint always listens on the mesh port, even with nothing bound yet.
+        ports.push(Serving {
+            name: "mesh".to_owned(),
+            port: MESH_PORT,
+            app_protocol: "hbone",
+        });
+    }
+    ports
+}
+
 /// The dataplane container: Istio's ports, probes, resources and hardening, and
 /// what it needs to get its mesh certificate.
-fn container(dataplane: &Dataplane) -> Container {
+fn container(dataplane: &Dataplane, serving: &[Serving]) -> Container {
     let probe = |period, failures| Probe {
         http_get: Some(HTTPGetAction {
             path: Some("/healthz/ready".to_owned()),
@@ -373,11 +427,16 @@ fn container(dataplane: &Dataplane) -> Container {
             "--config".to_owned(),
             "/etc/waypoint/config.yaml".to_owned(),
         ]),
-        ports: Some(vec![
-            port("mesh", MESH_PORT),
-            port("metrics", METRICS_PORT),
-            port("status-port", STATUS_PORT),
-        ]),
+        ports: Some(
+            serving
+                .iter()
+                .map(|s| port(&s.name, s.port))
+                .chain([
+                    port("metrics", METRICS_PORT),
+                    port("status-port", STATUS_PORT),
+                ])
+                .collect(),
+        ),
         startup_probe: Some(probe(1, 30)),
         readiness_probe: Some(probe(15, 4)),
         resources: Some(ResourceRequirements {
@@ -417,7 +476,10 @@ fn container(dataplane: &Dataplane) -> Container {
     }
 }
 
-fn service_spec(selector: BTreeMap<String, String>) -> ServiceSpec {
+fn service_spec(
+    selector: BTreeMap<String, String>,
+    config: &waypoint_config::Config,
+) -> ServiceSpec {
     let port = |name: &str, port, app: &str| ServicePort {
         name: Some(name.to_owned()),
         port,
@@ -429,10 +491,15 @@ fn service_spec(selector: BTreeMap<String, String>) -> ServiceSpec {
     ServiceSpec {
         type_: Some("ClusterIP".to_owned()),
         selector: Some(selector),
-        ports: Some(vec![
-            port("status-port", STATUS_PORT, "tcp"),
-            port("mesh", MESH_PORT, "hbone"),
-        ]),
+        ports: Some(
+            std::iter::once(port("status-port", STATUS_PORT, "tcp"))
+                .chain(
+                    serving_ports(config)
+                        .iter()
+                        .map(|s| port(&s.name, s.port, s.app_protocol)),
+                )
+                .collect(),
+        ),
         ..ServiceSpec::default()
     }
 }

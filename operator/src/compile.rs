@@ -25,7 +25,7 @@ use waypoint_crds::destination_rule::{
 
 use waypoint_mesh::binding;
 
-mod gamma;
+pub(crate) mod gamma;
 
 /// The objects of the waypoint's namespace that matter to it.
 pub struct View<'a> {
@@ -186,7 +186,7 @@ fn rule_for<'a>(
 }
 
 /// The policy parts of one cluster (one Service port).
-struct ClusterPolicy {
+pub(crate) struct ClusterPolicy {
     load_balancer: model::LoadBalancer,
     consistent_hash: Option<model::ConsistentHash>,
     connection_pool: model::ConnectionPool,
@@ -195,7 +195,11 @@ struct ClusterPolicy {
 }
 
 impl ClusterPolicy {
-    fn into_cluster(self, name: String, endpoints: Vec<model::Endpoint>) -> model::Cluster {
+    pub(crate) fn into_cluster(
+        self,
+        name: String,
+        endpoints: Vec<model::Endpoint>,
+    ) -> model::Cluster {
         model::Cluster {
             name,
             endpoints,
@@ -211,7 +215,7 @@ impl ClusterPolicy {
 /// Istio's port-level rule (`GetPortLevelTrafficPolicy`): a `portLevelSettings`
 /// entry for this port replaces loadBalancer, connectionPool and outlierDetection
 /// wholesale; a part it omits falls to its default, not to the top-level value.
-fn cluster_policy(policy: Option<&TrafficPolicy>, port: i32) -> ClusterPolicy {
+pub(crate) fn cluster_policy(policy: Option<&TrafficPolicy>, port: i32) -> ClusterPolicy {
     let port_level = policy.and_then(|p| {
         p.port_level_settings.iter().find(|s| {
             s.port
@@ -246,7 +250,7 @@ fn cluster_policy(policy: Option<&TrafficPolicy>, port: i32) -> ClusterPolicy {
 
 /// Ready endpoints of `svc` for its port named `port_name`, at the slice's target
 /// port, sorted and without duplicates (one pod can appear in two slices).
-fn endpoints(
+pub(crate) fn endpoints(
     slices: &[EndpointSlice],
     svc: &Service,
     port_name: Option<&str>,

@@ -10,6 +10,7 @@ use futures::channel::mpsc::UnboundedReceiver;
 use gateway_api::apis::experimental::httproutes::HttpRoute;
 use gateway_api::apis::standard::gatewayclasses::{GatewayClass, GatewayClassSpec};
 use gateway_api::apis::standard::gateways::Gateway;
+use gateway_api::apis::standard::referencegrants::ReferenceGrant;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};
@@ -33,9 +34,15 @@ use crate::builders::{self, BuildError};
 use crate::compile;
 use crate::metrics::Metrics;
 use crate::names::USE_WAYPOINT;
-use crate::names::{CONTROLLER_NAME, FIELD_MANAGER, MANAGED_LABEL, MANAGED_VALUE, WAYPOINT_CLASS};
+use crate::names::{
+    CONTROLLER_NAME, FIELD_MANAGER, INGRESS_CLASS, INGRESS_CONTROLLER_NAME, MANAGED_LABEL,
+    MANAGED_VALUE, WAYPOINT_CLASS,
+};
 use crate::overlay::{self, Overlays};
 use crate::status::{self, Observed};
+
+mod ingress;
+pub use ingress::Backends as IngressBackends;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -59,6 +66,8 @@ pub struct Context {
     pub served: Served,
     /// Gateways without HPA/PDB overlays already checked for a stale one.
     pub no_extras: std::sync::Mutex<std::collections::BTreeSet<(String, String)>>,
+    /// The Services each ingress Gateway's routes sent to at its last reconcile.
+    pub ingress_backends: IngressBackends,
 }
 
 /// `(namespace, gateway)` → names of the Services it serves.
@@ -170,6 +179,16 @@ pub struct Caches {
     routes: Store<HttpRoute>,
     /// Pods that carry `istio.io/use-waypoint` (for the binding table).
     pods: Store<k8s_openapi::api::core::v1::Pod>,
+    grants: Store<ReferenceGrant>,
+}
+
+/// The two kinds of Gateway this operator serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Class {
+    /// `istio-waypoint`: the mesh listener, bound Services.
+    Waypoint,
+    /// `waypoint`: HTTP and HTTPS listeners with HTTPRoutes.
+    Ingress,
 }
 
 /// What changed in the caches a waypoint's config is compiled from.
@@ -178,6 +197,7 @@ pub struct Triggers {
     slices: UnboundedReceiver<EndpointSlice>,
     rules: UnboundedReceiver<DestinationRule>,
     routes: UnboundedReceiver<HttpRoute>,
+    grants: UnboundedReceiver<ReferenceGrant>,
 }
 
 impl Caches {
@@ -193,6 +213,7 @@ impl Caches {
         let (slices, slice_run, slice_rx) = shared_cache::<EndpointSlice>(client);
         let (rules, rule_run, rule_rx) = shared_cache::<DestinationRule>(client);
         let (routes, route_run, route_rx) = shared_cache::<HttpRoute>(client);
+        let (grants, grant_run, grant_rx) = shared_cache::<ReferenceGrant>(client);
         (
             Self {
                 namespaces,
@@ -203,10 +224,12 @@ impl Caches {
                 rules,
                 routes,
                 pods,
+                grants,
             },
             async move {
                 futures::join!(
-                    ns_run, gw_run, class_run, svc_run, slice_run, rule_run, route_run, pod_run
+                    ns_run, gw_run, class_run, svc_run, slice_run, rule_run, route_run, pod_run,
+                    grant_run
                 );
             },
             Triggers {
@@ -214,6 +237,7 @@ impl Caches {
                 slices: slice_rx,
                 rules: rule_rx,
                 routes: route_rx,
+                grants: grant_rx,
             },
         )
     }
@@ -227,14 +251,18 @@ impl Caches {
             self.slices.wait_until_ready(),
             self.rules.wait_until_ready(),
             self.routes.wait_until_ready(),
+            self.grants.wait_until_ready(),
         );
     }
 
-    /// Whether the GatewayClass exists and names our controller.
-    pub(crate) fn class_is_ours(&self, name: &str) -> bool {
-        self.classes
-            .get(&ObjectRef::new(name))
-            .is_some_and(|c| c.spec.controller_name == CONTROLLER_NAME)
+    /// Which of our classes `name` is, if it exists and is ours.
+    pub(crate) fn class_of(&self, name: &str) -> Option<Class> {
+        let class = self.classes.get(&ObjectRef::new(name))?;
+        match class.spec.controller_name.as_str() {
+            CONTROLLER_NAME => Some(Class::Waypoint),
+            INGRESS_CONTROLLER_NAME => Some(Class::Ingress),
+            _ => None,
+        }
     }
 
     /// The namespace as a `Namespace` with only its metadata (labels are what matter).
@@ -307,16 +335,41 @@ fn now() -> Time {
     Time(k8s_openapi::jiff::Timestamp::now())
 }
 
-/// Creates `istio-waypoint` if it is missing; never touches an existing one.
+/// Creates our classes (`istio-waypoint`, `waypoint`) if they are missing; never
+/// touches an existing one.
 pub async fn ensure_class(client: &Client, metrics: &Metrics) -> Result<(), Error> {
+    for (class, controller, description) in [
+        (
+            WAYPOINT_CLASS,
+            CONTROLLER_NAME,
+            "Waypoints served by waypoint-operator",
+        ),
+        (
+            INGRESS_CLASS,
+            INGRESS_CONTROLLER_NAME,
+            "Ingress Gateways (HTTP, HTTPS) served by waypoint-operator",
+        ),
+    ] {
+        ensure_one_class(client, metrics, class, controller, description).await?;
+    }
+    Ok(())
+}
+
+async fn ensure_one_class(
+    client: &Client,
+    metrics: &Metrics,
+    name: &str,
+    controller: &str,
+    description: &str,
+) -> Result<(), Error> {
     let classes: Api<GatewayClass> = Api::all(client.clone());
-    match classes.get_opt(WAYPOINT_CLASS).await? {
-        Some(c) if c.spec.controller_name != CONTROLLER_NAME => {
+    match classes.get_opt(name).await? {
+        Some(c) if c.spec.controller_name != controller => {
             metrics
                 .class_conflict
                 .store(true, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(
-                class = WAYPOINT_CLASS,
+                class = name,
                 owner = %c.spec.controller_name,
                 "GatewayClass belongs to another controller; leaving it and its Gateways alone"
             );
@@ -325,28 +378,39 @@ pub async fn ensure_class(client: &Client, metrics: &Metrics) -> Result<(), Erro
         None => {
             let class = GatewayClass {
                 metadata: ObjectMeta {
-                    name: Some(WAYPOINT_CLASS.to_owned()),
+                    name: Some(name.to_owned()),
                     ..ObjectMeta::default()
                 },
                 spec: GatewayClassSpec {
-                    controller_name: CONTROLLER_NAME.to_owned(),
-                    description: Some("Waypoints served by waypoint-operator".to_owned()),
+                    controller_name: controller.to_owned(),
+                    description: Some(description.to_owned()),
                     parameters_ref: None,
                 },
                 status: None,
             };
-            classes.create(&PostParams::default(), &class).await?;
-            tracing::info!(class = WAYPOINT_CLASS, "created GatewayClass");
+            match classes.create(&PostParams::default(), &class).await {
+                // Another replica created it first.
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                other => drop(other?),
+            }
+            tracing::info!(class = name, "created GatewayClass");
         }
     }
     Ok(())
 }
 
 async fn reconcile_class(class: Arc<GatewayClass>, ctx: Arc<Context>) -> Result<Action, Error> {
-    if class.spec.controller_name != CONTROLLER_NAME {
-        return Ok(Action::await_change());
-    }
-    let status = status::class_status(class.status.as_ref(), class.metadata.generation, &now());
+    let features = match class.spec.controller_name.as_str() {
+        CONTROLLER_NAME => None,
+        INGRESS_CONTROLLER_NAME => Some(crate::ingress::status::SUPPORTED_FEATURES),
+        _ => return Ok(Action::await_change()),
+    };
+    let status = status::class_status(
+        class.status.as_ref(),
+        class.metadata.generation,
+        features,
+        &now(),
+    );
     if class.status.as_ref() != Some(&status) {
         let api: Api<GatewayClass> = Api::all(ctx.client.clone());
         let patch = serde_json::json!({ "status": status });
@@ -548,41 +612,82 @@ fn compile_for(ctx: &Context, gw: &Gateway, ns: &str, name: &str) -> waypoint_co
 }
 
 async fn reconcile_gateway(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let ours = ctx.caches.class_is_ours(&gw.spec.gateway_class_name);
+    let class = ctx.caches.class_of(&gw.spec.gateway_class_name);
     let ns = gw.namespace().ok_or(BuildError::NoNamespace)?;
     let name = gw.name_any();
     let key = (ns.clone(), name.clone());
     // Deleted Gateways are not reconciled: forget them here.
     ctx.configs.retain(|k| {
         if *k == key {
-            ours
+            class.is_some()
         } else {
             ctx.caches.has_gateway(&k.0, &k.1)
         }
     });
-    if !ours || gw.metadata.deletion_timestamp.is_some() {
+    let Some(class) = class else {
+        ctx.ingress_backends.forget(&ns, &name);
+        return Ok(Action::await_change());
+    };
+    if gw.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let config = compile_for(&ctx, &gw, &ns, &name);
-    let (version, fresh) = ctx.configs.publish(&key, builders::config_yaml(&config));
-    let (children, invalid_parameters) = children_for(&ctx, &gw, &ns, &config).await?;
+    match class {
+        Class::Waypoint => {
+            let config = compile_for(&ctx, &gw, &ns, &name);
+            let deployed = Box::pin(deploy(&ctx, &gw, &key, &config)).await?;
+            let observed = Observed {
+                ready_replicas: deployed.ready_replicas,
+                cluster_ips: deployed.cluster_ips,
+                conflict: deployed.conflict,
+                invalid_parameters: deployed.invalid_parameters,
+                cluster_domain: ctx.cluster_domain.clone(),
+                config: deployed.config,
+            };
+            let status = status::gateway_status(&gw, &observed, &now());
+            write_gateway_status(&ctx, &gw, status, observed.ready_replicas).await?;
+            Ok(Action::requeue(Duration::from_mins(5)))
+        }
+        Class::Ingress => Box::pin(ingress::reconcile(&ctx, &gw, &key)).await,
+    }
+}
+
+/// What became of a Gateway's generated objects.
+pub(crate) struct Deployed {
+    pub ready_replicas: i32,
+    pub cluster_ips: Vec<String>,
+    pub conflict: Option<String>,
+    pub invalid_parameters: Option<String>,
+    pub config: crate::config_server::Applied,
+}
+
+/// Publishes `config` to the Gateway's dataplanes and applies the objects that run
+/// them, unless a same-named object is not ours or the overlays are unusable.
+pub(crate) async fn deploy(
+    ctx: &Context,
+    gw: &Gateway,
+    key: &(String, String),
+    config: &waypoint_config::Config,
+) -> Result<Deployed, Error> {
+    let (ns, name) = (key.0.as_str(), key.1.as_str());
+    let (version, fresh) = ctx.configs.publish(key, builders::config_yaml(config));
+    let (children, invalid_parameters) = children_for(ctx, gw, ns, config).await?;
     let (sas, cms, deploys, svcs): (
         Api<ServiceAccount>,
         Api<ConfigMap>,
         Api<Deployment>,
         Api<Service>,
     ) = (
-        Api::namespaced(ctx.client.clone(), &ns),
-        Api::namespaced(ctx.client.clone(), &ns),
-        Api::namespaced(ctx.client.clone(), &ns),
-        Api::namespaced(ctx.client.clone(), &ns),
+        Api::namespaced(ctx.client.clone(), ns),
+        Api::namespaced(ctx.client.clone(), ns),
+        Api::namespaced(ctx.client.clone(), ns),
+        Api::namespaced(ctx.client.clone(), ns),
     );
     let mut clash = None;
     for found in [
-        conflict(&deploys, &name).await?,
-        conflict(&svcs, &name).await?,
-        conflict(&sas, &name).await?,
-        conflict(&cms, &crate::names::config_map_name(&name)).await?,
+        conflict(&deploys, name).await?,
+        conflict(&svcs, name).await?,
+        conflict(&sas, name).await?,
+        conflict(&cms, &crate::names::config_map_name(name)).await?,
     ] {
         clash = clash.or(found);
     }
@@ -591,22 +696,22 @@ async fn reconcile_gateway(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action
         // Istio renders nothing then; we keep what runs and say why in status.
         tracing::warn!(gateway = %name, namespace = %ns, %why, "parametersRef unusable; objects left as they are");
     } else if clash.is_none() {
-        applied = Some(apply_children(&ctx, &ns, &name, &children).await?);
+        applied = Some(apply_children(ctx, ns, name, &children).await?);
     } else {
         tracing::warn!(gateway = %name, namespace = %ns, conflict = ?clash, "not adopting an object we do not manage");
     }
     let (deployment, service) = match applied {
         Some((d, s)) => (Some(d), Some(s)),
-        None => (deploys.get_opt(&name).await?, svcs.get_opt(&name).await?),
+        None => (deploys.get_opt(name).await?, svcs.get_opt(name).await?),
     };
     if fresh {
         // Running replicas apply a new config within milliseconds; waiting for
         // that keeps Programmed from flapping to Pending on every change.
         ctx.configs
-            .wait_applied(&key, &version, CONFIG_APPLY_WAIT)
+            .wait_applied(key, &version, CONFIG_APPLY_WAIT)
             .await;
     }
-    let observed = Observed {
+    Ok(Deployed {
         ready_replicas: deployment
             .and_then(|d| d.status)
             .and_then(|s| s.ready_replicas)
@@ -617,19 +722,28 @@ async fn reconcile_gateway(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action
             .unwrap_or_default(),
         conflict: clash,
         invalid_parameters,
-        cluster_domain: ctx.cluster_domain.clone(),
-        config: ctx.configs.applied(&key, std::time::Instant::now()),
-    };
-    let status = status::gateway_status(&gw, &observed, &now());
-    if gw.status.as_ref() != Some(&status) {
-        let api: Api<Gateway> = Api::namespaced(ctx.client.clone(), &ns);
-        let patch = serde_json::json!({ "status": status });
-        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await?;
-        ctx.metrics.status_written("Gateway");
-        tracing::info!(gateway = %name, namespace = %ns, ready = observed.ready_replicas, "status updated");
+        config: ctx.configs.applied(key, std::time::Instant::now()),
+    })
+}
+
+/// Patches the Gateway's status if it differs from what the API has.
+pub(crate) async fn write_gateway_status(
+    ctx: &Context,
+    gw: &Gateway,
+    status: gateway_api::apis::standard::gateways::GatewayStatus,
+    ready: i32,
+) -> Result<(), Error> {
+    if gw.status.as_ref() == Some(&status) {
+        return Ok(());
     }
-    Ok(Action::requeue(Duration::from_mins(5)))
+    let (ns, name) = (gw.namespace().unwrap_or_default(), gw.name_any());
+    let api: Api<Gateway> = Api::namespaced(ctx.client.clone(), &ns);
+    let patch = serde_json::json!({ "status": status });
+    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    ctx.metrics.status_written("Gateway");
+    tracing::info!(gateway = %name, namespace = %ns, ready, "status updated");
+    Ok(())
 }
 
 /// Writes `istio.io/WaypointBound` on a Service that asks for a waypoint, and removes
@@ -757,6 +871,60 @@ fn slice_wakes(ctx: &Context, slice: &EndpointSlice) -> bool {
         .is_some_and(|service| ctx.served.contains(&ns, service))
 }
 
+/// Every Gateway of our ingress class: few, and any ReferenceGrant or namespace
+/// label can change what they admit.
+fn ingress_gateways(ctx: &Context) -> Vec<ObjectRef<Gateway>> {
+    ctx.caches
+        .gateways
+        .state()
+        .iter()
+        .filter(|g| ctx.caches.class_of(&g.spec.gateway_class_name) == Some(Class::Ingress))
+        .map(|g| ObjectRef::from_obj(g.as_ref()))
+        .collect()
+}
+
+/// The ingress Gateways whose routes send to the Service `name` of `namespace`.
+fn ingress_users(
+    ctx: &Context,
+    namespace: Option<String>,
+    name: Option<String>,
+) -> Vec<ObjectRef<Gateway>> {
+    match (namespace, name) {
+        (Some(ns), Some(name)) => ctx.ingress_backends.users(&ns, &name),
+        _ => Vec::new(),
+    }
+}
+
+/// The Gateways a route names in its parentRefs or in its status (to clear a parent
+/// it no longer names).
+fn ingress_parents(route: &HttpRoute) -> Vec<ObjectRef<Gateway>> {
+    let route_ns = route.namespace().unwrap_or_default();
+    let named = route
+        .spec
+        .parent_refs
+        .iter()
+        .flatten()
+        .filter(|p| {
+            p.group.as_deref().unwrap_or(crate::ingress::GATEWAY_GROUP)
+                == crate::ingress::GATEWAY_GROUP
+                && p.kind.as_deref().unwrap_or("Gateway") == "Gateway"
+        })
+        .map(|p| (p.namespace.clone(), p.name.clone()));
+    let listed = route
+        .status
+        .iter()
+        .flat_map(|s| &s.parents)
+        .filter(|p| p.controller_name == INGRESS_CONTROLLER_NAME)
+        .map(|p| (p.parent_ref.namespace.clone(), p.parent_ref.name.clone()));
+    named
+        .chain(listed)
+        .map(|(ns, name)| (ns.unwrap_or_else(|| route_ns.clone()), name))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .map(|(ns, name)| ObjectRef::new(&name).within(&ns))
+        .collect()
+}
+
 /// Maps a namespace to the objects of a controller's store that live in it.
 fn in_namespace<K>(store: Store<K>) -> impl Fn(Option<String>) -> Vec<ObjectRef<K>> + Clone
 where
@@ -806,6 +974,8 @@ pub async fn run(
         gateways_in.clone(),
         gateways_in,
     );
+    // Ingress Gateways take routes and backends from any namespace.
+    let (ingress_for_grant, ingress_for_ns) = (Arc::clone(&ctx), Arc::clone(&ctx));
     // Services and their EndpointSlices wake the namespace's waypoints only when
     // they are (or just were) bound: thousands of unrelated Services must not
     // reconcile every waypoint over and over.
@@ -815,21 +985,22 @@ pub async fn run(
         .watches_stream(
             triggers.services.map(Ok::<_, watcher::Error>),
             move |o: Service| {
+                let mut wake = ingress_users(&relevant_svc, o.namespace(), Some(o.name_any()));
                 if service_wakes(&relevant_svc, &o) {
-                    for_svc(o.namespace())
-                } else {
-                    Vec::new()
+                    wake.extend(for_svc(o.namespace()));
                 }
+                wake
             },
         )
         .watches_stream(
             triggers.slices.map(Ok::<_, watcher::Error>),
             move |o: EndpointSlice| {
+                let service = o.labels().get("kubernetes.io/service-name").cloned();
+                let mut wake = ingress_users(&relevant_slice, o.namespace(), service);
                 if slice_wakes(&relevant_slice, &o) {
-                    for_slice(o.namespace())
-                } else {
-                    Vec::new()
+                    wake.extend(for_slice(o.namespace()));
                 }
+                wake
             },
         )
         .watches_stream(
@@ -838,12 +1009,24 @@ pub async fn run(
         )
         .watches_stream(
             triggers.routes.map(Ok::<_, watcher::Error>),
-            move |o: HttpRoute| for_route(o.namespace()),
+            move |o: HttpRoute| {
+                let mut wake = for_route(o.namespace());
+                wake.extend(ingress_parents(&o));
+                wake
+            },
+        )
+        .watches_stream(
+            triggers.grants.map(Ok::<_, watcher::Error>),
+            move |_: ReferenceGrant| ingress_gateways(&ingress_for_grant),
         )
         .watches(
             Api::<Namespace>::all(client.clone()),
             watcher::Config::default(),
-            move |o| for_ns(Some(o.name_any())),
+            move |o| {
+                let mut wake = for_ns(Some(o.name_any()));
+                wake.extend(ingress_gateways(&ingress_for_ns));
+                wake
+            },
         )
         .watches(
             Api::<ConfigMap>::all(client.clone()),

@@ -10,6 +10,7 @@ pub mod ca;
 pub mod compile;
 pub mod config_server;
 pub mod controller;
+pub mod ingress;
 pub mod leader;
 pub mod metrics;
 pub mod overlay;

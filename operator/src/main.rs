@@ -128,6 +128,7 @@ async fn main() -> anyhow::Result<()> {
         configs,
         served: controller::Served::default(),
         no_extras: std::sync::Mutex::default(),
+        ingress_backends: controller::IngressBackends::default(),
         recorder: kube::runtime::events::Recorder::new(
             client.clone(),
             kube::runtime::events::Reporter {

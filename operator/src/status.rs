@@ -2,7 +2,9 @@
 //! A condition keeps its `lastTransitionTime` while status, reason and message stay
 //! the same, so an unchanged world produces an identical status and no API write.
 
-use gateway_api::apis::standard::gatewayclasses::GatewayClassStatus;
+use gateway_api::apis::standard::gatewayclasses::{
+    GatewayClassStatus, GatewayClassStatusSupportedFeatures,
+};
 use gateway_api::apis::standard::gateways::{
     Gateway, GatewayListeners, GatewayStatus, GatewayStatusAddresses, GatewayStatusListeners,
 };
@@ -27,7 +29,7 @@ pub struct Observed {
     pub config: Applied,
 }
 
-fn condition(
+pub(crate) fn condition(
     previous: Option<&[Condition]>,
     type_: &str,
     ok: bool,
@@ -204,10 +206,12 @@ fn listener_status(gw: &Gateway, l: &GatewayListeners, now: &Time) -> GatewaySta
     }
 }
 
-/// `Accepted=True` for a class we own.
+/// `Accepted=True` for a class we own; `features`, when given, replace
+/// `supportedFeatures` (sorted, as Gateway API requires).
 pub fn class_status(
     previous: Option<&GatewayClassStatus>,
     generation: Option<i64>,
+    features: Option<&[&str]>,
     now: &Time,
 ) -> GatewayClassStatus {
     let old = previous.and_then(|s| s.conditions.as_deref());
@@ -221,7 +225,21 @@ pub fn class_status(
             generation,
             now,
         )]),
-        supported_features: previous.and_then(|s| s.supported_features.clone()),
+        supported_features: match features {
+            Some(f) => {
+                let mut names: Vec<&str> = f.to_vec();
+                names.sort_unstable();
+                Some(
+                    names
+                        .into_iter()
+                        .map(|name| GatewayClassStatusSupportedFeatures {
+                            name: name.to_owned(),
+                        })
+                        .collect(),
+                )
+            }
+            None => previous.and_then(|s| s.supported_features.clone()),
+        },
     }
 }
 
@@ -428,8 +446,8 @@ mod tests {
 
     #[test]
     fn class_status_is_stable() {
-        let first = class_status(None, Some(1), &at(1));
-        assert_eq!(class_status(Some(&first), Some(1), &at(5)), first);
+        let first = class_status(None, Some(1), None, &at(1));
+        assert_eq!(class_status(Some(&first), Some(1), None, &at(5)), first);
         assert_eq!(first.conditions.unwrap()[0].reason, "Accepted");
     }
 }

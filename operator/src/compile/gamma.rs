@@ -8,7 +8,7 @@
 //! CORS and ExtensionRef filters (dropped, with a debug log), `timeouts.backendRequest`,
 //! consumer routes from other namespaces, route status.
 
-use gateway_api::apis::experimental::httproutes::{HttpRoute, HttpRouteParentRefs};
+use gateway_api::apis::experimental::httproutes::{HttpRoute, HttpRouteParentRefs, HttpRouteRules};
 use kube::ResourceExt;
 use serde_json::Value;
 use waypoint_config as model;
@@ -54,20 +54,6 @@ pub fn rules_for(
     let mut backends = Vec::new();
     for route in attached {
         for rule in route.spec.rules.iter().flatten() {
-            let json = serde_json::to_value(rule).unwrap_or(Value::Null);
-            let matches = json
-                .get("matches")
-                .and_then(|m| serde_json::from_value(m.clone()).ok())
-                .unwrap_or_default();
-            let filters: Vec<model::Filter> = json
-                .get("filters")
-                .and_then(Value::as_array)
-                .map(|fs| {
-                    fs.iter()
-                        .filter_map(|f| filter(f, &route.name_any()))
-                        .collect()
-                })
-                .unwrap_or_default();
             let mut weighted = Vec::new();
             for b in rule.backend_refs.iter().flatten() {
                 let kind = b.kind.as_deref().unwrap_or("Service");
@@ -87,36 +73,57 @@ pub fn rules_for(
                 });
                 backends.push((cluster, b.name.clone(), backend_ns, port));
             }
+            let mut converted = convert(&route.name_any(), rule, weighted);
             // A rule with no backendRefs has nowhere to send: Gateway API answers 500,
             // which an all-zero weight gives.
-            if weighted.is_empty() && !has_redirect(&filters) {
-                weighted.push(model::WeightedBackend {
+            if converted.backends.is_empty() && !has_redirect(&converted.filters) {
+                converted.backends.push(model::WeightedBackend {
                     cluster: format!("inbound-vip|{port}|http|{svc}.{ns}.svc.{cluster_domain}"),
                     weight: 0,
                 });
             }
-            rules.push(model::RouteRule {
-                matches,
-                filters,
-                backends: weighted,
-                retry: json.get("retry").map(retry),
-                timeout: json
-                    .pointer("/timeouts/request")
-                    .and_then(Value::as_str)
-                    .and_then(|t| {
-                        let d = gateway_duration(t);
-                        if d.is_none() {
-                            tracing::debug!(route = %route.name_any(), timeout = t, "not a Gateway API duration; ignored");
-                        }
-                        d
-                    })
-                    .filter(|d| !d.is_zero()),
-            });
+            rules.push(converted);
         }
     }
     backends.sort();
     backends.dedup();
     (rules, backends)
+}
+
+/// One HTTPRoute rule in the model's shape, sending to `backends`: matches and
+/// filters carry over as they are, with the rule's `retry` and `timeouts.request`.
+pub(crate) fn convert(
+    route: &str,
+    rule: &HttpRouteRules,
+    backends: Vec<model::WeightedBackend>,
+) -> model::RouteRule {
+    let json = serde_json::to_value(rule).unwrap_or(Value::Null);
+    let matches = json
+        .get("matches")
+        .and_then(|m| serde_json::from_value(m.clone()).ok())
+        .unwrap_or_default();
+    let filters: Vec<model::Filter> = json
+        .get("filters")
+        .and_then(Value::as_array)
+        .map(|fs| fs.iter().filter_map(|f| filter(f, route)).collect())
+        .unwrap_or_default();
+    model::RouteRule {
+        matches,
+        filters,
+        backends,
+        retry: json.get("retry").map(retry),
+        timeout: json
+            .pointer("/timeouts/request")
+            .and_then(Value::as_str)
+            .and_then(|t| {
+                let d = gateway_duration(t);
+                if d.is_none() {
+                    tracing::debug!(route, timeout = t, "not a Gateway API duration; ignored");
+                }
+                d
+            })
+            .filter(|d| !d.is_zero()),
+    }
 }
 
 /// HTTPRoute `retry` (GEP-1731) over Istio's default policy: `attempts` retries
@@ -171,7 +178,7 @@ pub fn gateway_duration(text: &str) -> Option<std::time::Duration> {
     (parts > 0 && parts <= 4).then_some(total)
 }
 
-fn has_redirect(filters: &[model::Filter]) -> bool {
+pub(crate) fn has_redirect(filters: &[model::Filter]) -> bool {
     filters
         .iter()
         .any(|f| matches!(f, model::Filter::RequestRedirect { .. }))
