@@ -2,6 +2,11 @@
 # Builds the cluster's Go binaries from the Go module proxy into $CACHE_DIR/bin:
 # etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy,
 # kubectl, coredns, echo-basic. A binary whose version stamp matches is not rebuilt.
+#
+#   build-binaries.sh [TARGET...]   targets: etcd k8s coredns echo-basic (the default: all
+#                                   four) and coredns@vX.Y.Z, CoreDNS at another version
+#                                   into $BIN_DIR/coredns-vX.Y.Z (hack/images asks for the
+#                                   tags the Gateway API conformance manifests name)
 source "$(dirname "$0")/common.sh"
 need_cmd go "install Go (https://go.dev) and make sure the module proxy is reachable"
 mkdir -p "$BIN_DIR" "$CACHE_DIR/src"
@@ -61,14 +66,21 @@ build_simple() { # build_simple NAME MODULE@VERSION PACKAGE [EXTRA_MODULE@VERSIO
   stamp "$name" "$modver"
 }
 
+# build_coredns VERSION NAME: CoreDNS vVERSION from its module into $BIN_DIR/NAME, with
+# its own version stamp, so every version is cached separately.
+build_coredns() {
+  build_simple "$2" "github.com/coredns/coredns@v$1" github.com/coredns/coredns
+}
+
 targets=${*:-etcd k8s coredns echo-basic}
 for t in $targets; do
   case $t in
     etcd) build_simple etcd "go.etcd.io/etcd/server/v3@v$ETCD_VERSION" go.etcd.io/etcd/server/v3 ;;
     k8s) build_k8s ;;
-    coredns) build_simple coredns "github.com/coredns/coredns@v$COREDNS_VERSION" github.com/coredns/coredns ;;
+    coredns) build_coredns "$COREDNS_VERSION" coredns ;;
+    coredns@v*) v=${t#coredns@v}; build_coredns "$v" "coredns-v$v" ;;
     echo-basic) build_simple echo-basic "sigs.k8s.io/gateway-api/conformance@v$GATEWAY_API_VERSION" sigs.k8s.io/gateway-api/conformance/echo-basic "sigs.k8s.io/gateway-api@v$GATEWAY_API_VERSION" ;;
-    *) die "unknown target $t (etcd k8s coredns echo-basic)" ;;
+    *) die "unknown target $t (etcd k8s coredns echo-basic coredns@vX.Y.Z)" ;;
   esac
 done
 log "binaries ready in $BIN_DIR"
