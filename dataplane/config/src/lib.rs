@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 mod connection_pool;
 mod consistent_hash;
 pub mod delivery;
+mod hostname;
 mod http_route;
 
 pub use connection_pool::{ConnectionPool, UNLIMITED};
@@ -71,8 +72,12 @@ impl ListenerProtocol {
     }
 }
 
-/// Requests whose authority is one of `hosts` (with or without the port) go to
-/// `cluster`. An empty `hosts` matches everything, so it belongs last.
+/// Requests whose authority matches `hosts` go to `cluster`. An entry is a host
+/// (any port), `host:port` (that port only) or a Gateway API wildcard `*.suffix`
+/// (any name ending in `.suffix`, never `suffix` itself); names compare
+/// case-insensitively. The most specific route serves a request, whatever the
+/// order: `host:port`, then the host, then the longest wildcard, then a route with
+/// no `hosts` (every host).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Route {
@@ -298,6 +303,14 @@ impl Config {
                 );
             }
             for (j, r) in l.routes.iter().enumerate() {
+                for (k, h) in r.hosts.iter().enumerate() {
+                    if let Some(problem) = hostname::problem(h, true) {
+                        return invalid(
+                            format!("listeners[{i}].routes[{j}].hosts[{k}]"),
+                            format!("{h:?} {problem}"),
+                        );
+                    }
+                }
                 if self.cluster(&r.cluster).is_none() {
                     return invalid(
                         format!("listeners[{i}].routes[{j}].cluster"),
@@ -550,6 +563,10 @@ clusters:
             (
                 SEED.replace("    cluster: inbound", "    cluster: outbound"),
                 "listeners[0].routes[0].cluster",
+            ),
+            (
+                SEED.replace("in-ambient]", "in-*]"),
+                "listeners[0].routes[0].hosts[1]: \"in-*\" has a wildcard other than a whole first label",
             ),
             (
                 SEED.replace("interval: 10s", "interval: 10"),

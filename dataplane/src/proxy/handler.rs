@@ -21,7 +21,7 @@ use crate::hash_policy::RequestParts;
 use crate::outlier::Outcome;
 use crate::retry::{Attempt, RetryOn, RetryPolicy};
 use crate::rng::Rng;
-use crate::{filters, route_match};
+use crate::{filters, host_match, route_match};
 
 /// Request bodies are buffered so that retries can replay them; beyond this, 413.
 const MAX_BUFFERED_BODY: usize = 16 << 20;
@@ -129,16 +129,6 @@ fn authority(req: &Request<Incoming>) -> Option<String> {
         .authority()
         .map(|a| a.as_str().to_owned())
         .or_else(|| header_str(req.headers(), &header::HOST))
-}
-
-pub(crate) fn route<'a>(routes: &'a [Route], authority: Option<&str>) -> Option<&'a Route> {
-    let host = authority.map(|a| a.rsplit_once(':').map_or(a, |(h, _)| h));
-    routes.iter().find(|r| {
-        r.hosts.is_empty()
-            || r.hosts
-                .iter()
-                .any(|h| Some(h.as_str()) == authority || Some(h.as_str()) == host)
-    })
 }
 
 fn protocol(v: http::Version) -> &'static str {
@@ -283,15 +273,15 @@ async fn forward(
     (peer, local): (SocketAddr, Option<SocketAddr>),
     entry: &mut Entry,
 ) -> Verdict {
-    let Some(route) = route(routes, authority) else {
+    let Some(index) = host_match::select_route(routes, authority) else {
         return (
             local_reply(StatusCode::NOT_FOUND, ""),
             Some("NR"),
             "route_not_found",
         );
     };
+    let route = &routes[index];
     entry.route_name = Some("default".to_owned());
-    let index = routes.iter().position(|r| std::ptr::eq(r, route));
     let rule = match choose_rule(runtime, listener, index, route, &req) {
         Ok(rule) => rule,
         Err(verdict) => return *verdict,
@@ -380,7 +370,7 @@ async fn forward(
 fn choose_rule<'a>(
     runtime: &Runtime,
     listener: &str,
-    index: Option<usize>,
+    index: usize,
     route: &'a Route,
     req: &Request<Incoming>,
 ) -> Result<Option<(&'a RouteRule, &'a str)>, Box<Verdict>> {
@@ -388,16 +378,14 @@ fn choose_rule<'a>(
         return Ok(None);
     }
     let uri = req.uri();
-    let selected = index
-        .and_then(|i| runtime.matcher(listener, i))
-        .and_then(|m| {
-            m.select(&route_match::Request {
-                method: req.method().as_str(),
-                path: uri.path(),
-                query: uri.query(),
-                headers: req.headers(),
-            })
-        });
+    let selected = runtime.matcher(listener, index).and_then(|m| {
+        m.select(&route_match::Request {
+            method: req.method().as_str(),
+            path: uri.path(),
+            query: uri.query(),
+            headers: req.headers(),
+        })
+    });
     let Some(selected) = selected else {
         return Err(Box::new((
             local_reply(StatusCode::NOT_FOUND, ""),
