@@ -110,3 +110,107 @@ clusters:
         );
     }
 }
+
+/// Gateway API's 500s: an invalid backend's share of the weight, a rule whose only
+/// backend is invalid, a rule without backends on a route without a cluster, and a
+/// route with neither rules nor a cluster. Each is a direct response in the access
+/// log (no flag, no upstream cluster), while a route's own missing cluster stays
+/// Envoy's 503 `NC`.
+#[tokio::test]
+async fn invalid_backends_answer_500_and_a_missing_route_cluster_503() {
+    let good = backend("good").await;
+    let yaml = format!(
+        "listeners:
+- name: gw
+  address: 127.0.0.1:0
+  routes:
+  - hosts: [gw.example.com]
+    cluster: \"\"
+    rules:
+    - matches: [{{path: {{type: PathPrefix, value: /split}}}}]
+      backends: [{{cluster: good, weight: 1}}, {{cluster: \"invalid:UnknownKind\", weight: 1}}]
+    - matches: [{{path: {{type: PathPrefix, value: /invalid}}}}]
+      backends: [{{cluster: \"invalid:Service/default/gone\"}}]
+    - matches: [{{path: {{type: PathPrefix, value: /none}}}}]
+  - hosts: [bare.example.com]
+    cluster: \"\"
+  - hosts: [mesh.example.com]
+    cluster: good
+    rules: [{{}}]
+  - hosts: [stale.example.com]
+    cluster: stale
+clusters:
+- {{name: good, endpoints: [{{address: \"{good}\"}}]}}
+"
+    );
+    // Not loadable as written (`stale` names no cluster): served unvalidated, to
+    // show what a route whose own cluster is missing answers.
+    let invalid = waypoint_config::Config::from_yaml(&yaml).unwrap_err();
+    assert_eq!(
+        invalid.to_string(),
+        "listeners[0].routes[3].cluster: no cluster named \"stale\""
+    );
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&lines);
+    let shared = Shared::with_access_log(
+        serde_yaml::from_str(&yaml).unwrap(),
+        Box::new(move |line| sink.lock().unwrap().push(line.to_owned())),
+    );
+    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = socket.local_addr().unwrap();
+    tokio::spawn(proxy::serve(shared, socket, "gw".into()));
+
+    let mut split = std::collections::BTreeMap::new();
+    for _ in 0..100 {
+        *split
+            .entry(get(proxy, "gw.example.com", "/split").await)
+            .or_insert(0) += 1;
+    }
+    // 1:1 over 100 draws: each side is all but certain to be seen.
+    assert_eq!(
+        split.keys().collect::<Vec<_>>(),
+        [
+            &(StatusCode::OK, "good".to_owned()),
+            &(StatusCode::INTERNAL_SERVER_ERROR, String::new())
+        ],
+        "{split:?}"
+    );
+    for (host, path) in [
+        ("gw.example.com", "/invalid"),
+        ("gw.example.com", "/none"),
+        ("bare.example.com", "/"),
+    ] {
+        assert_eq!(
+            get(proxy, host, path).await.0,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "{host}{path}"
+        );
+    }
+    assert_eq!(
+        get(proxy, "mesh.example.com", "/").await,
+        (StatusCode::OK, "good".to_owned())
+    );
+    assert_eq!(
+        get(proxy, "stale.example.com", "/").await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let lines = lines.lock().unwrap();
+    let line = |needle: &str| {
+        lines
+            .iter()
+            .find(|l| l.contains(needle))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let invalid = line("GET /invalid");
+    assert!(
+        invalid.contains(" 500 - direct_response - ")
+            && invalid.contains("\"gw.example.com\" \"-\" - "),
+        "no flag, no upstream host or cluster: {invalid}"
+    );
+    let stale = line("\"stale.example.com\"");
+    assert!(
+        stale.contains(" 503 NC cluster_not_found - ") && stale.contains(" stale "),
+        "{stale}"
+    );
+}

@@ -11,6 +11,10 @@
 //! breakers, keep-alive and idle timeout). A route's retry policy is written out in
 //! full; for a hashing cluster Istio's default drops the previous-hosts predicate
 //! (`RetryConfig::for_cluster`).
+//!
+//! Ingress Gateways compile into the same model: a route without a `cluster` and
+//! rules whose backends may be invalid (a cluster name not in `clusters`), both
+//! answered with Gateway API's 500 (`WeightedBackend`).
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -83,6 +87,10 @@ impl ListenerProtocol {
 pub struct Route {
     #[serde(default)]
     pub hosts: Vec<String>,
+    /// Where requests go when no HTTPRoute rule names backends. Empty: the route has
+    /// no default cluster (an ingress route, where every backend is on a rule), and a
+    /// request that reaches no backend gets Gateway API's 500. A name not in
+    /// `clusters` is refused: the mesh routes always name their Service's cluster.
     pub cluster: String,
     #[serde(default)]
     pub retry: RetryConfig,
@@ -311,16 +319,20 @@ impl Config {
                         );
                     }
                 }
-                if self.cluster(&r.cluster).is_none() {
+                if r.cluster.is_empty() && r.protocol == RouteProtocol::Tcp {
+                    return invalid(
+                        format!("listeners[{i}].routes[{j}].cluster"),
+                        "a TCP route needs a cluster".to_owned(),
+                    );
+                }
+                if !r.cluster.is_empty() && self.cluster(&r.cluster).is_none() {
                     return invalid(
                         format!("listeners[{i}].routes[{j}].cluster"),
                         format!("no cluster named {:?}", r.cluster),
                     );
                 }
                 for (k, rule) in r.rules.iter().enumerate() {
-                    rule.validate(&format!("listeners[{i}].routes[{j}].rules[{k}]"), |c| {
-                        self.cluster(c).is_some()
-                    })?;
+                    rule.validate(&format!("listeners[{i}].routes[{j}].rules[{k}]"))?;
                 }
             }
         }

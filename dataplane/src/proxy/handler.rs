@@ -17,11 +17,12 @@ use waypoint_config::{Filter, PathMatch, RetryConfig, Route, RouteRule};
 use super::upstream::{Lease, NoResponse};
 use super::{Cluster, Runtime, Shared};
 use crate::access_log::Entry;
+use crate::filters::{self, Target};
 use crate::hash_policy::RequestParts;
 use crate::outlier::Outcome;
 use crate::retry::{Attempt, RetryOn, RetryPolicy};
 use crate::rng::Rng;
-use crate::{filters, host_match, route_match};
+use crate::{host_match, route_match};
 
 /// Request bodies are buffered so that retries can replay them; beyond this, 413.
 const MAX_BUFFERED_BODY: usize = 16 << 20;
@@ -282,12 +283,10 @@ async fn forward(
     };
     let route = &routes[index];
     entry.route_name = Some("default".to_owned());
-    let rule = match choose_rule(runtime, listener, index, route, &req) {
-        Ok(rule) => rule,
+    let (rule, cluster_name) = match choose_rule(runtime, listener, index, route, &req) {
+        Ok(chosen) => chosen,
         Err(verdict) => return *verdict,
     };
-    let cluster_name = rule.map_or(route.cluster.as_str(), |(_, cluster)| cluster);
-    let rule = rule.map(|(rule, _)| rule);
     entry.upstream_cluster = Some(cluster_name.to_owned());
     let Some(cluster) = runtime.cluster(cluster_name) else {
         return (
@@ -364,19 +363,45 @@ async fn forward(
     verdict
 }
 
-/// The HTTPRoute rule a request takes on `route` and the cluster it goes to (`None`:
-/// the route has no rules, use its cluster). A request no rule matches gets 404, a
-/// redirect is answered here, and a rule whose backends all weigh 0 gets 500.
+/// The HTTPRoute rule a request takes on `route` (`None`: the route has no rules)
+/// and the cluster it goes to. A request no rule matches gets 404 and a redirect is
+/// answered here. Gateway API's 500, answered directly as Envoy's
+/// `direct_response` (no response flag, no upstream cluster): a rule whose backends
+/// all weigh 0, a draw that falls on an invalid backend, and no backend at all (no
+/// backends on the rule and no cluster on the route).
 fn choose_rule<'a>(
     runtime: &Runtime,
     listener: &str,
     index: usize,
     route: &'a Route,
     req: &Request<Incoming>,
-) -> Result<Option<(&'a RouteRule, &'a str)>, Box<Verdict>> {
-    if route.rules.is_empty() {
-        return Ok(None);
+) -> Result<(Option<&'a RouteRule>, &'a str), Box<Verdict>> {
+    let rule = if route.rules.is_empty() {
+        None
+    } else {
+        Some(matching_rule(runtime, listener, index, route, req)?)
+    };
+    let backends = rule.map_or(&[][..], |r| &r.backends[..]);
+    let exists = |c: &str| runtime.cluster(c).is_some();
+    let draw = |total: u64| Rng::from_entropy().next_u64() % total;
+    match filters::target(&route.cluster, backends, exists, draw) {
+        Target::Cluster(cluster) => Ok((rule, cluster)),
+        Target::NoValidBackend => Err(Box::new((
+            local_reply(StatusCode::INTERNAL_SERVER_ERROR, ""),
+            None,
+            "direct_response",
+        ))),
     }
+}
+
+/// The rule of `route` a request matches, or the 404 or redirect it is answered.
+fn matching_rule<'a>(
+    runtime: &Runtime,
+    listener: &str,
+    index: usize,
+    route: &'a Route,
+    req: &Request<Incoming>,
+) -> Result<&'a RouteRule, Box<Verdict>> {
     let uri = req.uri();
     let selected = runtime.matcher(listener, index).and_then(|m| {
         m.select(&route_match::Request {
@@ -420,19 +445,7 @@ fn choose_rule<'a>(
             return Err(Box::new((resp, None, "direct_response")));
         }
     }
-    if rule.backends.is_empty() {
-        return Ok(Some((rule, route.cluster.as_str())));
-    }
-    let mut rng = Rng::from_entropy();
-    let draw = |total: u64| rng.next_u64() % total;
-    match filters::pick_backend(&rule.backends, draw) {
-        Some(cluster) => Ok(Some((rule, cluster))),
-        None => Err(Box::new((
-            local_reply(StatusCode::INTERNAL_SERVER_ERROR, ""),
-            None,
-            "direct_response",
-        ))),
-    }
+    Ok(rule)
 }
 
 /// Envoy's router loop: pick, send, report to outlier detection, maybe retry. A
