@@ -27,6 +27,7 @@ mod consistent_hash;
 pub mod delivery;
 mod hostname;
 mod http_route;
+mod tls;
 
 pub use connection_pool::{ConnectionPool, UNLIMITED};
 pub use consistent_hash::{
@@ -37,6 +38,7 @@ pub use http_route::{
     Filter, Header, HeaderModifier, MatchType, PathMatch, PathRewrite, Redirect, RouteMatch,
     RouteRule, ValueMatch, WeightedBackend,
 };
+pub use tls::{CertificateError, ListenerTls, REDACTED, ServerCertificate, crypto_provider};
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -47,9 +49,11 @@ pub struct Config {
     pub clusters: Vec<Cluster>,
 }
 
-/// A listener. Plain `HTTP` routes each request by its `Host` (authority). `HBONE`
-/// terminates mutual TLS 1.3 and HTTP/2 CONNECT (waypoint-contract §5) and routes
-/// everything inside a tunnel by the CONNECT authority, the original destination.
+/// A listener. Plain `HTTP` routes each request by its `Host` (authority). `HTTPS`
+/// terminates TLS with the certificate of `tls` that the client's server name
+/// selects, then routes as `HTTP` does. `HBONE` terminates mutual TLS 1.3 and
+/// HTTP/2 CONNECT (waypoint-contract §5) and routes everything inside a tunnel by
+/// the CONNECT authority, the original destination.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Listener {
@@ -57,6 +61,9 @@ pub struct Listener {
     pub address: SocketAddr,
     #[serde(default, skip_serializing_if = "ListenerProtocol::is_http")]
     pub protocol: ListenerProtocol,
+    /// The certificates of an `HTTPS` listener; only there, and required there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenerTls>,
     #[serde(default)]
     pub routes: Vec<Route>,
 }
@@ -66,6 +73,8 @@ pub enum ListenerProtocol {
     #[default]
     #[serde(rename = "HTTP")]
     Http,
+    #[serde(rename = "HTTPS")]
+    Https,
     #[serde(rename = "HBONE")]
     Hbone,
 }
@@ -309,6 +318,24 @@ impl Config {
                     format!("listeners[{i}].address"),
                     format!("{} is used by two listeners", l.address),
                 );
+            }
+            match (l.protocol, &l.tls) {
+                (ListenerProtocol::Https, Some(tls)) => {
+                    tls.validate(&format!("listeners[{i}].tls"))?;
+                }
+                (ListenerProtocol::Https, None) => {
+                    return invalid(
+                        format!("listeners[{i}].tls"),
+                        "an HTTPS listener needs certificates".to_owned(),
+                    );
+                }
+                (_, Some(_)) => {
+                    return invalid(
+                        format!("listeners[{i}].tls"),
+                        "only an HTTPS listener terminates TLS".to_owned(),
+                    );
+                }
+                (_, None) => {}
             }
             for (j, r) in l.routes.iter().enumerate() {
                 for (k, h) in r.hosts.iter().enumerate() {

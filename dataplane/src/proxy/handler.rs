@@ -38,6 +38,11 @@ pub struct Downstream {
     pub destination: Option<Arc<str>>,
     /// Inside an HBONE tunnel: the client's SPIFFE ID from its certificate.
     pub source_principal: Option<Arc<str>>,
+    /// `https` on an `HTTPS` listener: what a redirect keeps when it sets no scheme.
+    pub scheme: &'static str,
+    /// On an `HTTPS` listener: the server name (SNI) the client asked for, logged
+    /// as Envoy's `%REQUESTED_SERVER_NAME%`.
+    pub server_name: Option<Arc<str>>,
 }
 
 /// Serves HTTP/1.1 or HTTP/2 (sniffed from the first bytes) on one connection: a TCP
@@ -86,6 +91,8 @@ pub async fn serve_tcp(
         local,
         destination: None,
         source_principal: None,
+        scheme: "http",
+        server_name: None,
     };
     serve_connection(shared, TokioIo::new(stream), downstream).await;
 }
@@ -213,14 +220,14 @@ async fn handle(
         authority: authority.clone(),
         downstream_local_address: local.map(|a| a.to_string()),
         downstream_remote_address: Some(peer.to_string()),
+        requested_server_name: downstream.server_name.as_deref().map(str::to_owned),
         ..Entry::default()
     };
     let (resp, flags, details) = forward(
         runtime,
-        (&downstream.listener, routes),
+        (downstream, routes),
         destination.as_deref(),
         req,
-        (peer, local),
         &mut entry,
     )
     .await;
@@ -268,12 +275,12 @@ type Verdict = (Response<Full<Bytes>>, Option<&'static str>, &'static str);
 
 async fn forward(
     runtime: &Runtime,
-    (listener, routes): (&str, &[Route]),
+    (downstream, routes): (&Downstream, &[Route]),
     authority: Option<&str>,
     req: Request<Incoming>,
-    (peer, local): (SocketAddr, Option<SocketAddr>),
     entry: &mut Entry,
 ) -> Verdict {
+    let (peer, local) = (downstream.peer, downstream.local);
     let Some(index) = host_match::select_route(routes, authority) else {
         return (
             local_reply(StatusCode::NOT_FOUND, ""),
@@ -283,7 +290,7 @@ async fn forward(
     };
     let route = &routes[index];
     entry.route_name = Some("default".to_owned());
-    let (rule, cluster_name) = match choose_rule(runtime, listener, index, route, &req) {
+    let (rule, cluster_name) = match choose_rule(runtime, downstream, index, route, &req) {
         Ok(chosen) => chosen,
         Err(verdict) => return *verdict,
     };
@@ -371,7 +378,7 @@ async fn forward(
 /// backends on the rule and no cluster on the route).
 fn choose_rule<'a>(
     runtime: &Runtime,
-    listener: &str,
+    downstream: &Downstream,
     index: usize,
     route: &'a Route,
     req: &Request<Incoming>,
@@ -379,7 +386,7 @@ fn choose_rule<'a>(
     let rule = if route.rules.is_empty() {
         None
     } else {
-        Some(matching_rule(runtime, listener, index, route, req)?)
+        Some(matching_rule(runtime, downstream, index, route, req)?)
     };
     let backends = rule.map_or(&[][..], |r| &r.backends[..]);
     let exists = |c: &str| runtime.cluster(c).is_some();
@@ -397,13 +404,13 @@ fn choose_rule<'a>(
 /// The rule of `route` a request matches, or the 404 or redirect it is answered.
 fn matching_rule<'a>(
     runtime: &Runtime,
-    listener: &str,
+    downstream: &Downstream,
     index: usize,
     route: &'a Route,
     req: &Request<Incoming>,
 ) -> Result<&'a RouteRule, Box<Verdict>> {
     let uri = req.uri();
-    let selected = runtime.matcher(listener, index).and_then(|m| {
+    let selected = runtime.matcher(&downstream.listener, index).and_then(|m| {
         m.select(&route_match::Request {
             method: req.method().as_str(),
             path: uri.path(),
@@ -429,7 +436,7 @@ fn matching_rule<'a>(
             let location = filters::redirect_location(
                 redirect,
                 &filters::Origin {
-                    scheme: uri.scheme_str().unwrap_or("http"),
+                    scheme: uri.scheme_str().unwrap_or(downstream.scheme),
                     authority: &host,
                     path: uri.path(),
                     query: uri.query(),
