@@ -12,9 +12,12 @@
 //! full; for a hashing cluster Istio's default drops the previous-hosts predicate
 //! (`RetryConfig::for_cluster`).
 //!
-//! Ingress Gateways compile into the same model: a route without a `cluster` and
-//! rules whose backends may be invalid (a cluster name not in `clusters`), both
-//! answered with Gateway API's 500 (`WeightedBackend`).
+//! Ingress Gateways compile into the same model: one listener per port (`HTTP`,
+//! or `HTTPS` with the certificates of its Gateway listeners, chosen by SNI), one
+//! route per hostname (`Route.hosts` takes `*.` wildcards), a route without a
+//! `cluster` and rules whose backends may be invalid (a cluster name not in
+//! `clusters`), both answered with Gateway API's 500 (`WeightedBackend`). Private
+//! keys never reach `Debug` output; `Config::redacted` is the config to show.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -293,6 +296,17 @@ impl Config {
         let config: Self = serde_yaml::from_str(text)?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// The config with every private key replaced by [`REDACTED`], for debug
+    /// endpoints and logs. It does not load again: redacted keys do not parse.
+    #[must_use]
+    pub fn redacted(&self) -> Self {
+        let mut config = self.clone();
+        for l in &mut config.listeners {
+            l.tls = l.tls.as_ref().map(ListenerTls::redacted);
+        }
+        config
     }
 
     pub fn cluster(&self, name: &str) -> Option<&Cluster> {

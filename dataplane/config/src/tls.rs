@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{hostname, invalid};
 
-/// What `Debug` shows in place of a private key.
+/// What `Debug` and [`crate::Config::redacted`] show in place of a private key.
 pub const REDACTED: &str = "<redacted>";
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,6 +143,19 @@ impl ListenerTls {
         }
         Ok(())
     }
+
+    /// The same certificates with every private key replaced by [`REDACTED`].
+    pub(crate) fn redacted(&self) -> Self {
+        let certificates = self
+            .certificates
+            .iter()
+            .map(|c| ServerCertificate {
+                private_key: REDACTED.to_owned(),
+                ..c.clone()
+            })
+            .collect();
+        Self { certificates }
+    }
 }
 
 #[cfg(test)]
@@ -215,6 +228,34 @@ mod tests {
         let debug = format!("{c:?}");
         assert!(debug.contains("<redacted>") && debug.contains("BEGIN CERTIFICATE"));
         assert!(!debug.contains("PRIVATE KEY"), "{debug}");
+    }
+
+    #[test]
+    fn redacted_replaces_every_private_key_and_nothing_else() {
+        let (a, a_key) = pem("example.com");
+        let (b, b_key) = pem("*.wildcard.org");
+        let mut yaml = https(&[(Some("example.com"), &a, &a_key), (None, &b, &b_key)]);
+        yaml.push_str("- {name: plain, address: 0.0.0.0:80}\n");
+        let c = Config::from_yaml(&yaml).unwrap();
+        let r = c.redacted();
+        let text = serde_yaml::to_string(&r).unwrap();
+        assert!(!text.contains("PRIVATE KEY"), "{text}");
+        assert_eq!(text.matches("privateKey: <redacted>").count(), 2, "{text}");
+        // Everything else is as it was, and the original keeps its keys.
+        let certs = |c: &Config| c.listeners[0].tls.clone().unwrap().certificates;
+        for (kept, redacted) in certs(&c).iter().zip(certs(&r)) {
+            assert_eq!(kept.hostname, redacted.hostname);
+            assert_eq!(kept.cert_chain, redacted.cert_chain);
+            assert!(kept.private_key.contains("PRIVATE KEY"));
+        }
+        assert_eq!(r.listeners[1], c.listeners[1]);
+        assert_eq!(r.clusters, c.clusters);
+        // Redacted keys do not parse: the result is for reading, not for loading.
+        let err = Config::from_yaml(&text).unwrap_err().to_string();
+        assert!(
+            err.starts_with("listeners[0].tls.certificates[0].privateKey"),
+            "{err}"
+        );
     }
 
     #[test]
