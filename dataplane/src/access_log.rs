@@ -29,6 +29,8 @@ pub struct Entry {
     pub downstream_local_address: Option<String>,
     pub downstream_remote_address: Option<String>,
     pub route_name: Option<String>,
+    /// The TLS server name (SNI) of an `HTTPS` listener's connection.
+    pub requested_server_name: Option<String>,
 }
 
 fn or_dash(v: Option<&str>) -> &str {
@@ -79,7 +81,7 @@ impl Entry {
             "upstream_local_address": text(self.upstream_local_address.as_deref()),
             "downstream_local_address": text(self.downstream_local_address.as_deref()),
             "downstream_remote_address": text(self.downstream_remote_address.as_deref()),
-            "requested_server_name": serde_json::Value::Null,
+            "requested_server_name": text(self.requested_server_name.as_deref()),
             "upstream_transport_failure_reason": serde_json::Value::Null,
         })
         .to_string()
@@ -97,7 +99,7 @@ impl Entry {
         // Writing to a String cannot fail.
         let _ = write!(
             line,
-            "[{start}] \"{} {} {}\" {} {} {} - \"-\" {} {} {} {service_time} \"{}\" \"{}\" \"{}\" \"{}\" \"{}\" {} {} {} {} - {}",
+            "[{start}] \"{} {} {}\" {} {} {} - \"-\" {} {} {} {service_time} \"{}\" \"{}\" \"{}\" \"{}\" \"{}\" {} {} {} {} {} {}",
             self.method,
             self.path,
             self.protocol,
@@ -116,6 +118,7 @@ impl Entry {
             or_dash(self.upstream_local_address.as_deref()),
             or_dash(self.downstream_local_address.as_deref()),
             or_dash(self.downstream_remote_address.as_deref()),
+            or_dash(self.requested_server_name.as_deref()),
             or_dash(self.route_name.as_deref()),
         );
         line

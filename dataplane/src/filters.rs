@@ -96,6 +96,40 @@ pub fn redirect_location(r: &Redirect, o: &Origin<'_>) -> String {
     out
 }
 
+/// Where a request goes once its rule (if any) is chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target<'a> {
+    Cluster(&'a str),
+    /// Gateway API's 500: the rule has no backend, every weight is 0, or the draw
+    /// fell on an invalid backend (one the operator could not resolve: unknown kind,
+    /// missing Service, cross-namespace without a ReferenceGrant), which the model
+    /// writes as a cluster name that is not in the config.
+    NoValidBackend,
+}
+
+/// The cluster for a request: a draw among the rule's `backends`, or the route's
+/// `default` cluster when the rule lists none (an empty name: the route has none).
+/// A drawn backend must `exist`; the route's own cluster is taken as written, so a
+/// missing one stays Envoy's 503 `NC` further on.
+pub fn target<'a>(
+    default: &'a str,
+    backends: &'a [WeightedBackend],
+    exists: impl Fn(&str) -> bool,
+    draw: impl FnOnce(u64) -> u64,
+) -> Target<'a> {
+    if backends.is_empty() {
+        return if default.is_empty() {
+            Target::NoValidBackend
+        } else {
+            Target::Cluster(default)
+        };
+    }
+    match pick_backend(backends, draw) {
+        Some(cluster) if exists(cluster) => Target::Cluster(cluster),
+        _ => Target::NoValidBackend,
+    }
+}
+
 /// A backend by weight, from `draw` uniform in `0..total`; `None` when every weight
 /// is 0 (Gateway API: answer 500).
 pub fn pick_backend(backends: &[WeightedBackend], draw: impl FnOnce(u64) -> u64) -> Option<&str> {
@@ -218,5 +252,43 @@ mod tests {
         assert_eq!(picks.iter().filter(|p| **p == "a").count(), 90);
         assert_eq!(picks.iter().filter(|p| **p == "c").count(), 10);
         assert_eq!(pick_backend(&[b("x", 0)], |_| 0), None);
+    }
+
+    #[test]
+    fn invalid_backends_and_missing_defaults_have_no_target() {
+        let b = |c: &str, w| WeightedBackend {
+            cluster: c.into(),
+            weight: w,
+        };
+        let exists = |c: &str| c == "good";
+        // Half the weight on a backend the operator could not resolve: that half
+        // of the draws gets no target (500), the other half the good cluster.
+        let split = [b("good", 1), b("missing", 1)];
+        assert_eq!(
+            target("route", &split, exists, |_| 0),
+            Target::Cluster("good")
+        );
+        assert_eq!(
+            target("route", &split, exists, |_| 1),
+            Target::NoValidBackend
+        );
+        assert_eq!(
+            target("route", &[b("good", 0)], exists, |_| 0),
+            Target::NoValidBackend
+        );
+        // No backends: the route's cluster, as written, or none at all.
+        assert_eq!(
+            target("route", &[], exists, |_| unreachable!()),
+            Target::Cluster("route")
+        );
+        assert_eq!(
+            target("", &[], exists, |_| unreachable!()),
+            Target::NoValidBackend
+        );
+        // The route's default never stands in for an invalid backend.
+        assert_eq!(
+            target("good", &[b("missing", 1)], exists, |_| 0),
+            Target::NoValidBackend
+        );
     }
 }

@@ -10,6 +10,7 @@ pub mod config_client;
 pub mod filters;
 pub mod hash_policy;
 pub mod hbone;
+pub mod host_match;
 pub mod identity;
 pub mod lb;
 pub mod metrics;

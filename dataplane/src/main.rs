@@ -184,6 +184,9 @@ async fn serve_listeners(
             (ListenerProtocol::Http, _) => {
                 tokio::spawn(proxy::serve(Arc::clone(shared), socket, name));
             }
+            (ListenerProtocol::Https, _) => {
+                tokio::spawn(proxy::https::serve(Arc::clone(shared), socket, name));
+            }
             (ListenerProtocol::Hbone, Some(tls)) => {
                 tokio::spawn(hbone::serve(
                     Arc::clone(shared),

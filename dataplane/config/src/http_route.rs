@@ -16,7 +16,7 @@ pub struct RouteRule {
     pub matches: Vec<RouteMatch>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filters: Vec<Filter>,
-    /// Weighted clusters; none: the route's own cluster.
+    /// Weighted clusters; none: the route's own cluster (500 when it has none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub backends: Vec<WeightedBackend>,
     /// HTTPRoute `retry`; none: the route's policy (Istio's default).
@@ -137,6 +137,13 @@ pub enum PathRewrite {
     },
 }
 
+/// One HTTPRoute `backendRef`. Gateway API answers 500 for the share of requests
+/// that would go to an invalid backendRef (unknown kind, missing Service,
+/// cross-namespace without a ReferenceGrant); the model says "invalid" with a
+/// `cluster` that is not in `Config.clusters`. Validation therefore accepts unknown
+/// names here, and only here: the dataplane answers 500 for them, as Envoy's
+/// `direct_response`. The operator should write a name that says what was wrong
+/// with the reference, for whoever reads the config.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WeightedBackend {
@@ -152,12 +159,9 @@ fn one() -> u32 {
 
 impl RouteRule {
     /// Checks what serde cannot: regexes compile, paths are absolute, redirect codes
-    /// are Gateway API's, backends name clusters (`cluster_exists`).
-    pub(crate) fn validate(
-        &self,
-        at: &str,
-        cluster_exists: impl Fn(&str) -> bool,
-    ) -> Result<(), crate::Error> {
+    /// are Gateway API's. Backends may name clusters that do not exist
+    /// ([`WeightedBackend`]: invalid backends, answered 500).
+    pub(crate) fn validate(&self, at: &str) -> Result<(), crate::Error> {
         for (i, m) in self.matches.iter().enumerate() {
             let at = format!("{at}.matches[{i}]");
             match &m.path {
@@ -201,14 +205,6 @@ impl RouteRule {
                         "ReplacePrefixMatch needs every match of the rule to be a PathPrefix",
                     );
                 }
-            }
-        }
-        for (i, b) in self.backends.iter().enumerate() {
-            if !cluster_exists(&b.cluster) {
-                return invalid(
-                    format!("{at}.backends[{i}].cluster"),
-                    format!("no cluster named {:?}", b.cluster),
-                );
             }
         }
         Ok(())
@@ -298,14 +294,51 @@ clusters: [{{name: a}}, {{name: b}}]
                 "listeners[0].routes[0].rules[0].filters[0].path",
                 "ReplacePrefixMatch needs every match of the rule to be a PathPrefix",
             ),
-            (
-                "    - backends: [{cluster: c}]",
-                "listeners[0].routes[0].rules[0].backends[0].cluster",
-                "no cluster named \"c\"",
-            ),
         ] {
             let err = load(rules).unwrap_err().to_string();
             assert!(err.contains(field) && err.contains(message), "{err}");
         }
+    }
+
+    /// Invalid backends are the model's way to say "answer 500": they load, on a
+    /// route with or without a cluster of its own.
+    #[test]
+    fn backends_outside_the_clusters_load_as_invalid_backends() {
+        let c = load("    - backends: [{cluster: a, weight: 1}, {cluster: \"invalid:Service/default/gone\"}]")
+            .unwrap();
+        let rule = &c.listeners[0].routes[0].rules[0];
+        assert!(c.cluster(&rule.backends[1].cluster).is_none());
+        let ingress = Config::from_yaml(
+            "listeners:
+- name: gw
+  address: 0.0.0.0:80
+  routes:
+  - hosts: [\"*.example.com\"]
+    cluster: \"\"
+    rules: [{backends: [{cluster: gone}]}, {matches: [{path: {type: Exact, value: /none}}]}]
+",
+        )
+        .unwrap();
+        assert_eq!(ingress.listeners[0].routes[0].cluster, "");
+    }
+
+    #[test]
+    fn the_routes_own_cluster_must_exist_unless_it_is_empty() {
+        let at = "listeners[0].routes[0].cluster";
+        let yaml = |cluster: &str, protocol: &str| {
+            format!(
+                "listeners:
+- {{name: mesh, address: 0.0.0.0:15008, routes: [{{cluster: \"{cluster}\", protocol: {protocol}}}]}}
+clusters: [{{name: a}}]"
+            )
+        };
+        assert!(Config::from_yaml(&yaml("a", "HTTP")).is_ok());
+        assert!(Config::from_yaml(&yaml("", "HTTP")).is_ok());
+        let err = Config::from_yaml(&yaml("b", "HTTP"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, format!("{at}: no cluster named \"b\""));
+        let err = Config::from_yaml(&yaml("", "TCP")).unwrap_err().to_string();
+        assert_eq!(err, format!("{at}: a TCP route needs a cluster"));
     }
 }

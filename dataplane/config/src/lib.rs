@@ -11,6 +11,13 @@
 //! breakers, keep-alive and idle timeout). A route's retry policy is written out in
 //! full; for a hashing cluster Istio's default drops the previous-hosts predicate
 //! (`RetryConfig::for_cluster`).
+//!
+//! Ingress Gateways compile into the same model: one listener per port (`HTTP`,
+//! or `HTTPS` with the certificates of its Gateway listeners, chosen by SNI), one
+//! route per hostname (`Route.hosts` takes `*.` wildcards), a route without a
+//! `cluster` and rules whose backends may be invalid (a cluster name not in
+//! `clusters`), both answered with Gateway API's 500 (`WeightedBackend`). Private
+//! keys never reach `Debug` output; `Config::redacted` is the config to show.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -21,7 +28,9 @@ use serde::{Deserialize, Serialize};
 mod connection_pool;
 mod consistent_hash;
 pub mod delivery;
+mod hostname;
 mod http_route;
+mod tls;
 
 pub use connection_pool::{ConnectionPool, UNLIMITED};
 pub use consistent_hash::{
@@ -32,6 +41,7 @@ pub use http_route::{
     Filter, Header, HeaderModifier, MatchType, PathMatch, PathRewrite, Redirect, RouteMatch,
     RouteRule, ValueMatch, WeightedBackend,
 };
+pub use tls::{CertificateError, ListenerTls, REDACTED, ServerCertificate, crypto_provider};
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -42,9 +52,11 @@ pub struct Config {
     pub clusters: Vec<Cluster>,
 }
 
-/// A listener. Plain `HTTP` routes each request by its `Host` (authority). `HBONE`
-/// terminates mutual TLS 1.3 and HTTP/2 CONNECT (waypoint-contract §5) and routes
-/// everything inside a tunnel by the CONNECT authority, the original destination.
+/// A listener. Plain `HTTP` routes each request by its `Host` (authority). `HTTPS`
+/// terminates TLS with the certificate of `tls` that the client's server name
+/// selects, then routes as `HTTP` does. `HBONE` terminates mutual TLS 1.3 and
+/// HTTP/2 CONNECT (waypoint-contract §5) and routes everything inside a tunnel by
+/// the CONNECT authority, the original destination.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Listener {
@@ -52,6 +64,9 @@ pub struct Listener {
     pub address: SocketAddr,
     #[serde(default, skip_serializing_if = "ListenerProtocol::is_http")]
     pub protocol: ListenerProtocol,
+    /// The certificates of an `HTTPS` listener; only there, and required there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenerTls>,
     #[serde(default)]
     pub routes: Vec<Route>,
 }
@@ -61,6 +76,8 @@ pub enum ListenerProtocol {
     #[default]
     #[serde(rename = "HTTP")]
     Http,
+    #[serde(rename = "HTTPS")]
+    Https,
     #[serde(rename = "HBONE")]
     Hbone,
 }
@@ -71,13 +88,21 @@ impl ListenerProtocol {
     }
 }
 
-/// Requests whose authority is one of `hosts` (with or without the port) go to
-/// `cluster`. An empty `hosts` matches everything, so it belongs last.
+/// Requests whose authority matches `hosts` go to `cluster`. An entry is a host
+/// (any port), `host:port` (that port only) or a Gateway API wildcard `*.suffix`
+/// (any name ending in `.suffix`, never `suffix` itself); names compare
+/// case-insensitively. The most specific route serves a request, whatever the
+/// order: `host:port`, then the host, then the longest wildcard, then a route with
+/// no `hosts` (every host).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Route {
     #[serde(default)]
     pub hosts: Vec<String>,
+    /// Where requests go when no HTTPRoute rule names backends. Empty: the route has
+    /// no default cluster (an ingress route, where every backend is on a rule), and a
+    /// request that reaches no backend gets Gateway API's 500. A name not in
+    /// `clusters` is refused: the mesh routes always name their Service's cluster.
     pub cluster: String,
     #[serde(default)]
     pub retry: RetryConfig,
@@ -273,6 +298,17 @@ impl Config {
         Ok(config)
     }
 
+    /// The config with every private key replaced by [`REDACTED`], for debug
+    /// endpoints and logs. It does not load again: redacted keys do not parse.
+    #[must_use]
+    pub fn redacted(&self) -> Self {
+        let mut config = self.clone();
+        for l in &mut config.listeners {
+            l.tls = l.tls.as_ref().map(ListenerTls::redacted);
+        }
+        config
+    }
+
     pub fn cluster(&self, name: &str) -> Option<&Cluster> {
         self.clusters.iter().find(|c| c.name == name)
     }
@@ -297,17 +333,47 @@ impl Config {
                     format!("{} is used by two listeners", l.address),
                 );
             }
+            match (l.protocol, &l.tls) {
+                (ListenerProtocol::Https, Some(tls)) => {
+                    tls.validate(&format!("listeners[{i}].tls"))?;
+                }
+                (ListenerProtocol::Https, None) => {
+                    return invalid(
+                        format!("listeners[{i}].tls"),
+                        "an HTTPS listener needs certificates".to_owned(),
+                    );
+                }
+                (_, Some(_)) => {
+                    return invalid(
+                        format!("listeners[{i}].tls"),
+                        "only an HTTPS listener terminates TLS".to_owned(),
+                    );
+                }
+                (_, None) => {}
+            }
             for (j, r) in l.routes.iter().enumerate() {
-                if self.cluster(&r.cluster).is_none() {
+                for (k, h) in r.hosts.iter().enumerate() {
+                    if let Some(problem) = hostname::problem(h, true) {
+                        return invalid(
+                            format!("listeners[{i}].routes[{j}].hosts[{k}]"),
+                            format!("{h:?} {problem}"),
+                        );
+                    }
+                }
+                if r.cluster.is_empty() && r.protocol == RouteProtocol::Tcp {
+                    return invalid(
+                        format!("listeners[{i}].routes[{j}].cluster"),
+                        "a TCP route needs a cluster".to_owned(),
+                    );
+                }
+                if !r.cluster.is_empty() && self.cluster(&r.cluster).is_none() {
                     return invalid(
                         format!("listeners[{i}].routes[{j}].cluster"),
                         format!("no cluster named {:?}", r.cluster),
                     );
                 }
                 for (k, rule) in r.rules.iter().enumerate() {
-                    rule.validate(&format!("listeners[{i}].routes[{j}].rules[{k}]"), |c| {
-                        self.cluster(c).is_some()
-                    })?;
+                    rule.validate(&format!("listeners[{i}].routes[{j}].rules[{k}]"))?;
                 }
             }
         }
@@ -550,6 +616,10 @@ clusters:
             (
                 SEED.replace("    cluster: inbound", "    cluster: outbound"),
                 "listeners[0].routes[0].cluster",
+            ),
+            (
+                SEED.replace("in-ambient]", "in-*]"),
+                "listeners[0].routes[0].hosts[1]: \"in-*\" has a wildcard other than a whole first label",
             ),
             (
                 SEED.replace("interval: 10s", "interval: 10"),

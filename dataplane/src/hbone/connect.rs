@@ -64,7 +64,9 @@ pub fn decide<'a>(
             ),
         );
     };
-    let Some(route) = crate::proxy::handler::route(&listener.routes, Some(authority)) else {
+    let Some(route) = crate::host_match::select_route(&listener.routes, Some(authority))
+        .map(|i| &listener.routes[i])
+    else {
         return refuse(
             StatusCode::BAD_REQUEST,
             format!("this waypoint does not serve {authority}"),

@@ -156,6 +156,9 @@ impl Tunnel {
             local: self.local,
             destination: Some(destination.into()),
             source_principal: self.source.as_ref().map(|s| s.to_string().into()),
+            // What travels inside the tunnel is plain HTTP.
+            scheme: "http",
+            server_name: None,
         };
         tokio::spawn(async move {
             match upgrade.await {

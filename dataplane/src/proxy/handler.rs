@@ -17,11 +17,12 @@ use waypoint_config::{Filter, PathMatch, RetryConfig, Route, RouteRule};
 use super::upstream::{Lease, NoResponse};
 use super::{Cluster, Runtime, Shared};
 use crate::access_log::Entry;
+use crate::filters::{self, Target};
 use crate::hash_policy::RequestParts;
 use crate::outlier::Outcome;
 use crate::retry::{Attempt, RetryOn, RetryPolicy};
 use crate::rng::Rng;
-use crate::{filters, route_match};
+use crate::{host_match, route_match};
 
 /// Request bodies are buffered so that retries can replay them; beyond this, 413.
 const MAX_BUFFERED_BODY: usize = 16 << 20;
@@ -37,6 +38,11 @@ pub struct Downstream {
     pub destination: Option<Arc<str>>,
     /// Inside an HBONE tunnel: the client's SPIFFE ID from its certificate.
     pub source_principal: Option<Arc<str>>,
+    /// `https` on an `HTTPS` listener: what a redirect keeps when it sets no scheme.
+    pub scheme: &'static str,
+    /// On an `HTTPS` listener: the server name (SNI) the client asked for, logged
+    /// as Envoy's `%REQUESTED_SERVER_NAME%`.
+    pub server_name: Option<Arc<str>>,
 }
 
 /// Serves HTTP/1.1 or HTTP/2 (sniffed from the first bytes) on one connection: a TCP
@@ -85,6 +91,8 @@ pub async fn serve_tcp(
         local,
         destination: None,
         source_principal: None,
+        scheme: "http",
+        server_name: None,
     };
     serve_connection(shared, TokioIo::new(stream), downstream).await;
 }
@@ -129,16 +137,6 @@ fn authority(req: &Request<Incoming>) -> Option<String> {
         .authority()
         .map(|a| a.as_str().to_owned())
         .or_else(|| header_str(req.headers(), &header::HOST))
-}
-
-pub(crate) fn route<'a>(routes: &'a [Route], authority: Option<&str>) -> Option<&'a Route> {
-    let host = authority.map(|a| a.rsplit_once(':').map_or(a, |(h, _)| h));
-    routes.iter().find(|r| {
-        r.hosts.is_empty()
-            || r.hosts
-                .iter()
-                .any(|h| Some(h.as_str()) == authority || Some(h.as_str()) == host)
-    })
 }
 
 fn protocol(v: http::Version) -> &'static str {
@@ -222,14 +220,14 @@ async fn handle(
         authority: authority.clone(),
         downstream_local_address: local.map(|a| a.to_string()),
         downstream_remote_address: Some(peer.to_string()),
+        requested_server_name: downstream.server_name.as_deref().map(str::to_owned),
         ..Entry::default()
     };
     let (resp, flags, details) = forward(
         runtime,
-        (&downstream.listener, routes),
+        (downstream, routes),
         destination.as_deref(),
         req,
-        (peer, local),
         &mut entry,
     )
     .await;
@@ -277,27 +275,25 @@ type Verdict = (Response<Full<Bytes>>, Option<&'static str>, &'static str);
 
 async fn forward(
     runtime: &Runtime,
-    (listener, routes): (&str, &[Route]),
+    (downstream, routes): (&Downstream, &[Route]),
     authority: Option<&str>,
     req: Request<Incoming>,
-    (peer, local): (SocketAddr, Option<SocketAddr>),
     entry: &mut Entry,
 ) -> Verdict {
-    let Some(route) = route(routes, authority) else {
+    let (peer, local) = (downstream.peer, downstream.local);
+    let Some(index) = host_match::select_route(routes, authority) else {
         return (
             local_reply(StatusCode::NOT_FOUND, ""),
             Some("NR"),
             "route_not_found",
         );
     };
+    let route = &routes[index];
     entry.route_name = Some("default".to_owned());
-    let index = routes.iter().position(|r| std::ptr::eq(r, route));
-    let rule = match choose_rule(runtime, listener, index, route, &req) {
-        Ok(rule) => rule,
+    let (rule, cluster_name) = match choose_rule(runtime, downstream, index, route, &req) {
+        Ok(chosen) => chosen,
         Err(verdict) => return *verdict,
     };
-    let cluster_name = rule.map_or(route.cluster.as_str(), |(_, cluster)| cluster);
-    let rule = rule.map(|(rule, _)| rule);
     entry.upstream_cluster = Some(cluster_name.to_owned());
     let Some(cluster) = runtime.cluster(cluster_name) else {
         return (
@@ -374,30 +370,54 @@ async fn forward(
     verdict
 }
 
-/// The HTTPRoute rule a request takes on `route` and the cluster it goes to (`None`:
-/// the route has no rules, use its cluster). A request no rule matches gets 404, a
-/// redirect is answered here, and a rule whose backends all weigh 0 gets 500.
+/// The HTTPRoute rule a request takes on `route` (`None`: the route has no rules)
+/// and the cluster it goes to. A request no rule matches gets 404 and a redirect is
+/// answered here. Gateway API's 500, answered directly as Envoy's
+/// `direct_response` (no response flag, no upstream cluster): a rule whose backends
+/// all weigh 0, a draw that falls on an invalid backend, and no backend at all (no
+/// backends on the rule and no cluster on the route).
 fn choose_rule<'a>(
     runtime: &Runtime,
-    listener: &str,
-    index: Option<usize>,
+    downstream: &Downstream,
+    index: usize,
     route: &'a Route,
     req: &Request<Incoming>,
-) -> Result<Option<(&'a RouteRule, &'a str)>, Box<Verdict>> {
-    if route.rules.is_empty() {
-        return Ok(None);
+) -> Result<(Option<&'a RouteRule>, &'a str), Box<Verdict>> {
+    let rule = if route.rules.is_empty() {
+        None
+    } else {
+        Some(matching_rule(runtime, downstream, index, route, req)?)
+    };
+    let backends = rule.map_or(&[][..], |r| &r.backends[..]);
+    let exists = |c: &str| runtime.cluster(c).is_some();
+    let draw = |total: u64| Rng::from_entropy().next_u64() % total;
+    match filters::target(&route.cluster, backends, exists, draw) {
+        Target::Cluster(cluster) => Ok((rule, cluster)),
+        Target::NoValidBackend => Err(Box::new((
+            local_reply(StatusCode::INTERNAL_SERVER_ERROR, ""),
+            None,
+            "direct_response",
+        ))),
     }
+}
+
+/// The rule of `route` a request matches, or the 404 or redirect it is answered.
+fn matching_rule<'a>(
+    runtime: &Runtime,
+    downstream: &Downstream,
+    index: usize,
+    route: &'a Route,
+    req: &Request<Incoming>,
+) -> Result<&'a RouteRule, Box<Verdict>> {
     let uri = req.uri();
-    let selected = index
-        .and_then(|i| runtime.matcher(listener, i))
-        .and_then(|m| {
-            m.select(&route_match::Request {
-                method: req.method().as_str(),
-                path: uri.path(),
-                query: uri.query(),
-                headers: req.headers(),
-            })
-        });
+    let selected = runtime.matcher(&downstream.listener, index).and_then(|m| {
+        m.select(&route_match::Request {
+            method: req.method().as_str(),
+            path: uri.path(),
+            query: uri.query(),
+            headers: req.headers(),
+        })
+    });
     let Some(selected) = selected else {
         return Err(Box::new((
             local_reply(StatusCode::NOT_FOUND, ""),
@@ -416,7 +436,7 @@ fn choose_rule<'a>(
             let location = filters::redirect_location(
                 redirect,
                 &filters::Origin {
-                    scheme: uri.scheme_str().unwrap_or("http"),
+                    scheme: uri.scheme_str().unwrap_or(downstream.scheme),
                     authority: &host,
                     path: uri.path(),
                     query: uri.query(),
@@ -432,19 +452,7 @@ fn choose_rule<'a>(
             return Err(Box::new((resp, None, "direct_response")));
         }
     }
-    if rule.backends.is_empty() {
-        return Ok(Some((rule, route.cluster.as_str())));
-    }
-    let mut rng = Rng::from_entropy();
-    let draw = |total: u64| rng.next_u64() % total;
-    match filters::pick_backend(&rule.backends, draw) {
-        Some(cluster) => Ok(Some((rule, cluster))),
-        None => Err(Box::new((
-            local_reply(StatusCode::INTERNAL_SERVER_ERROR, ""),
-            None,
-            "direct_response",
-        ))),
-    }
+    Ok(rule)
 }
 
 /// Envoy's router loop: pick, send, report to outlier detection, maybe retry. A

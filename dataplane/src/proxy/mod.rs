@@ -1,11 +1,12 @@
-//! The proxy at run time: listeners from the config model, each request routed by
-//! authority to a cluster, an endpoint picked by the cluster's balancer, Istio's retry
+//! The proxy at run time: listeners from the config model (plain HTTP, or HTTPS
+//! terminated in `https`), each request routed by authority to a cluster, an endpoint picked by the cluster's balancer, Istio's retry
 //! policy around the attempts, the outlier detector told about every attempt, and one
 //! access-log line per request.
 
 mod cluster;
 pub mod connect;
 pub(crate) mod handler;
+pub mod https;
 mod upstream;
 
 use std::collections::HashMap;
@@ -29,6 +30,8 @@ pub struct Runtime {
     clusters: HashMap<String, Arc<Cluster>>,
     /// Per listener, per route: its HTTPRoute rules compiled.
     matchers: HashMap<String, Vec<crate::route_match::Matcher>>,
+    /// Per `HTTPS` listener: its TLS config, certificates parsed.
+    tls: HashMap<String, Arc<rustls::ServerConfig>>,
     /// Shared by every runtime of one process, so counters survive reloads.
     pub metrics: Arc<Metrics>,
     /// Likewise: the credentials HBONE endpoints are reached with.
@@ -82,13 +85,43 @@ impl Runtime {
                 (l.name.clone(), per_route)
             })
             .collect();
+        let tls = config
+            .listeners
+            .iter()
+            .filter_map(|l| Some((l, l.tls.as_ref()?)))
+            .filter_map(|(l, tls)| {
+                // Unchanged certificates keep their parsed keys (and session tickets).
+                let kept = previous
+                    .filter(|p| p.listener_tls(&l.name) == Some(tls))
+                    .and_then(|p| p.tls.get(&l.name).cloned());
+                let built = kept.map_or_else(|| https::server_config(&l.name, tls), Ok);
+                match built {
+                    Ok(server) => Some((l.name.clone(), server)),
+                    Err(e) => {
+                        tracing::error!(listener = %l.name, error = %e, "no TLS config");
+                        None
+                    }
+                }
+            })
+            .collect();
         Arc::new(Self {
             config,
             clusters,
             matchers,
+            tls,
             metrics,
             mesh,
         })
+    }
+
+    fn listener_tls(&self, listener: &str) -> Option<&waypoint_config::ListenerTls> {
+        let l = self.config.listeners.iter().find(|l| l.name == listener)?;
+        l.tls.as_ref()
+    }
+
+    /// The TLS config of an `HTTPS` listener.
+    pub fn server_tls(&self, listener: &str) -> Option<Arc<rustls::ServerConfig>> {
+        self.tls.get(listener).cloned()
     }
 
     pub fn cluster(&self, name: &str) -> Option<&Arc<Cluster>> {
@@ -231,6 +264,14 @@ impl Shared {
                 .all(|p| p.name != l.name || p.address != l.address)
             {
                 tracing::warn!(listener = %l.name, address = %l.address, "listener addresses change only on restart");
+            }
+            if previous
+                .config
+                .listeners
+                .iter()
+                .any(|p| p.name == l.name && p.protocol != l.protocol)
+            {
+                tracing::warn!(listener = %l.name, protocol = ?l.protocol, "listener protocols change only on restart");
             }
         }
         let next = Runtime::next(
