@@ -113,6 +113,17 @@ pub fn config_yaml(config: &waypoint_config::Config) -> String {
     serde_yaml::to_string(config).unwrap_or_default()
 }
 
+/// The config a pod starts from: all of it but the listeners' private keys, which
+/// do not belong in a ConfigMap. The config server sends them over mutual TLS a
+/// moment later; until then an HTTPS listener refuses handshakes.
+pub fn bootstrap(config: &waypoint_config::Config) -> waypoint_config::Config {
+    let mut config = config.clone();
+    for tls in config.listeners.iter_mut().filter_map(|l| l.tls.as_mut()) {
+        tls.certificates.clear();
+    }
+    config
+}
+
 /// `config` is what `compile` made of the Services bound to this waypoint;
 /// `overlays` come from its parametersRef ConfigMap.
 pub fn build(
@@ -228,7 +239,7 @@ fn base(
             metadata: meta(gw, config_map_name(&name), &owner)?,
             data: Some(BTreeMap::from([(
                 "config.yaml".to_owned(),
-                config_yaml(config),
+                config_yaml(&bootstrap(config)),
             )])),
             ..ConfigMap::default()
         },
@@ -358,6 +369,7 @@ fn serving_ports(config: &waypoint_config::Config) -> Vec<Serving> {
             app_protocol: match l.protocol {
                 waypoint_config::ListenerProtocol::Hbone => "hbone",
                 waypoint_config::ListenerProtocol::Http => "http",
+                waypoint_config::ListenerProtocol::Https => "https",
             },
         })
         .collect();

@@ -411,6 +411,7 @@ pub fn compile(gw: &Gateway, view: &View<'_>) -> model::Config {
             address: SocketAddr::from(([0, 0, 0, 0], 15008)),
             protocol: model::ListenerProtocol::Hbone,
             routes,
+            tls: None,
         }],
         clusters,
     }

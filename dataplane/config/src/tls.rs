@@ -25,6 +25,11 @@ pub const REDACTED: &str = "<redacted>";
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ListenerTls {
+    /// None at all is valid and refuses every handshake: the port is bound from the
+    /// first config (a pod's bootstrap ConfigMap carries no private keys; the keys
+    /// come over the config server's mutual TLS a moment later), and a listener whose
+    /// certificates are all unusable must not serve.
+    ///
     /// Several may share a hostname (one RSA, one ECDSA, say): the first whose key
     /// the client can use is served.
     pub certificates: Vec<ServerCertificate>,
@@ -124,12 +129,6 @@ impl ServerCertificate {
 impl ListenerTls {
     /// Checks every certificate; `at` is the path of this `tls`.
     pub(crate) fn validate(&self, at: &str) -> Result<(), crate::Error> {
-        if self.certificates.is_empty() {
-            return invalid(
-                format!("{at}.certificates"),
-                "an HTTPS listener needs at least one certificate",
-            );
-        }
         for (j, c) in self.certificates.iter().enumerate() {
             let at = format!("{at}.certificates[{j}]");
             if let Some(h) = &c.hostname
@@ -222,6 +221,14 @@ mod tests {
     }
 
     #[test]
+    fn an_https_listener_without_certificates_loads() {
+        // The bootstrap shape: the port is bound, handshakes wait for the keys.
+        let c = Config::from_yaml(&https(&[]).replace("certificates:\n", "certificates: []\n"))
+            .unwrap();
+        assert!(c.listeners[0].tls.as_ref().unwrap().certificates.is_empty());
+    }
+
+    #[test]
     fn debug_output_never_shows_a_key() {
         let (chain, key) = pem("example.com");
         let c = Config::from_yaml(&https(&[(None, &chain, &key)])).unwrap();
@@ -263,7 +270,7 @@ mod tests {
         let (chain, key) = pem("example.com");
         let (other_chain, other_key) = pem("other.org");
         let secret = "-----BEGIN PRIVATE KEY-----\nc2VjcmV0!!secret\n-----END PRIVATE KEY-----\n";
-        let cases: [(String, &str); 9] = [
+        let cases: [(String, &str); 8] = [
             (
                 https(&[(None, &chain, &key), (None, "not pem", &key)]),
                 "listeners[0].tls.certificates[1].certChain: has no PEM CERTIFICATE block",
@@ -291,10 +298,6 @@ mod tests {
             (
                 https(&[(Some("example.com:443"), &chain, &key)]),
                 "listeners[0].tls.certificates[0].hostname: \"example.com:443\" is a hostname, without a port",
-            ),
-            (
-                https(&[]).replace("certificates:\n", "certificates: []\n"),
-                "listeners[0].tls.certificates: an HTTPS listener needs at least one certificate",
             ),
             (
                 https(&[]).replace("  tls:\n    certificates:\n", ""),

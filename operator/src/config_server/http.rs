@@ -127,8 +127,11 @@ pub fn debug_json(store: &Store, leader: bool) -> serde_json::Value {
         .into_iter()
         .map(|((ns, gw), e)| {
             let applied = decide_applied(&e, now, false);
-            let config: serde_json::Value =
-                serde_yaml::from_str(&e.yaml).unwrap_or(serde_json::Value::Null);
+            // Private keys never leave through a debug endpoint.
+            let config = serde_yaml::from_str::<waypoint_config::Config>(&e.yaml)
+                .ok()
+                .and_then(|c| serde_json::to_value(c.redacted()).ok())
+                .unwrap_or(serde_json::Value::Null);
             serde_json::json!({
                 "namespace": ns,
                 "gateway": gw,

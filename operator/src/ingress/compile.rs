@@ -121,7 +121,7 @@ pub fn compile(listeners: &[Verdict], parents: &[Parent<'_>], view: &View<'_>) -
         // The catch-all last, though the dataplane ranks hosts by specificity anyway.
         model_routes.sort_by_key(|r| r.hosts.is_empty());
         out.listeners
-            .push(listener(number, protocol, &port.certificates, model_routes));
+            .push(listener(number, protocol, port.certificates, model_routes));
     }
     wanted.sort();
     wanted.dedup();
@@ -151,14 +151,31 @@ pub fn compile(listeners: &[Verdict], parents: &[Parent<'_>], view: &View<'_>) -
 fn listener(
     port: i32,
     protocol: Protocol,
-    certificates: &[(Option<String>, Certificate)],
+    certificates: Vec<(Option<String>, Certificate)>,
     routes: Vec<model::Route>,
 ) -> model::Listener {
-    let _ = certificates; // HTTPS: the dataplane's TLS model lands with its listener.
+    let name = listener_name(protocol, port);
+    let (protocol, tls) = match protocol {
+        Protocol::Http => (model::ListenerProtocol::Http, None),
+        Protocol::Https => (
+            model::ListenerProtocol::Https,
+            Some(model::ListenerTls {
+                certificates: certificates
+                    .into_iter()
+                    .map(|(hostname, c)| model::ServerCertificate {
+                        hostname,
+                        cert_chain: c.cert_chain,
+                        private_key: c.private_key,
+                    })
+                    .collect(),
+            }),
+        ),
+    };
     model::Listener {
-        name: listener_name(protocol, port),
+        name,
         address: SocketAddr::from(([0, 0, 0, 0], u16::try_from(port).unwrap_or(0))),
-        protocol: model::ListenerProtocol::Http,
+        protocol,
+        tls,
         routes,
     }
 }

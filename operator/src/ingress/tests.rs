@@ -432,3 +432,41 @@ fn backend_refs_resolve_with_grants() {
     let other_name = grant("web", "HTTPRoute", "infra", "Service", Some("other"));
     assert!(super::backends::resolved_refs(&r, &services, &[other_name]).is_err());
 }
+
+#[test]
+fn https_listeners_carry_their_certificates_but_the_bootstrap_does_not() {
+    let gw = gateway(
+        "  - {name: https, port: 443, protocol: HTTPS, hostname: a.org, tls: {certificateRefs: [{name: cert}]}}
+  - {name: default, port: 443, protocol: HTTPS, tls: {certificateRefs: [{name: cert}]}}",
+    );
+    let secrets: Secrets = [secret("infra", "cert", PEM_CERT, PEM_KEY)]
+        .into_iter()
+        .collect();
+    let v = listeners::judge(&gw, &secrets, &[]);
+    let view = View {
+        services: &[],
+        slices: &[],
+        grants: &[],
+        cluster_domain: "cluster.local",
+    };
+    let config = compile::compile(&v, &[], &view);
+    let l = &config.listeners[0];
+    assert_eq!(
+        (l.name.as_str(), l.protocol),
+        ("https-443", waypoint_config::ListenerProtocol::Https)
+    );
+    let certs = &l.tls.as_ref().unwrap().certificates;
+    let hosts: Vec<_> = certs.iter().map(|c| c.hostname.clone()).collect();
+    assert_eq!(hosts, [Some("a.org".to_owned()), None]);
+    assert_eq!(certs[0].private_key, PEM_KEY);
+    let boot = crate::builders::bootstrap(&config);
+    assert!(
+        boot.listeners[0]
+            .tls
+            .as_ref()
+            .unwrap()
+            .certificates
+            .is_empty()
+    );
+    assert!(!crate::builders::config_yaml(&boot).contains("PRIVATE KEY"));
+}
