@@ -3,7 +3,7 @@
 
 use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
-use waypoint_config::{HeaderModifier, PathRewrite, Redirect, WeightedBackend};
+use waypoint_config::{Filter, HeaderModifier, PathRewrite, Redirect, WeightedBackend};
 
 /// Gateway API's order: set, then add, then remove. Names or values that are not
 /// valid HTTP are skipped (the config was validated; this keeps the proxy total).
@@ -99,7 +99,9 @@ pub fn redirect_location(r: &Redirect, o: &Origin<'_>) -> String {
 /// Where a request goes once its rule (if any) is chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target<'a> {
-    Cluster(&'a str),
+    /// A cluster, and the filters of the backend that named it (none for the
+    /// route's default cluster).
+    Cluster(&'a str, &'a [Filter]),
     /// Gateway API's 500: the rule has no backend, every weight is 0, or the draw
     /// fell on an invalid backend (one the operator could not resolve: unknown kind,
     /// missing Service, cross-namespace without a ReferenceGrant), which the model
@@ -121,18 +123,21 @@ pub fn target<'a>(
         return if default.is_empty() {
             Target::NoValidBackend
         } else {
-            Target::Cluster(default)
+            Target::Cluster(default, &[])
         };
     }
     match pick_backend(backends, draw) {
-        Some(cluster) if exists(cluster) => Target::Cluster(cluster),
+        Some(b) if exists(&b.cluster) => Target::Cluster(&b.cluster, &b.filters),
         _ => Target::NoValidBackend,
     }
 }
 
 /// A backend by weight, from `draw` uniform in `0..total`; `None` when every weight
 /// is 0 (Gateway API: answer 500).
-pub fn pick_backend(backends: &[WeightedBackend], draw: impl FnOnce(u64) -> u64) -> Option<&str> {
+pub fn pick_backend(
+    backends: &[WeightedBackend],
+    draw: impl FnOnce(u64) -> u64,
+) -> Option<&WeightedBackend> {
     let total: u64 = backends.iter().map(|b| u64::from(b.weight)).sum();
     if total == 0 {
         return None;
@@ -141,7 +146,7 @@ pub fn pick_backend(backends: &[WeightedBackend], draw: impl FnOnce(u64) -> u64)
     for b in backends {
         let w = u64::from(b.weight);
         if at < w {
-            return Some(&b.cluster);
+            return Some(b);
         }
         at -= w;
     }
@@ -244,14 +249,15 @@ mod tests {
         let b = |c: &str, w| WeightedBackend {
             cluster: c.into(),
             weight: w,
+            filters: Vec::new(),
         };
         let backends = [b("a", 90), b("zero", 0), b("c", 10)];
         let picks: Vec<&str> = (0..100)
-            .map(|d| pick_backend(&backends, |_| d).unwrap())
+            .map(|d| pick_backend(&backends, |_| d).unwrap().cluster.as_str())
             .collect();
         assert_eq!(picks.iter().filter(|p| **p == "a").count(), 90);
         assert_eq!(picks.iter().filter(|p| **p == "c").count(), 10);
-        assert_eq!(pick_backend(&[b("x", 0)], |_| 0), None);
+        assert!(pick_backend(&[b("x", 0)], |_| 0).is_none());
     }
 
     #[test]
@@ -259,6 +265,7 @@ mod tests {
         let b = |c: &str, w| WeightedBackend {
             cluster: c.into(),
             weight: w,
+            filters: Vec::new(),
         };
         let exists = |c: &str| c == "good";
         // Half the weight on a backend the operator could not resolve: that half
@@ -266,7 +273,7 @@ mod tests {
         let split = [b("good", 1), b("missing", 1)];
         assert_eq!(
             target("route", &split, exists, |_| 0),
-            Target::Cluster("good")
+            Target::Cluster("good", &[])
         );
         assert_eq!(
             target("route", &split, exists, |_| 1),
@@ -279,7 +286,7 @@ mod tests {
         // No backends: the route's cluster, as written, or none at all.
         assert_eq!(
             target("route", &[], exists, |_| unreachable!()),
-            Target::Cluster("route")
+            Target::Cluster("route", &[])
         );
         assert_eq!(
             target("", &[], exists, |_| unreachable!()),

@@ -52,6 +52,15 @@ async fn start(yaml: &str) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
 }
 
 async fn get(proxy: SocketAddr, host: &str, path: &str) -> (StatusCode, String) {
+    let (status, _, body) = get_with_headers(proxy, host, path).await;
+    (status, body)
+}
+
+async fn get_with_headers(
+    proxy: SocketAddr,
+    host: &str,
+    path: &str,
+) -> (StatusCode, http::HeaderMap, String) {
     let tcp = tokio::net::TcpStream::connect(proxy).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
@@ -63,8 +72,9 @@ async fn get(proxy: SocketAddr, host: &str, path: &str) -> (StatusCode, String) 
         .unwrap();
     let resp = sender.send_request(req).await.unwrap();
     let status = resp.status();
+    let headers = resp.headers().clone();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8(body.to_vec()).unwrap())
+    (status, headers, String::from_utf8(body.to_vec()).unwrap())
 }
 
 /// The catch-all first and the wildcards before the exact host, as an operator
@@ -112,10 +122,10 @@ clusters:
 }
 
 /// Gateway API's 500s: an invalid backend's share of the weight, a rule whose only
-/// backend is invalid, a rule without backends on a route without a cluster, and a
-/// route with neither rules nor a cluster. Each is a direct response in the access
-/// log (no flag, no upstream cluster), while a route's own missing cluster stays
-/// Envoy's 503 `NC`.
+/// backend is invalid, and a rule without backends on a route without a cluster.
+/// Each is a direct response in the access log (no flag, no upstream cluster). A
+/// route with neither rules nor a cluster (a listener hostname nothing attached to)
+/// is 404, and a route's own missing cluster stays Envoy's 503 `NC`.
 #[tokio::test]
 async fn invalid_backends_answer_500_and_a_missing_route_cluster_503() {
     let good = backend("good").await;
@@ -128,7 +138,11 @@ async fn invalid_backends_answer_500_and_a_missing_route_cluster_503() {
     cluster: \"\"
     rules:
     - matches: [{{path: {{type: PathPrefix, value: /split}}}}]
-      backends: [{{cluster: good, weight: 1}}, {{cluster: \"invalid:UnknownKind\", weight: 1}}]
+      backends:
+      - cluster: good
+        weight: 1
+        filters: [{{type: ResponseHeaderModifier, set: [{{name: x-backend, value: good}}]}}]
+      - {{cluster: \"invalid:UnknownKind\", weight: 1}}
     - matches: [{{path: {{type: PathPrefix, value: /invalid}}}}]
       backends: [{{cluster: \"invalid:Service/default/gone\"}}]
     - matches: [{{path: {{type: PathPrefix, value: /none}}}}]
@@ -162,9 +176,11 @@ clusters:
 
     let mut split = std::collections::BTreeMap::new();
     for _ in 0..100 {
-        *split
-            .entry(get(proxy, "gw.example.com", "/split").await)
-            .or_insert(0) += 1;
+        let (status, headers, body) = get_with_headers(proxy, "gw.example.com", "/split").await;
+        // The drawn backend's own filter applies to its responses only.
+        let tagged = headers.get("x-backend").is_some_and(|v| v == "good");
+        assert_eq!(tagged, status == StatusCode::OK, "{status} {headers:?}");
+        *split.entry((status, body)).or_insert(0) += 1;
     }
     // 1:1 over 100 draws: each side is all but certain to be seen.
     assert_eq!(
@@ -175,11 +191,11 @@ clusters:
         ],
         "{split:?}"
     );
-    for (host, path) in [
-        ("gw.example.com", "/invalid"),
-        ("gw.example.com", "/none"),
-        ("bare.example.com", "/"),
-    ] {
+    assert_eq!(
+        get(proxy, "bare.example.com", "/").await.0,
+        StatusCode::NOT_FOUND
+    );
+    for (host, path) in [("gw.example.com", "/invalid"), ("gw.example.com", "/none")] {
         assert_eq!(
             get(proxy, host, path).await.0,
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -295,14 +295,22 @@ fn deployment_spec(
         template: PodTemplateSpec {
             metadata: Some(ObjectMeta {
                 labels: Some(pod_labels),
-                annotations: Some(BTreeMap::from([
-                    (
-                        "prometheus.io/path".to_owned(),
-                        "/stats/prometheus".to_owned(),
-                    ),
-                    ("prometheus.io/port".to_owned(), METRICS_PORT.to_string()),
-                    ("prometheus.io/scrape".to_owned(), "true".to_owned()),
-                ])),
+                // Infrastructure annotations reach the pods too (Gateway API's
+                // GatewayInfrastructure); ours win a clash.
+                annotations: Some(
+                    annotations(gw)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .chain([
+                            (
+                                "prometheus.io/path".to_owned(),
+                                "/stats/prometheus".to_owned(),
+                            ),
+                            ("prometheus.io/port".to_owned(), METRICS_PORT.to_string()),
+                            ("prometheus.io/scrape".to_owned(), "true".to_owned()),
+                        ])
+                        .collect(),
+                ),
                 ..ObjectMeta::default()
             }),
             spec: Some(PodSpec {

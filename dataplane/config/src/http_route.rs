@@ -151,6 +151,10 @@ pub struct WeightedBackend {
     /// Gateway API's default is 1; 0 sends nothing there.
     #[serde(default = "one")]
     pub weight: u32,
+    /// The backendRef's own filters (header modifiers), applied after the rule's
+    /// when this backend is the one drawn.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<Filter>,
 }
 
 fn one() -> u32 {

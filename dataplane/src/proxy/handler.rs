@@ -290,10 +290,11 @@ async fn forward(
     };
     let route = &routes[index];
     entry.route_name = Some("default".to_owned());
-    let (rule, cluster_name) = match choose_rule(runtime, downstream, index, route, &req) {
-        Ok(chosen) => chosen,
-        Err(verdict) => return *verdict,
-    };
+    let (rule, cluster_name, backend_filters) =
+        match choose_rule(runtime, downstream, index, route, &req) {
+            Ok(chosen) => chosen,
+            Err(verdict) => return *verdict,
+        };
     entry.upstream_cluster = Some(cluster_name.to_owned());
     let Some(cluster) = runtime.cluster(cluster_name) else {
         return (
@@ -327,7 +328,9 @@ async fn forward(
         parts.headers.insert(header::HOST, a);
     }
     strip_hop_by_hop(&mut parts.headers);
-    for f in rule.iter().flat_map(|r| &r.filters) {
+    // The rule's filters, then the drawn backend's.
+    let all_filters = || rule.iter().flat_map(|r| &r.filters).chain(backend_filters);
+    for f in all_filters() {
         if let Filter::RequestHeaderModifier { modifier } = f {
             filters::modify_headers(modifier, &mut parts.headers);
         }
@@ -362,13 +365,17 @@ async fn forward(
     {
         verdict.0.headers_mut().append(header::SET_COOKIE, cookie);
     }
-    for f in rule.iter().flat_map(|r| &r.filters) {
+    for f in all_filters() {
         if let Filter::ResponseHeaderModifier { modifier } = f {
             filters::modify_headers(modifier, verdict.0.headers_mut());
         }
     }
     verdict
 }
+
+/// The rule a request matched (none: the route has no rules), the cluster it goes
+/// to, and the filters of the backend drawn.
+type Chosen<'a> = (Option<&'a RouteRule>, &'a str, &'a [Filter]);
 
 /// The HTTPRoute rule a request takes on `route` (`None`: the route has no rules)
 /// and the cluster it goes to. A request no rule matches gets 404 and a redirect is
@@ -382,8 +389,17 @@ fn choose_rule<'a>(
     index: usize,
     route: &'a Route,
     req: &Request<Incoming>,
-) -> Result<(Option<&'a RouteRule>, &'a str), Box<Verdict>> {
+) -> Result<Chosen<'a>, Box<Verdict>> {
     let rule = if route.rules.is_empty() {
+        if route.cluster.is_empty() {
+            // A virtual host with nothing attached (an ingress listener's hostname
+            // without routes): nothing matches.
+            return Err(Box::new((
+                local_reply(StatusCode::NOT_FOUND, ""),
+                Some("NR"),
+                "route_not_found",
+            )));
+        }
         None
     } else {
         Some(matching_rule(runtime, downstream, index, route, req)?)
@@ -392,7 +408,7 @@ fn choose_rule<'a>(
     let exists = |c: &str| runtime.cluster(c).is_some();
     let draw = |total: u64| Rng::from_entropy().next_u64() % total;
     match filters::target(&route.cluster, backends, exists, draw) {
-        Target::Cluster(cluster) => Ok((rule, cluster)),
+        Target::Cluster(cluster, filters) => Ok((rule, cluster, filters)),
         Target::NoValidBackend => Err(Box::new((
             local_reply(StatusCode::INTERNAL_SERVER_ERROR, ""),
             None,

@@ -8,7 +8,9 @@
 //! CORS and ExtensionRef filters (dropped, with a debug log), `timeouts.backendRequest`,
 //! consumer routes from other namespaces, route status.
 
-use gateway_api::apis::experimental::httproutes::{HttpRoute, HttpRouteParentRefs, HttpRouteRules};
+use gateway_api::apis::experimental::httproutes::{
+    HttpRoute, HttpRouteParentRefs, HttpRouteRules, HttpRouteRulesBackendRefs,
+};
 use kube::ResourceExt;
 use serde_json::Value;
 use waypoint_config as model;
@@ -70,6 +72,7 @@ pub fn rules_for(
                 weighted.push(model::WeightedBackend {
                     cluster: cluster.clone(),
                     weight: u32::try_from(b.weight.unwrap_or(1)).unwrap_or(0),
+                    filters: backend_filters(b, &route.name_any()),
                 });
                 backends.push((cluster, b.name.clone(), backend_ns, port));
             }
@@ -80,6 +83,7 @@ pub fn rules_for(
                 converted.backends.push(model::WeightedBackend {
                     cluster: format!("inbound-vip|{port}|http|{svc}.{ns}.svc.{cluster_domain}"),
                     weight: 0,
+                    filters: Vec::new(),
                 });
             }
             rules.push(converted);
@@ -124,6 +128,16 @@ pub(crate) fn convert(
             })
             .filter(|d| !d.is_zero()),
     }
+}
+
+/// A backendRef's own filters in the model's shape (those carried; see `filter`).
+pub(crate) fn backend_filters(b: &HttpRouteRulesBackendRefs, route: &str) -> Vec<model::Filter> {
+    b.filters
+        .iter()
+        .flatten()
+        .filter_map(|f| serde_json::to_value(f).ok())
+        .filter_map(|f| filter(&f, route))
+        .collect()
 }
 
 /// HTTPRoute `retry` (GEP-1731) over Istio's default policy: `attempts` retries
@@ -185,7 +199,7 @@ pub(crate) fn has_redirect(filters: &[model::Filter]) -> bool {
 }
 
 /// One Gateway API filter in the model's shape, or `None` for kinds not carried yet.
-fn filter(f: &Value, route: &str) -> Option<model::Filter> {
+pub(crate) fn filter(f: &Value, route: &str) -> Option<model::Filter> {
     let kind = f.get("type")?.as_str()?;
     let body = |key: &str| {
         f.get(key)
@@ -235,7 +249,11 @@ spec:
       responseHeaderModifier: {add: [{name: x-waypoint-route, value: tagged}]}
     - type: URLRewrite
       urlRewrite: {hostname: elsewhere}
-    backendRefs: [{name: in-ambient, port: 8000, weight: 3}, {name: v2, port: 8000}]
+    backendRefs:
+    - {name: in-ambient, port: 8000, weight: 3}
+    - name: v2
+      port: 8000
+      filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-v, value: \"2\"}]}}]
   - backendRefs: [{name: in-ambient, port: 8000}]",
             ),
             // Another namespace (a consumer route), and a Gateway parent: not ours.
@@ -266,11 +284,22 @@ spec:
             [
                 model::WeightedBackend {
                     cluster: "inbound-vip|8000|http|in-ambient.httpbin.svc.cluster.local".into(),
-                    weight: 3
+                    weight: 3,
+                    filters: Vec::new(),
                 },
                 model::WeightedBackend {
                     cluster: "inbound-vip|8000|http|v2.httpbin.svc.cluster.local".into(),
-                    weight: 1
+                    weight: 1,
+                    // The backendRef's own filter travels with it.
+                    filters: vec![model::Filter::RequestHeaderModifier {
+                        modifier: model::HeaderModifier {
+                            set: vec![model::Header {
+                                name: "x-v".into(),
+                                value: "2".into()
+                            }],
+                            ..model::HeaderModifier::default()
+                        }
+                    }],
                 },
             ]
         );

@@ -88,8 +88,20 @@ pub fn compile(listeners: &[Verdict], parents: &[Parent<'_>], view: &View<'_>) -
                 continue;
             };
             for h in hostnames::intersect(l.hostname.as_deref(), &route_hosts) {
-                port.hosts.entry(h).or_default().insert(key.clone());
+                if !isolated_away(listeners, i, h.as_deref()) {
+                    port.hosts.entry(h).or_default().insert(key.clone());
+                }
             }
+        }
+    }
+    // Every listener hostname is a virtual host of its own, even without routes, so
+    // its names never fall through to a less specific listener's routes (404).
+    for l in listeners
+        .iter()
+        .filter(|l| l.accepted.is_ok() && l.conflicted.is_none())
+    {
+        if let (Some(h), Some(port)) = (&l.hostname, ports.get_mut(&l.port)) {
+            port.hosts.entry(Some(h.to_ascii_lowercase())).or_default();
         }
     }
     // Each route's rules, compiled once.
@@ -146,6 +158,36 @@ pub fn compile(listeners: &[Verdict], parents: &[Parent<'_>], view: &View<'_>) -
         );
     }
     out
+}
+
+/// Gateway API listener isolation: a request goes to the most specific listener
+/// whose hostname matches it, so listener `i` must not serve `host` when another
+/// listener on its port is more specific than `i` and covers `host`.
+fn isolated_away(listeners: &[Verdict], i: usize, host: Option<&str>) -> bool {
+    let Some(host) = host else {
+        return false;
+    };
+    let mine = specificity(listeners[i].hostname.as_deref());
+    listeners.iter().enumerate().any(|(j, other)| {
+        j != i
+            && other.port == listeners[i].port
+            && other.accepted.is_ok()
+            && other.conflicted.is_none()
+            && specificity(other.hostname.as_deref()) > mine
+            && other
+                .hostname
+                .as_deref()
+                .is_some_and(|o| hostnames::covers(o, host))
+    })
+}
+
+/// Exact hostnames beat wildcards, longer wildcards beat shorter, any beats none.
+fn specificity(hostname: Option<&str>) -> (u8, usize) {
+    match hostname {
+        None => (0, 0),
+        Some(h) if h.starts_with('*') => (1, h.len()),
+        Some(h) => (2, h.len()),
+    }
 }
 
 fn listener(
@@ -207,7 +249,11 @@ fn rules_of(
                     b.name
                 ),
             };
-            weighted.push(model::WeightedBackend { cluster, weight });
+            weighted.push(model::WeightedBackend {
+                cluster,
+                weight,
+                filters: gamma::backend_filters(b, &route.name_any()),
+            });
         }
         out.push(gamma::convert(&route.name_any(), rule, weighted));
     }

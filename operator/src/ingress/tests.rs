@@ -470,3 +470,53 @@ fn https_listeners_carry_their_certificates_but_the_bootstrap_does_not() {
     );
     assert!(!crate::builders::config_yaml(&boot).contains("PRIVATE KEY"));
 }
+
+#[test]
+fn a_request_belongs_to_the_most_specific_listener_only() {
+    // The conformance suite's listener isolation with intersecting hostnames: each
+    // route lists every hostname, yet serves only the names its listener is the most
+    // specific for.
+    let gw = gateway(
+        "  - {name: empty, port: 80, protocol: HTTP}
+  - {name: wild, port: 80, protocol: HTTP, hostname: '*.example.com'}
+  - {name: wild-foo, port: 80, protocol: HTTP, hostname: '*.foo.example.com'}
+  - {name: abc, port: 80, protocol: HTTP, hostname: abc.foo.example.com}
+  - {name: unused, port: 80, protocol: HTTP, hostname: '*.bar.example.com'}",
+    );
+    let hosts = "  hostnames: [bar.com, '*.example.com', '*.foo.example.com', abc.foo.example.com]\n  rules: [{}]";
+    let routes: Vec<_> = ["empty", "wild", "wild-foo", "abc"]
+        .iter()
+        .map(|s| {
+            route(
+                "infra",
+                s,
+                &format!("  parentRefs: [{{name: gw, sectionName: {s}}}]\n{hosts}"),
+            )
+        })
+        .collect();
+    let v = listeners::judge(&gw, &Secrets::new(), &[]);
+    let parents = attach::parents(&gw, &v, &routes, &NamespaceLabels::new());
+    let view = View {
+        services: &[],
+        slices: &[],
+        grants: &[],
+        cluster_domain: "cluster.local",
+    };
+    let config = compile::compile(&v, &parents, &view);
+    let by_host: Vec<(String, usize)> = config.listeners[0]
+        .routes
+        .iter()
+        .map(|r| (r.hosts.join(","), r.rules.len()))
+        .collect();
+    assert_eq!(
+        by_host,
+        [
+            ("*.bar.example.com".to_owned(), 0),
+            ("*.example.com".to_owned(), 1),
+            ("*.foo.example.com".to_owned(), 1),
+            ("abc.foo.example.com".to_owned(), 1),
+            ("bar.com".to_owned(), 1),
+        ],
+        "one route per name, each from its own listener; *.bar.example.com, with no route, answers 404"
+    );
+}
