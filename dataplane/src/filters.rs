@@ -3,7 +3,9 @@
 
 use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
-use waypoint_config::{Filter, HeaderModifier, PathRewrite, Redirect, WeightedBackend};
+use waypoint_config::{
+    Filter, Fraction, HeaderModifier, PathRewrite, Redirect, UrlRewrite, WeightedBackend,
+};
 
 /// Gateway API's order: set, then add, then remove. Names or values that are not
 /// valid HTTP are skipped (the config was validated; this keeps the proxy total).
@@ -69,19 +71,7 @@ pub fn redirect_location(r: &Redirect, o: &Origin<'_>) -> String {
     });
     let path = match &r.path {
         None => o.path.to_owned(),
-        Some(PathRewrite::ReplaceFullPath { replace_full_path }) => replace_full_path.clone(),
-        Some(PathRewrite::ReplacePrefixMatch {
-            replace_prefix_match,
-        }) => {
-            let prefix = o.matched_prefix.unwrap_or("/").trim_end_matches('/');
-            let rest = o.path.strip_prefix(prefix).unwrap_or(o.path);
-            let base = replace_prefix_match.trim_end_matches('/');
-            match (base.is_empty(), rest.is_empty()) {
-                (true, true) => "/".to_owned(),
-                (true, false) => rest.to_owned(),
-                (false, _) => format!("{base}{rest}"),
-            }
-        }
+        Some(p) => rewrite_path(p, o.path, o.matched_prefix),
     };
     let mut out = format!("{scheme}://{host}");
     if let Some(p) = port.filter(|p| Some(*p) != default_port(scheme)) {
@@ -94,6 +84,53 @@ pub fn redirect_location(r: &Redirect, o: &Origin<'_>) -> String {
         out.push_str(q);
     }
     out
+}
+
+/// A path after a redirect's or a URL rewrite's `path`: the whole path replaced,
+/// or the `PathPrefix` the rule matched (`matched_prefix`) replaced, element-wise.
+pub fn rewrite_path(rewrite: &PathRewrite, path: &str, matched_prefix: Option<&str>) -> String {
+    match rewrite {
+        PathRewrite::ReplaceFullPath { replace_full_path } => replace_full_path.clone(),
+        PathRewrite::ReplacePrefixMatch {
+            replace_prefix_match,
+        } => {
+            let prefix = matched_prefix.unwrap_or("/").trim_end_matches('/');
+            let rest = path.strip_prefix(prefix).unwrap_or(path);
+            let base = replace_prefix_match.trim_end_matches('/');
+            match (base.is_empty(), rest.is_empty()) {
+                (true, true) => "/".to_owned(),
+                (true, false) => rest.to_owned(),
+                (false, _) => format!("{base}{rest}"),
+            }
+        }
+    }
+}
+
+/// The request's new `host` and origin-form target after a URL rewrite; `None`
+/// for a part the rewrite leaves alone.
+pub fn rewrite_url<'a>(
+    rewrite: &'a UrlRewrite,
+    path: &str,
+    query: Option<&str>,
+    matched_prefix: Option<&str>,
+) -> (Option<&'a str>, Option<String>) {
+    let target = rewrite.path.as_ref().map(|p| {
+        let mut t = rewrite_path(p, path, matched_prefix);
+        if let Some(q) = query {
+            t.push('?');
+            t.push_str(q);
+        }
+        t
+    });
+    (rewrite.hostname.as_deref(), target)
+}
+
+/// Whether a request is mirrored: every one without a fraction, else when `draw`
+/// (uniform in `0..denominator`) falls below the numerator.
+pub fn mirrored(fraction: Option<Fraction>, draw: impl FnOnce(u64) -> u64) -> bool {
+    fraction.is_none_or(|f| {
+        f.denominator > 0 && draw(u64::from(f.denominator)) < u64::from(f.numerator)
+    })
 }
 
 /// Where a request goes once its rule (if any) is chosen.
@@ -156,6 +193,23 @@ pub fn pick_backend(
 #[cfg(test)]
 mod tests {
     use waypoint_config::{Header, HeaderModifier, Redirect, WeightedBackend};
+
+    #[test]
+    fn mirror_fractions() {
+        use waypoint_config::Fraction;
+        let half = Some(Fraction {
+            numerator: 1,
+            denominator: 2,
+        });
+        assert!(mirrored(None, |_| unreachable!()));
+        assert!(mirrored(half, |n| n - 2));
+        assert!(!mirrored(half, |n| n - 1));
+        let none = Some(Fraction {
+            numerator: 0,
+            denominator: 100,
+        });
+        assert!(!mirrored(none, |_| 0));
+    }
 
     use super::*;
 

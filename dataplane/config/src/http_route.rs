@@ -85,6 +85,22 @@ pub enum Filter {
         #[serde(flatten)]
         redirect: Redirect,
     },
+    /// Gateway API's `RequestMirror`: a copy of a `fraction` of the requests goes to
+    /// `cluster` too, its answer ignored. A cluster not in the config (an invalid
+    /// backendRef) mirrors nothing.
+    RequestMirror {
+        cluster: String,
+        /// Absent: every request (Gateway API's `percent: 50` is `50/100`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fraction: Option<Fraction>,
+    },
+    /// Gateway API's `URLRewrite`: the request goes upstream with another host
+    /// and/or path.
+    #[serde(rename = "URLRewrite")]
+    UrlRewrite {
+        #[serde(flatten)]
+        rewrite: UrlRewrite,
+    },
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,6 +119,29 @@ pub struct HeaderModifier {
 pub struct Header {
     pub name: String,
     pub value: String,
+}
+
+/// `numerator / denominator` of the requests (Gateway API's `fraction`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Fraction {
+    pub numerator: u32,
+    #[serde(default = "hundred")]
+    pub denominator: u32,
+}
+
+fn hundred() -> u32 {
+    100
+}
+
+/// Gateway API's `HTTPURLRewriteFilter`; unset parts keep the request's.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UrlRewrite {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathRewrite>,
 }
 
 /// Gateway API's `HTTPRequestRedirectFilter`; unset parts keep the request's.
@@ -187,6 +226,34 @@ impl RouteRule {
             }
         }
         for (i, f) in self.filters.iter().enumerate() {
+            if let Filter::RequestMirror {
+                fraction:
+                    Some(Fraction {
+                        numerator,
+                        denominator,
+                    }),
+                ..
+            } = f
+                && (*denominator == 0 || numerator > denominator)
+            {
+                return invalid(
+                    format!("{at}.filters[{i}].fraction"),
+                    format!("{numerator}/{denominator} is not a fraction between 0 and 1"),
+                );
+            }
+            if let Filter::UrlRewrite { rewrite } = f
+                && matches!(rewrite.path, Some(PathRewrite::ReplacePrefixMatch { .. }))
+                && (self.matches.is_empty()
+                    || !self
+                        .matches
+                        .iter()
+                        .all(|m| matches!(m.path, Some(PathMatch::PathPrefix(_)))))
+            {
+                return invalid(
+                    format!("{at}.filters[{i}].path"),
+                    "ReplacePrefixMatch needs every match of the rule to be a PathPrefix",
+                );
+            }
             if let Filter::RequestRedirect { redirect } = f {
                 if ![301, 302, 303, 307, 308].contains(&redirect.status_code) {
                     return invalid(

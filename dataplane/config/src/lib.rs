@@ -38,8 +38,8 @@ pub use consistent_hash::{
     HttpCookie, MAXIMUM_RING_SIZE,
 };
 pub use http_route::{
-    Filter, Header, HeaderModifier, MatchType, PathMatch, PathRewrite, Redirect, RouteMatch,
-    RouteRule, ValueMatch, WeightedBackend,
+    Filter, Fraction, Header, HeaderModifier, MatchType, PathMatch, PathRewrite, Redirect,
+    RouteMatch, RouteRule, UrlRewrite, ValueMatch, WeightedBackend,
 };
 pub use tls::{CertificateError, ListenerTls, REDACTED, ServerCertificate, crypto_provider};
 

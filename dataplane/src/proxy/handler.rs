@@ -290,11 +290,15 @@ async fn forward(
     };
     let route = &routes[index];
     entry.route_name = Some("default".to_owned());
-    let (rule, cluster_name, backend_filters) =
-        match choose_rule(runtime, downstream, index, route, &req) {
-            Ok(chosen) => chosen,
-            Err(verdict) => return *verdict,
-        };
+    let Chosen {
+        rule,
+        cluster: cluster_name,
+        backend_filters,
+        matched_prefix,
+    } = match choose_rule(runtime, downstream, index, route, &req) {
+        Ok(chosen) => chosen,
+        Err(verdict) => return *verdict,
+    };
     entry.upstream_cluster = Some(cluster_name.to_owned());
     let Some(cluster) = runtime.cluster(cluster_name) else {
         return (
@@ -330,11 +334,13 @@ async fn forward(
     strip_hop_by_hop(&mut parts.headers);
     // The rule's filters, then the drawn backend's.
     let all_filters = || rule.iter().flat_map(|r| &r.filters).chain(backend_filters);
-    for f in all_filters() {
-        if let Filter::RequestHeaderModifier { modifier } = f {
-            filters::modify_headers(modifier, &mut parts.headers);
-        }
-    }
+    request_filters(
+        runtime,
+        &all_filters().collect::<Vec<_>>(),
+        &mut parts,
+        &body,
+        matched_prefix,
+    );
     // A matched HTTPRoute rule's retry and timeout replace the route's.
     let policy = policy(rule.and_then(|r| r.retry.as_ref()).unwrap_or(&route.retry));
     let timeout = rule.and_then(|r| r.timeout).or(route.timeout);
@@ -373,9 +379,14 @@ async fn forward(
     verdict
 }
 
-/// The rule a request matched (none: the route has no rules), the cluster it goes
-/// to, and the filters of the backend drawn.
-type Chosen<'a> = (Option<&'a RouteRule>, &'a str, &'a [Filter]);
+/// Where a request goes: the rule it matched (none: the route has no rules) and the
+/// `PathPrefix` it matched by, the cluster, and the filters of the backend drawn.
+struct Chosen<'a> {
+    rule: Option<&'a RouteRule>,
+    cluster: &'a str,
+    backend_filters: &'a [Filter],
+    matched_prefix: Option<&'a str>,
+}
 
 /// The HTTPRoute rule a request takes on `route` (`None`: the route has no rules)
 /// and the cluster it goes to. A request no rule matches gets 404 and a redirect is
@@ -390,7 +401,7 @@ fn choose_rule<'a>(
     route: &'a Route,
     req: &Request<Incoming>,
 ) -> Result<Chosen<'a>, Box<Verdict>> {
-    let rule = if route.rules.is_empty() {
+    let (rule, matched_prefix) = if route.rules.is_empty() {
         if route.cluster.is_empty() {
             // A virtual host with nothing attached (an ingress listener's hostname
             // without routes): nothing matches.
@@ -400,15 +411,21 @@ fn choose_rule<'a>(
                 "route_not_found",
             )));
         }
-        None
+        (None, None)
     } else {
-        Some(matching_rule(runtime, downstream, index, route, req)?)
+        let (rule, prefix) = matching_rule(runtime, downstream, index, route, req)?;
+        (Some(rule), prefix)
     };
     let backends = rule.map_or(&[][..], |r| &r.backends[..]);
     let exists = |c: &str| runtime.cluster(c).is_some();
     let draw = |total: u64| Rng::from_entropy().next_u64() % total;
     match filters::target(&route.cluster, backends, exists, draw) {
-        Target::Cluster(cluster, filters) => Ok((rule, cluster, filters)),
+        Target::Cluster(cluster, backend_filters) => Ok(Chosen {
+            rule,
+            cluster,
+            backend_filters,
+            matched_prefix,
+        }),
         Target::NoValidBackend => Err(Box::new((
             local_reply(StatusCode::INTERNAL_SERVER_ERROR, ""),
             None,
@@ -417,14 +434,15 @@ fn choose_rule<'a>(
     }
 }
 
-/// The rule of `route` a request matches, or the 404 or redirect it is answered.
+/// The rule of `route` a request matches and the `PathPrefix` it matched by, or
+/// the 404 or redirect it is answered.
 fn matching_rule<'a>(
     runtime: &Runtime,
     downstream: &Downstream,
     index: usize,
     route: &'a Route,
     req: &Request<Incoming>,
-) -> Result<&'a RouteRule, Box<Verdict>> {
+) -> Result<(&'a RouteRule, Option<&'a str>), Box<Verdict>> {
     let uri = req.uri();
     let selected = runtime.matcher(&downstream.listener, index).and_then(|m| {
         m.select(&route_match::Request {
@@ -442,12 +460,12 @@ fn matching_rule<'a>(
         )));
     };
     let rule = &route.rules[selected.rule];
+    let matched_prefix = selected.matched.and_then(|j| match &rule.matches[j].path {
+        Some(PathMatch::PathPrefix(p)) => Some(p.as_str()),
+        _ => None,
+    });
     for f in &rule.filters {
         if let Filter::RequestRedirect { redirect } = f {
-            let matched_prefix = selected.matched.and_then(|j| match &rule.matches[j].path {
-                Some(PathMatch::PathPrefix(p)) => Some(p.as_str()),
-                _ => None,
-            });
             let host = authority(req).unwrap_or_default();
             let location = filters::redirect_location(
                 redirect,
@@ -468,7 +486,7 @@ fn matching_rule<'a>(
             return Err(Box::new((resp, None, "direct_response")));
         }
     }
-    Ok(rule)
+    Ok((rule, matched_prefix))
 }
 
 /// Envoy's router loop: pick, send, report to outlier detection, maybe retry. A
@@ -627,6 +645,85 @@ fn reset_body(reason: &str, was_retried: bool) -> Response<Full<Bytes>> {
     let mut resp = local_reply(StatusCode::SERVICE_UNAVAILABLE, "");
     *resp.body_mut() = Full::new(Bytes::from(text));
     resp
+}
+
+/// A rule's and its drawn backend's request filters, in order: header modifiers
+/// and URL rewrites change the request; mirrors send a copy of it as it then is.
+fn request_filters(
+    runtime: &Runtime,
+    filters: &[&Filter],
+    parts: &mut http::request::Parts,
+    body: &Bytes,
+    matched_prefix: Option<&str>,
+) {
+    let all_filters = || filters.iter().copied();
+    for f in all_filters() {
+        match f {
+            Filter::RequestHeaderModifier { modifier } => {
+                filters::modify_headers(modifier, &mut parts.headers);
+            }
+            Filter::UrlRewrite { rewrite } => {
+                let (host, target) = filters::rewrite_url(
+                    rewrite,
+                    parts.uri.path(),
+                    parts.uri.query(),
+                    matched_prefix,
+                );
+                if let Some(h) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
+                    parts.headers.insert(header::HOST, h);
+                }
+                if let Some(t) = target.and_then(|t| t.parse::<Uri>().ok()) {
+                    parts.uri = t;
+                }
+            }
+            _ => {}
+        }
+    }
+    for f in all_filters() {
+        if let Filter::RequestMirror { cluster, fraction } = f
+            && filters::mirrored(*fraction, |n| Rng::from_entropy().next_u64() % n)
+            && let Some(mirror) = runtime.cluster(cluster)
+        {
+            shadow(Arc::clone(mirror), parts, body.clone());
+        }
+    }
+}
+
+/// Sends a copy of the request to one endpoint of `cluster` and forgets the answer,
+/// as Envoy's request mirror does (host suffixed `-shadow`, no retries).
+fn shadow(cluster: Arc<Cluster>, parts: &http::request::Parts, body: Bytes) {
+    let Ok(mut copy) = Request::builder()
+        .method(parts.method.clone())
+        .uri(parts.uri.clone())
+        .body(())
+    else {
+        return;
+    };
+    *copy.headers_mut() = parts.headers.clone();
+    if let Some(host) = copy
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(|h| match h.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => {
+                format!("{name}-shadow:{port}")
+            }
+            _ => format!("{h}-shadow"),
+        })
+        .and_then(|h| HeaderValue::from_str(&h).ok())
+    {
+        copy.headers_mut().insert(header::HOST, host);
+    }
+    let (copy, ()) = copy.into_parts();
+    tokio::spawn(async move {
+        if let Some(i) = cluster.pick(&[], false, None) {
+            let (result, _) = send(&cluster, i, &copy, &body).await;
+            if let Ok((resp, _lease)) = result {
+                // Read to the end so the connection can be reused.
+                let _ = resp.into_body().collect().await;
+            }
+        }
+    });
 }
 
 /// One attempt to one endpoint, through the cluster's pool. The request target is

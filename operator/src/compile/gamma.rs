@@ -4,7 +4,7 @@
 //! are; backends become the clusters of their Service ports.
 //!
 //! A rule's `retry` (attempts over Istio's default policy, `codes`) and
-//! `timeouts.request` carry over too. Not yet carried: URLRewrite, RequestMirror,
+//! `timeouts.request` carry over too, and URLRewrite. Not yet carried: RequestMirror,
 //! CORS and ExtensionRef filters (dropped, with a debug log), `timeouts.backendRequest`,
 //! consumer routes from other namespaces, route status.
 
@@ -213,6 +213,8 @@ pub(crate) fn filter(f: &Value, route: &str) -> Option<model::Filter> {
             .map(|modifier| model::Filter::ResponseHeaderModifier { modifier }),
         "RequestRedirect" => serde_json::from_value(body("requestRedirect"))
             .map(|redirect| model::Filter::RequestRedirect { redirect }),
+        "URLRewrite" => serde_json::from_value(body("urlRewrite"))
+            .map(|rewrite| model::Filter::UrlRewrite { rewrite }),
         other => {
             tracing::debug!(route, filter = other, "filter not carried yet; dropped");
             return None;
@@ -277,8 +279,16 @@ spec:
         let (rules, backends) = rules_for(&routes, "in-ambient", "httpbin", 8000, "cluster.local");
         assert_eq!(rules.len(), 2);
         assert_eq!(rules[0].matches[0].headers[0].value, "a");
-        // URLRewrite is not carried yet.
-        assert_eq!(rules[0].filters.len(), 1);
+        // The URLRewrite travels as it is.
+        assert_eq!(
+            rules[0].filters[1],
+            model::Filter::UrlRewrite {
+                rewrite: model::UrlRewrite {
+                    hostname: Some("elsewhere".into()),
+                    path: None
+                }
+            }
+        );
         assert_eq!(
             rules[0].backends,
             [

@@ -155,7 +155,8 @@ fn backends_named(parents: &[attach::Parent<'_>]) -> BTreeSet<NamespacedName> {
     for p in parents {
         let route_ns = p.route.namespace().unwrap_or_default();
         for rule in p.route.spec.rules.iter().flatten() {
-            for b in rule.backend_refs.iter().flatten() {
+            let mirrors = backends::mirrors(rule).into_iter().map(|(b, _)| b);
+            for b in rule.backend_refs.iter().flatten().cloned().chain(mirrors) {
                 out.insert((
                     b.namespace.clone().unwrap_or_else(|| route_ns.clone()),
                     b.name.clone(),

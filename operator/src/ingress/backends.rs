@@ -108,3 +108,35 @@ pub fn resolved_refs(
     }
     Ok(())
 }
+
+/// A rule's RequestMirror filters: the mirror's backendRef (as a backendRef, so it
+/// resolves like one) and the share of requests mirrored.
+pub fn mirrors(
+    rule: &gateway_api::apis::experimental::httproutes::HttpRouteRules,
+) -> Vec<(HttpRouteRulesBackendRefs, Option<waypoint_config::Fraction>)> {
+    rule.filters
+        .iter()
+        .flatten()
+        .filter_map(|f| f.request_mirror.as_ref())
+        .filter_map(|m| {
+            let backend = serde_json::to_value(&m.backend_ref)
+                .ok()
+                .and_then(|v| serde_json::from_value(v).ok())?;
+            let fraction = match (&m.fraction, m.percent) {
+                (Some(f), _) => Some(waypoint_config::Fraction {
+                    numerator: u32::try_from(f.numerator).unwrap_or(0),
+                    denominator: f
+                        .denominator
+                        .and_then(|d| u32::try_from(d).ok())
+                        .unwrap_or(100),
+                }),
+                (None, Some(p)) => Some(waypoint_config::Fraction {
+                    numerator: u32::try_from(p).unwrap_or(0),
+                    denominator: 100,
+                }),
+                (None, None) => None,
+            };
+            Some((backend, fraction))
+        })
+        .collect()
+}

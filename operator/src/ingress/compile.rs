@@ -255,7 +255,22 @@ fn rules_of(
                 filters: gamma::backend_filters(b, &route.name_any()),
             });
         }
-        out.push(gamma::convert(&route.name_any(), rule, weighted));
+        let mut converted = gamma::convert(&route.name_any(), rule, weighted);
+        for (b, fraction) in backends::mirrors(rule) {
+            let cluster = match backends::resolve(route, &b, view.services, view.grants) {
+                Ok(sp) => {
+                    let name = cluster_name(&sp, view.cluster_domain);
+                    wanted.push(sp);
+                    name
+                }
+                // Names no cluster: the dataplane mirrors nothing.
+                Err(why) => format!("invalid|{}|{}", why.reason, b.name),
+            };
+            converted
+                .filters
+                .push(model::Filter::RequestMirror { cluster, fraction });
+        }
+        out.push(converted);
     }
     out
 }

@@ -520,3 +520,57 @@ fn a_request_belongs_to_the_most_specific_listener_only() {
         "one route per name, each from its own listener; *.bar.example.com, with no route, answers 404"
     );
 }
+
+#[test]
+fn mirrors_and_rewrites_compile_with_their_backends() {
+    let gw = gateway("  - {name: http, port: 80, protocol: HTTP}");
+    let routes = [route(
+        "infra",
+        "r",
+        "  parentRefs: [{name: gw}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /mirror}}]
+    filters:
+    - {type: RequestMirror, requestMirror: {backendRef: {name: v2, port: 8080}, percent: 35}}
+    - {type: RequestMirror, requestMirror: {backendRef: {name: gone, port: 8080}}}
+    - {type: URLRewrite, urlRewrite: {hostname: elsewhere.example, path: {type: ReplacePrefixMatch, replacePrefixMatch: /}}}
+    backendRefs: [{name: v1, port: 8080}]",
+    )];
+    let v = listeners::judge(&gw, &Secrets::new(), &[]);
+    let parents = attach::parents(&gw, &v, &routes, &NamespaceLabels::new());
+    let services = [service("infra", "v1", 8080), service("infra", "v2", 8080)];
+    let view = View {
+        services: &services,
+        slices: &[],
+        grants: &[],
+        cluster_domain: "cluster.local",
+    };
+    let config = compile::compile(&v, &parents, &view);
+    let filters = &config.listeners[0].routes[0].rules[0].filters;
+    assert!(
+        matches!(&filters[0], waypoint_config::Filter::UrlRewrite { rewrite } if rewrite.hostname.as_deref() == Some("elsewhere.example"))
+    );
+    assert_eq!(
+        filters[1..],
+        [
+            waypoint_config::Filter::RequestMirror {
+                cluster: "outbound|8080||v2.infra.svc.cluster.local".into(),
+                fraction: Some(waypoint_config::Fraction {
+                    numerator: 35,
+                    denominator: 100
+                }),
+            },
+            waypoint_config::Filter::RequestMirror {
+                cluster: "invalid|BackendNotFound|gone".into(),
+                fraction: None,
+            },
+        ]
+    );
+    // The mirror's Service gets its cluster.
+    assert!(
+        config
+            .clusters
+            .iter()
+            .any(|c| c.name == "outbound|8080||v2.infra.svc.cluster.local")
+    );
+}
