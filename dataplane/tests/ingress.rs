@@ -387,3 +387,68 @@ clusters:
         ]
     );
 }
+
+/// Answers after `delay`.
+async fn slow(delay: std::time::Duration) -> SocketAddr {
+    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = socket.accept().await.unwrap();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req| async move {
+                    tokio::time::sleep(delay).await;
+                    Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from("slow"))))
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// HTTPRoute `timeouts.backendRequest`: an attempt that outlives it is cut, and with
+/// no retry left the client gets Envoy's 504 `UT`; without it the answer comes.
+#[tokio::test]
+async fn a_backend_timeout_cuts_each_attempt() {
+    let backend = slow(std::time::Duration::from_millis(400)).await;
+    let yaml = format!(
+        "listeners:
+- name: gw
+  address: 127.0.0.1:0
+  routes:
+  - hosts: [gw.example.com]
+    cluster: \"\"
+    rules:
+    - matches: [{{path: {{type: PathPrefix, value: /cut}}}}]
+      backendTimeout: 100ms
+      retry: {{attempts: 0, retryOn: [connect-failure]}}
+      backends: [{{cluster: slow}}]
+    - matches: [{{path: {{type: PathPrefix, value: /wait}}}}]
+      backends: [{{cluster: slow}}]
+clusters:
+- {{name: slow, endpoints: [{{address: \"{backend}\"}}]}}
+"
+    );
+    let (proxy, lines) = start(&yaml).await;
+    let started = std::time::Instant::now();
+    assert_eq!(
+        get(proxy, "gw.example.com", "/cut").await.0,
+        StatusCode::GATEWAY_TIMEOUT
+    );
+    assert!(started.elapsed() < std::time::Duration::from_millis(400));
+    assert_eq!(
+        get(proxy, "gw.example.com", "/wait").await,
+        (StatusCode::OK, "slow".to_owned())
+    );
+    let cut = lines
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|l| l.contains("GET /cut"))
+        .cloned()
+        .unwrap();
+    assert!(cut.contains(" 504 UT upstream_per_try_timeout "), "{cut}");
+}

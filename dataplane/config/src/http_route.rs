@@ -29,6 +29,14 @@ pub struct RouteRule {
         skip_serializing_if = "Option::is_none"
     )]
     pub timeout: Option<std::time::Duration>,
+    /// HTTPRoute `timeouts.backendRequest`: each attempt's own limit (Envoy's
+    /// per-try timeout), answered 504 `UT` when the last attempt runs out.
+    #[serde(
+        default,
+        with = "crate::opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub backend_timeout: Option<std::time::Duration>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -342,7 +342,8 @@ async fn forward(
         matched_prefix,
     );
     // A matched HTTPRoute rule's retry and timeout replace the route's.
-    let policy = policy(rule.and_then(|r| r.retry.as_ref()).unwrap_or(&route.retry));
+    let mut policy = policy(rule.and_then(|r| r.retry.as_ref()).unwrap_or(&route.retry));
+    policy.per_try_timeout = rule.and_then(|r| r.backend_timeout);
     let timeout = rule.and_then(|r| r.timeout).or(route.timeout);
     // Hashed once per request: Envoy hashes at every pick, but from inputs that do not
     // change between attempts.
@@ -516,8 +517,33 @@ async fn attempts(
         };
         tried.push(i);
         entry.upstream_host = Some(cluster.endpoints[i].address.to_string());
-        let (result, service_started) = send(cluster, i, parts, body).await;
+        let sent = match policy.per_try_timeout {
+            None => Some(send(cluster, i, parts, body).await),
+            Some(limit) => tokio::time::timeout(limit, send(cluster, i, parts, body))
+                .await
+                .ok(),
+        };
         _retry_slot = None;
+        let Some((result, service_started)) = sent else {
+            // Envoy's per-try timeout: a 504 for outlier detection, retried if the
+            // policy allows, else answered 504 `UT`.
+            cluster.report(i, Outcome::Timeout);
+            let slot = policy
+                .should_retry(Attempt::PerTryTimeout, retries)
+                .then(|| cluster.upstream.try_retry())
+                .flatten();
+            let Some(slot) = slot else {
+                return (
+                    local_reply(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
+                    Some("UT"),
+                    "upstream_per_try_timeout",
+                );
+            };
+            _retry_slot = Some(slot);
+            retries += 1;
+            tokio::time::sleep(policy.backoff(retries, &mut rng)).await;
+            continue;
+        };
         let attempt = match result {
             Ok((resp, lease)) => {
                 let status = resp.status().as_u16();
@@ -726,6 +752,23 @@ fn shadow(cluster: Arc<Cluster>, parts: &http::request::Parts, body: Bytes) {
     });
 }
 
+/// An endpoint's active-request count, for least-request balancing: up while an
+/// attempt runs, down when it ends or is dropped.
+struct Active<'a>(&'a super::cluster::Endpoint);
+
+impl<'a> Active<'a> {
+    fn begin(endpoint: &'a super::cluster::Endpoint) -> Self {
+        endpoint.begin();
+        Self(endpoint)
+    }
+}
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.end();
+    }
+}
+
 /// One attempt to one endpoint, through the cluster's pool. The request target is
 /// sent in origin form (`/path?query`) with the downstream `host` header.
 async fn send(
@@ -747,8 +790,8 @@ async fn send(
         req
     };
     let started = Instant::now();
-    endpoint.begin();
+    // Counted until this attempt ends, even when a timeout drops it mid-way.
+    let _active = Active::begin(endpoint);
     let result = cluster.upstream.send(i, make).await;
-    endpoint.end();
     (result, started)
 }

@@ -3,10 +3,11 @@
 //! API's match shapes are the model's, so matches and redirects carry over as they
 //! are; backends become the clusters of their Service ports.
 //!
-//! A rule's `retry` (attempts over Istio's default policy, `codes`) and
-//! `timeouts.request` carry over too, and URLRewrite. Not yet carried: RequestMirror,
-//! CORS and ExtensionRef filters (dropped, with a debug log), `timeouts.backendRequest`,
-//! consumer routes from other namespaces, route status.
+//! A rule's `retry` (attempts over Istio's default policy, `codes`),
+//! `timeouts.request` and `timeouts.backendRequest` carry over too, and URLRewrite.
+//! Not yet carried here: RequestMirror (the ingress compiler resolves it), CORS and
+//! ExtensionRef filters (dropped, with a debug log), consumer routes from other
+//! namespaces, route status.
 
 use gateway_api::apis::experimental::httproutes::{
     HttpRoute, HttpRouteParentRefs, HttpRouteRules, HttpRouteRulesBackendRefs,
@@ -116,18 +117,23 @@ pub(crate) fn convert(
         filters,
         backends,
         retry: json.get("retry").map(retry),
-        timeout: json
-            .pointer("/timeouts/request")
-            .and_then(Value::as_str)
-            .and_then(|t| {
-                let d = gateway_duration(t);
-                if d.is_none() {
-                    tracing::debug!(route, timeout = t, "not a Gateway API duration; ignored");
-                }
-                d
-            })
-            .filter(|d| !d.is_zero()),
+        timeout: timeout(&json, "/timeouts/request", route),
+        backend_timeout: timeout(&json, "/timeouts/backendRequest", route),
     }
+}
+
+/// A rule's timeout at `pointer`; "0s" and unreadable values mean none.
+fn timeout(json: &Value, pointer: &str, route: &str) -> Option<std::time::Duration> {
+    json.pointer(pointer)
+        .and_then(Value::as_str)
+        .and_then(|t| {
+            let d = gateway_duration(t);
+            if d.is_none() {
+                tracing::debug!(route, timeout = t, "not a Gateway API duration; ignored");
+            }
+            d
+        })
+        .filter(|d| !d.is_zero())
 }
 
 /// A backendRef's own filters in the model's shape (those carried; see `filter`).
