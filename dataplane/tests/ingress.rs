@@ -433,12 +433,11 @@ clusters:
 "
     );
     let (proxy, lines) = start(&yaml).await;
-    let started = std::time::Instant::now();
+    // The backend would answer 200 after 400 ms: a 504 means the attempt was cut.
     assert_eq!(
         get(proxy, "gw.example.com", "/cut").await.0,
         StatusCode::GATEWAY_TIMEOUT
     );
-    assert!(started.elapsed() < std::time::Duration::from_millis(400));
     assert_eq!(
         get(proxy, "gw.example.com", "/wait").await,
         (StatusCode::OK, "slow".to_owned())
