@@ -17,16 +17,24 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use waypoint_dataplane::proxy::{self, Shared};
 
-/// Answers every request with its name.
-async fn backend(name: &'static str) -> SocketAddr {
+/// Serves `answer` (request in, response body out) on a fresh loopback port.
+async fn serve<F, Fut>(answer: F) -> SocketAddr
+where
+    F: Fn(Request<hyper::body::Incoming>) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = String> + Send + 'static,
+{
     let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = socket.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
             let (stream, _) = socket.accept().await.unwrap();
+            let answer = answer.clone();
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |_req| async move {
-                    Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(name))))
+                let svc = hyper::service::service_fn(move |req| {
+                    let body = answer(req);
+                    async move {
+                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(body.await))))
+                    }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), svc)
@@ -35,6 +43,22 @@ async fn backend(name: &'static str) -> SocketAddr {
         }
     });
     addr
+}
+
+/// Answers every request with its name.
+async fn backend(name: &'static str) -> SocketAddr {
+    serve(move |_| async move { name.to_owned() }).await
+}
+
+/// The `host` header and the origin-form target of a request, as one line.
+fn host_and_target(req: &Request<hyper::body::Incoming>) -> String {
+    let host = req
+        .headers()
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("-");
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    format!("{host} {target}")
 }
 
 /// Serves `yaml`'s listener `gw` on a fresh port; access-log lines go to the vector.
@@ -233,32 +257,7 @@ clusters:
 
 /// Answers every request with the `host` header and the target it received.
 async fn echo_target() -> SocketAddr {
-    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = socket.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = socket.accept().await.unwrap();
-            tokio::spawn(async move {
-                let svc =
-                    hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
-                        let host = req
-                            .headers()
-                            .get("host")
-                            .and_then(|h| h.to_str().ok())
-                            .unwrap_or("-")
-                            .to_owned();
-                        let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
-                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(format!(
-                            "{host} {target}"
-                        )))))
-                    });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    addr
+    serve(|req| async move { host_and_target(&req) }).await
 }
 
 /// Gateway API's URLRewrite: the upstream sees the new host and path (the matched
@@ -306,33 +305,12 @@ clusters:
 /// Records the `host` and target of every request it gets.
 async fn recorder() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = socket.local_addr().unwrap();
     let log = Arc::clone(&seen);
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = socket.accept().await.unwrap();
-            let log = Arc::clone(&log);
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let log = Arc::clone(&log);
-                    async move {
-                        let host = req
-                            .headers()
-                            .get("host")
-                            .and_then(|h| h.to_str().ok())
-                            .unwrap_or("-");
-                        let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
-                        log.lock().unwrap().push(format!("{host} {target}"));
-                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from("mirror"))))
-                    }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
+    let addr = serve(move |req| {
+        log.lock().unwrap().push(host_and_target(&req));
+        async { "mirror".to_owned() }
+    })
+    .await;
     (addr, seen)
 }
 
@@ -390,23 +368,11 @@ clusters:
 
 /// Answers after `delay`.
 async fn slow(delay: std::time::Duration) -> SocketAddr {
-    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = socket.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = socket.accept().await.unwrap();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |_req| async move {
-                    tokio::time::sleep(delay).await;
-                    Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from("slow"))))
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    addr
+    serve(move |_| async move {
+        tokio::time::sleep(delay).await;
+        "slow".to_owned()
+    })
+    .await
 }
 
 /// HTTPRoute `timeouts.backendRequest`: an attempt that outlives it is cut, and with
