@@ -111,9 +111,57 @@ pub fn select_certificates<'a>(
     }))
 }
 
+/// Gateway API's misdirected request (421): on an HTTPS listener, the TLS server
+/// name and the request's host would each be served by a different Gateway listener,
+/// told apart by the most specific certificate hostname that fits each.
+pub fn misdirected(hostnames: &[Option<&str>], server_name: &str, authority: &str) -> bool {
+    let listener = |name: &str| {
+        select_certificates(hostnames.iter().copied(), Some(name))
+            .first()
+            .map(|&i| hostnames[i])
+    };
+    listener(server_name) != listener(authority)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_host_of_another_listener_than_the_server_name_is_misdirected() {
+        // The conformance suite's HTTPS Gateway: no hostname, an exact one, a
+        // wildcard and an exact one under the wildcard.
+        let listeners = [
+            None,
+            Some("second-example.org"),
+            Some("*.wildcard.org"),
+            Some("fourth-example.wildcard.org"),
+        ];
+        for (sni, host, want) in [
+            ("example.org", "example.org", false),
+            ("example.org", "second-example.org", true),
+            ("example.org", "unknown-example.org", false),
+            ("second-example.org", "example.org", true),
+            (
+                "third-example.wildcard.org",
+                "fith-example.wildcard.org:443",
+                false,
+            ),
+            (
+                "third-example.wildcard.org",
+                "fourth-example.wildcard.org",
+                true,
+            ),
+            (
+                "fourth-example.wildcard.org",
+                "fith-example.wildcard.org",
+                true,
+            ),
+            ("unknown-example.org", "example.org", false),
+        ] {
+            assert_eq!(misdirected(&listeners, sni, host), want, "{sni} {host}");
+        }
+    }
 
     #[test]
     fn wildcards_match_one_or_more_labels_never_the_bare_suffix() {

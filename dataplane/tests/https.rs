@@ -367,3 +367,56 @@ async fn certificates_follow_reloads_and_a_bad_one_keeps_the_previous() {
     let stream = connect(proxy, &client, "example.com").await.unwrap();
     assert_eq!(served(&stream), second.der);
 }
+
+/// Gateway API's misdirected requests: a host that belongs to another listener than
+/// the connection's server name gets 421; a host of the same listener is served.
+#[tokio::test]
+async fn a_host_of_another_listener_than_the_server_name_gets_421() {
+    let ca = TestCa::new();
+    let default = ca.issue(&["default.test"]);
+    let wild = ca.issue(&["*.wildcard.org"]);
+    let exact = ca.issue(&["example.com"]);
+    let backends = [
+        ("any", backend("any").await),
+        ("wild", backend("wild").await),
+        ("exact", backend("exact").await),
+    ];
+    let yaml = config(
+        &[
+            (None, &default),
+            (Some("*.wildcard.org"), &wild),
+            (Some("example.com"), &exact),
+        ],
+        &backends,
+    );
+    let (proxy, _shared, lines) = start(&yaml).await;
+    let h1 = ca.connector(true, &[b"http/1.1"]);
+    for (sni, host, want) in [
+        ("a.wildcard.org", "b.wildcard.org", StatusCode::OK),
+        (
+            "a.wildcard.org",
+            "example.com",
+            StatusCode::MISDIRECTED_REQUEST,
+        ),
+        (
+            "example.com",
+            "default.test",
+            StatusCode::MISDIRECTED_REQUEST,
+        ),
+        ("default.test", "other.test", StatusCode::OK),
+    ] {
+        let stream = connect(proxy, &h1, sni).await.unwrap();
+        assert_eq!(
+            get_h1(stream, host, "/").await.status(),
+            want,
+            "{sni} {host}"
+        );
+    }
+    let lines = lines.lock().unwrap();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(" 421 - misdirected_request ")),
+        "{lines:?}"
+    );
+}

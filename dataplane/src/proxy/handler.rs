@@ -281,6 +281,9 @@ async fn forward(
     entry: &mut Entry,
 ) -> Verdict {
     let (peer, local) = (downstream.peer, downstream.local);
+    if let Some(verdict) = misdirected(runtime, downstream, authority) {
+        return verdict;
+    }
     let Some(index) = host_match::select_route(routes, authority) else {
         return (
             local_reply(StatusCode::NOT_FOUND, ""),
@@ -378,6 +381,35 @@ async fn forward(
         }
     }
     verdict
+}
+
+/// 421 for a request on an HTTPS listener whose host belongs to another Gateway
+/// listener than its TLS server name (a reused HTTP/2 connection, say).
+fn misdirected(
+    runtime: &Runtime,
+    downstream: &Downstream,
+    authority: Option<&str>,
+) -> Option<Verdict> {
+    let (server_name, authority) = (downstream.server_name.as_deref()?, authority?);
+    let tls = runtime
+        .config
+        .listeners
+        .iter()
+        .find(|l| *l.name == *downstream.listener)?
+        .tls
+        .as_ref()?;
+    let hostnames: Vec<Option<&str>> = tls
+        .certificates
+        .iter()
+        .map(|c| c.hostname.as_deref())
+        .collect();
+    host_match::misdirected(&hostnames, server_name, authority).then(|| {
+        (
+            local_reply(StatusCode::MISDIRECTED_REQUEST, "Misdirected Request"),
+            None,
+            "misdirected_request",
+        )
+    })
 }
 
 /// Where a request goes: the rule it matched (none: the route has no rules) and the
