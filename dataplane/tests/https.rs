@@ -266,8 +266,10 @@ async fn get_h1(stream: TlsStream<TcpStream>, host: &str, path: &str) -> http::R
     http::Response::from_parts(parts, String::from_utf8(body.to_vec()).unwrap())
 }
 
-#[tokio::test]
-async fn requests_are_routed_by_host_after_tls_over_h1_and_h2() {
+/// A listener with a default certificate (default.test), one for `*.wildcard.org`
+/// and one for example.com, each name routed to its own backend; the CA, the
+/// proxy's address and its access-log lines.
+async fn three_listeners() -> (TestCa, SocketAddr, Arc<Mutex<Vec<String>>>) {
     let ca = TestCa::new();
     let default = ca.issue(&["default.test"]);
     let wild = ca.issue(&["*.wildcard.org"]);
@@ -286,6 +288,12 @@ async fn requests_are_routed_by_host_after_tls_over_h1_and_h2() {
         &backends,
     );
     let (proxy, _shared, lines) = start(&yaml).await;
+    (ca, proxy, lines)
+}
+
+#[tokio::test]
+async fn requests_are_routed_by_host_after_tls_over_h1_and_h2() {
+    let (ca, proxy, lines) = three_listeners().await;
     let h1 = ca.connector(true, &[b"http/1.1"]);
     for (name, want) in [
         ("example.com", "exact"),
@@ -372,24 +380,7 @@ async fn certificates_follow_reloads_and_a_bad_one_keeps_the_previous() {
 /// the connection's server name gets 421; a host of the same listener is served.
 #[tokio::test]
 async fn a_host_of_another_listener_than_the_server_name_gets_421() {
-    let ca = TestCa::new();
-    let default = ca.issue(&["default.test"]);
-    let wild = ca.issue(&["*.wildcard.org"]);
-    let exact = ca.issue(&["example.com"]);
-    let backends = [
-        ("any", backend("any").await),
-        ("wild", backend("wild").await),
-        ("exact", backend("exact").await),
-    ];
-    let yaml = config(
-        &[
-            (None, &default),
-            (Some("*.wildcard.org"), &wild),
-            (Some("example.com"), &exact),
-        ],
-        &backends,
-    );
-    let (proxy, _shared, lines) = start(&yaml).await;
+    let (ca, proxy, lines) = three_listeners().await;
     let h1 = ca.connector(true, &[b"http/1.1"]);
     for (sni, host, want) in [
         ("a.wildcard.org", "b.wildcard.org", StatusCode::OK),

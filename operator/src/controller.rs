@@ -634,30 +634,13 @@ async fn reconcile_gateway(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action
     match class {
         Class::Waypoint => {
             let config = compile_for(&ctx, &gw, &ns, &name);
-            let deployed = Box::pin(deploy(&ctx, &gw, &key, &config)).await?;
-            let observed = Observed {
-                ready_replicas: deployed.ready_replicas,
-                cluster_ips: deployed.cluster_ips,
-                conflict: deployed.conflict,
-                invalid_parameters: deployed.invalid_parameters,
-                cluster_domain: ctx.cluster_domain.clone(),
-                config: deployed.config,
-            };
+            let observed = Box::pin(deploy(&ctx, &gw, &key, &config)).await?;
             let status = status::gateway_status(&gw, &observed, &now());
             write_gateway_status(&ctx, &gw, status, observed.ready_replicas).await?;
             Ok(Action::requeue(Duration::from_mins(5)))
         }
         Class::Ingress => Box::pin(ingress::reconcile(&ctx, &gw, &key)).await,
     }
-}
-
-/// What became of a Gateway's generated objects.
-pub(crate) struct Deployed {
-    pub ready_replicas: i32,
-    pub cluster_ips: Vec<String>,
-    pub conflict: Option<String>,
-    pub invalid_parameters: Option<String>,
-    pub config: crate::config_server::Applied,
 }
 
 /// Publishes `config` to the Gateway's dataplanes and applies the objects that run
@@ -667,7 +650,7 @@ pub(crate) async fn deploy(
     gw: &Gateway,
     key: &(String, String),
     config: &waypoint_config::Config,
-) -> Result<Deployed, Error> {
+) -> Result<Observed, Error> {
     let (ns, name) = (key.0.as_str(), key.1.as_str());
     let (version, fresh) = ctx.configs.publish(key, builders::config_yaml(config));
     let (children, invalid_parameters) = children_for(ctx, gw, ns, config).await?;
@@ -711,7 +694,7 @@ pub(crate) async fn deploy(
             .wait_applied(key, &version, CONFIG_APPLY_WAIT)
             .await;
     }
-    Ok(Deployed {
+    Ok(Observed {
         ready_replicas: deployment
             .and_then(|d| d.status)
             .and_then(|s| s.ready_replicas)
@@ -722,6 +705,7 @@ pub(crate) async fn deploy(
             .unwrap_or_default(),
         conflict: clash,
         invalid_parameters,
+        cluster_domain: ctx.cluster_domain.clone(),
         config: ctx.configs.applied(key, std::time::Instant::now()),
     })
 }

@@ -14,7 +14,7 @@ use kube::ResourceExt;
 use crate::config_server::Applied;
 use crate::names::MESH_PORT;
 
-/// What the operator saw of a waypoint's generated objects.
+/// What the operator saw of a Gateway's generated objects (waypoint or ingress).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Observed {
     pub ready_replicas: i32,

@@ -105,7 +105,7 @@ pub(crate) async fn reconcile(
     let config = ingress::compile::compile(&verdicts, &parents, &view);
     ctx.ingress_backends.set(key, named);
 
-    let deployed = Box::pin(deploy(ctx, gw, key, &config)).await?;
+    let observed = Box::pin(deploy(ctx, gw, key, &config)).await?;
     let attached: Vec<i32> = (0..verdicts.len())
         .map(|i| {
             let routes: BTreeSet<(String, String)> = parents
@@ -116,13 +116,6 @@ pub(crate) async fn reconcile(
             i32::try_from(routes.len()).unwrap_or(i32::MAX)
         })
         .collect();
-    let observed = ingress_status::Observed {
-        ready_replicas: deployed.ready_replicas,
-        cluster_ips: deployed.cluster_ips,
-        conflict: deployed.conflict,
-        invalid_parameters: deployed.invalid_parameters,
-        config: deployed.config,
-    };
     let status = ingress_status::gateway_status(gw, &verdicts, &attached, &observed, &now());
     write_gateway_status(ctx, gw, status, observed.ready_replicas).await?;
     write_route_parents(ctx, gw, &parents, &routes, &services, &grants).await?;

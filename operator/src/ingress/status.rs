@@ -14,17 +14,7 @@ use super::listeners::Verdict;
 use super::{GATEWAY_GROUP, Refusal};
 use crate::config_server::Applied;
 use crate::names::INGRESS_CONTROLLER_NAME;
-use crate::status::condition;
-
-/// What the operator saw of the Gateway's dataplane.
-#[derive(Clone, Debug, Default)]
-pub struct Observed {
-    pub ready_replicas: i32,
-    pub cluster_ips: Vec<String>,
-    pub conflict: Option<String>,
-    pub invalid_parameters: Option<String>,
-    pub config: Applied,
-}
+use crate::status::{Observed, condition};
 
 /// Gateway API's `supportedFeatures` for the class: only what the upstream
 /// conformance suite passes here (`hack/conformance` runs exactly this list).

@@ -12,8 +12,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use super::attach::{self, NamespaceLabels};
 use super::compile::{self, View};
 use super::listeners::{self, Secrets};
-use super::status::{self, Observed};
+use super::status;
 use crate::config_server::Applied;
+use crate::status::Observed;
 
 fn yaml<T: serde::de::DeserializeOwned>(text: &str) -> T {
     serde_yaml::from_str(text).unwrap()
@@ -90,6 +91,16 @@ kind: Service
 metadata: {{name: {name}, namespace: {ns}}}
 spec: {{ports: [{{name: http, port: {port}}}]}}"
     ))
+}
+
+/// A view without Services, EndpointSlices or grants.
+fn nothing_to_send_to() -> View<'static> {
+    View {
+        services: &[],
+        slices: &[],
+        grants: &[],
+        cluster_domain: "cluster.local",
+    }
 }
 
 #[test]
@@ -443,12 +454,7 @@ fn https_listeners_carry_their_certificates_but_the_bootstrap_does_not() {
         .into_iter()
         .collect();
     let v = listeners::judge(&gw, &secrets, &[]);
-    let view = View {
-        services: &[],
-        slices: &[],
-        grants: &[],
-        cluster_domain: "cluster.local",
-    };
+    let view = nothing_to_send_to();
     let config = compile::compile(&v, &[], &view);
     let l = &config.listeners[0];
     assert_eq!(
@@ -496,12 +502,7 @@ fn a_request_belongs_to_the_most_specific_listener_only() {
         .collect();
     let v = listeners::judge(&gw, &Secrets::new(), &[]);
     let parents = attach::parents(&gw, &v, &routes, &NamespaceLabels::new());
-    let view = View {
-        services: &[],
-        slices: &[],
-        grants: &[],
-        cluster_domain: "cluster.local",
-    };
+    let view = nothing_to_send_to();
     let config = compile::compile(&v, &parents, &view);
     let by_host: Vec<(String, usize)> = config.listeners[0]
         .routes
