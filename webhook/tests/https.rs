@@ -31,7 +31,8 @@ struct Server {
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
-fn issue(dir: &Path) -> Issued {
+/// A new CA and a serving pair it signed.
+fn mint() -> (Issued, Issued) {
     let now = time::OffsetDateTime::now_utc();
     let ca = certs::new_ca(now).unwrap();
     let leaf = certs::serving(
@@ -41,12 +42,21 @@ fn issue(dir: &Path) -> Issued {
         now,
     )
     .unwrap();
-    // Written the way the kubelet updates a Secret volume: new files, then renamed.
+    (ca, leaf)
+}
+
+/// Written the way the kubelet updates a Secret volume: new files, then renamed.
+fn install(dir: &Path, leaf: &Issued) {
     for (name, pem) in [("tls.crt", &leaf.cert_pem), ("tls.key", &leaf.key_pem)] {
         let tmp = dir.join(format!(".{name}.tmp"));
         std::fs::write(&tmp, pem).unwrap();
         std::fs::rename(&tmp, dir.join(name)).unwrap();
     }
+}
+
+fn issue(dir: &Path) -> Issued {
+    let (ca, leaf) = mint();
+    install(dir, &leaf);
     ca
 }
 
@@ -287,14 +297,24 @@ async fn certificate_rotation_fails_no_request() {
     .await
     .unwrap();
 
+    // Handshakes in flight by clients that do not trust the new CA yet.
+    let old_only = Arc::new(AtomicUsize::new(0));
     let rotated = {
         let dir = dir.clone();
         let new_ca = new_ca.clone();
+        let old_only = old_only.clone();
         let resolver = server.resolver.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            let ca = issue(&dir);
+            // As in a cluster, the clients trust the new CA before the serving pair
+            // changes: a handshake begun trusting only the old CA must end first, or
+            // it fails whatever the server does.
+            let (ca, leaf) = mint();
             *new_ca.lock().unwrap() = Some(ca);
+            while old_only.load(Ordering::SeqCst) > 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            install(&dir, &leaf);
             assert!(
                 resolver.reload().unwrap(),
                 "the rotated files were not picked up"
@@ -306,12 +326,21 @@ async fn certificate_rotation_fails_no_request() {
         let done = done.clone();
         let new_ca = new_ca.clone();
         let old_ca = old_ca.clone();
+        let old_only = old_only.clone();
         tokio::spawn(async move {
             for _ in 0..60 {
                 let next = new_ca.lock().unwrap().clone();
                 let trusted: Vec<&Issued> = std::iter::once(&old_ca).chain(next.as_ref()).collect();
                 let tls = client_config(&trusted, &[&rustls::version::TLS13], b"http/1.1");
-                match Conn::open(addr, &tls).await {
+                let counted = next.is_none();
+                if counted {
+                    old_only.fetch_add(1, Ordering::SeqCst);
+                }
+                let opened = Conn::open(addr, &tls).await;
+                if counted {
+                    old_only.fetch_sub(1, Ordering::SeqCst);
+                }
+                match opened {
                     Ok(mut c) => match c.send("POST", "/validate", review_body()).await {
                         Ok((200, body)) if denied(&body) => {}
                         other => {
