@@ -5,6 +5,63 @@
 use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// Envoy's response flags (`%RESPONSE_FLAGS%`), a set printed as Envoy 1.40 prints
+/// it: comma-separated, last `CoreResponseFlag` first (`URX,UF`, `UO,UF`, as the
+/// differential test sees), `-` when empty.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flags(u32);
+
+/// Envoy's `CoreResponseFlag` names, in its enum order (the bit is the position).
+const FLAG_NAMES: [&str; 17] = [
+    "LH", "UH", "UT", "LR", "UR", "UF", "UC", "UO", "NR", "DI", "FI", "RL", "UAEX", "RLSE", "DC",
+    "URX", "SI",
+];
+
+impl Flags {
+    pub const NONE: Self = Self(0);
+    pub const UH: Self = Self(1 << 1);
+    pub const UT: Self = Self(1 << 2);
+    pub const UR: Self = Self(1 << 4);
+    pub const UF: Self = Self(1 << 5);
+    pub const UC: Self = Self(1 << 6);
+    pub const UO: Self = Self(1 << 7);
+    pub const NR: Self = Self(1 << 8);
+    pub const DI: Self = Self(1 << 9);
+    pub const FI: Self = Self(1 << 10);
+    pub const DC: Self = Self(1 << 14);
+    pub const URX: Self = Self(1 << 15);
+    /// `NC` (no cluster found) is far down Envoy's enum; its own bit here.
+    pub const NC: Self = Self(1 << 31);
+
+    #[must_use]
+    pub const fn with(self, other: Self) -> Self {
+        Self(self.0 | other.0)
+    }
+
+    #[must_use]
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
+impl std::fmt::Display for Flags {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.is_empty() {
+            return f.write_str("-");
+        }
+        let mut names = Vec::new();
+        if self.0 & Self::NC.0 != 0 {
+            names.push("NC");
+        }
+        for (bit, name) in FLAG_NAMES.iter().enumerate().rev() {
+            if self.0 & (1 << bit) != 0 {
+                names.push(name);
+            }
+        }
+        f.write_str(&names.join(","))
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Entry {
     pub start_time: Option<SystemTime>,
@@ -13,8 +70,11 @@ pub struct Entry {
     pub protocol: &'static str,
     /// 0 when no response started.
     pub response_code: u16,
-    pub response_flags: Option<&'static str>,
-    pub response_code_details: &'static str,
+    pub response_flags: Flags,
+    pub response_code_details: std::borrow::Cow<'static, str>,
+    /// Envoy's `%UPSTREAM_TRANSPORT_FAILURE_REASON%`, e.g.
+    /// `delayed_connect_error:_Connection_refused`.
+    pub upstream_transport_failure_reason: Option<String>,
     pub bytes_received: u64,
     pub bytes_sent: u64,
     pub duration_ms: u128,
@@ -65,8 +125,8 @@ impl Entry {
             "path": text(Some(&self.path)),
             "protocol": text(Some(self.protocol)),
             "response_code": self.response_code,
-            "response_flags": text(self.response_flags),
-            "response_code_details": text(Some(self.response_code_details)),
+            "response_flags": (!self.response_flags.is_empty()).then(|| self.response_flags.to_string()),
+            "response_code_details": text(Some(&self.response_code_details)),
             "connection_termination_details": serde_json::Value::Null,
             "bytes_received": self.bytes_received,
             "bytes_sent": self.bytes_sent,
@@ -82,7 +142,7 @@ impl Entry {
             "downstream_local_address": text(self.downstream_local_address.as_deref()),
             "downstream_remote_address": text(self.downstream_remote_address.as_deref()),
             "requested_server_name": text(self.requested_server_name.as_deref()),
-            "upstream_transport_failure_reason": serde_json::Value::Null,
+            "upstream_transport_failure_reason": text(self.upstream_transport_failure_reason.as_deref()),
         })
         .to_string()
     }
@@ -99,13 +159,14 @@ impl Entry {
         // Writing to a String cannot fail.
         let _ = write!(
             line,
-            "[{start}] \"{} {} {}\" {} {} {} - \"-\" {} {} {} {service_time} \"{}\" \"{}\" \"{}\" \"{}\" \"{}\" {} {} {} {} {} {}",
+            "[{start}] \"{} {} {}\" {} {} {} - \"{}\" {} {} {} {service_time} \"{}\" \"{}\" \"{}\" \"{}\" \"{}\" {} {} {} {} {} {}",
             self.method,
             self.path,
             self.protocol,
             self.response_code,
-            self.response_flags.unwrap_or("-"),
-            or_dash(Some(self.response_code_details)),
+            self.response_flags,
+            or_dash(Some(&self.response_code_details)),
+            or_dash(self.upstream_transport_failure_reason.as_deref()),
             self.bytes_received,
             self.bytes_sent,
             self.duration_ms,
@@ -169,8 +230,8 @@ mod tests {
             path: "/hostname".into(),
             protocol: "HTTP/1.1",
             response_code: 503,
-            response_flags: Some("UH"),
-            response_code_details: "no_healthy_upstream",
+            response_flags: Flags::UH,
+            response_code_details: "no_healthy_upstream".into(),
             bytes_sent: 19,
             duration_ms: 1,
             ..Entry::default()
@@ -194,7 +255,7 @@ mod tests {
             path: "/hostname".into(),
             protocol: "HTTP/1.1",
             response_code: 200,
-            response_code_details: "via_upstream",
+            response_code_details: "via_upstream".into(),
             bytes_received: 0,
             bytes_sent: 32,
             duration_ms: 5,
@@ -226,8 +287,8 @@ mod tests {
             path: "/".into(),
             protocol: "HTTP/1.1",
             response_code: 503,
-            response_flags: Some("UH"),
-            response_code_details: "no_healthy_upstream",
+            response_flags: Flags::UH,
+            response_code_details: "no_healthy_upstream".into(),
             ..Entry::default()
         };
         assert_eq!(

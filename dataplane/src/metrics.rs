@@ -80,9 +80,10 @@ struct Outlier {
     active: u64,
 }
 
-/// Envoy's circuit-breaker overflow counters of one cluster.
+/// Envoy's upstream counters of one cluster: circuit-breaker overflows, connect
+/// failures and retries, under Envoy's stat names.
 #[derive(Clone, Copy, Debug, Default)]
-struct Overflows {
+struct Upstream {
     /// `upstream_rq_pending_overflow`: requests refused by max pending or max
     /// requests (503 `UO`).
     rq_pending: u64,
@@ -90,13 +91,17 @@ struct Overflows {
     rq_retry: u64,
     /// `upstream_cx_overflow`: connections not opened because of max connections.
     cx: u64,
+    /// `upstream_cx_connect_fail`: connection attempts that failed or timed out.
+    cx_connect_fail: u64,
+    /// `upstream_rq_retry`: retries made.
+    rq_retry_made: u64,
 }
 
 #[derive(Debug, Default)]
 pub struct Metrics {
     requests: Mutex<BTreeMap<RequestLabels, Series>>,
     outlier: Mutex<BTreeMap<String, Outlier>>,
-    overflow: Mutex<BTreeMap<String, Overflows>>,
+    upstream: Mutex<BTreeMap<String, Upstream>>,
 }
 
 /// The Deployment a ReplicaSet pod belongs to: `<deployment>-<hash>-<suffix>`.
@@ -147,9 +152,9 @@ impl Metrics {
         o.active = o.active.saturating_sub(1);
     }
 
-    fn overflow(&self, cluster: &str, bump: impl FnOnce(&mut Overflows)) {
+    fn upstream(&self, cluster: &str, bump: impl FnOnce(&mut Upstream)) {
         bump(
-            self.overflow
+            self.upstream
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .entry(cluster.to_owned())
@@ -158,15 +163,23 @@ impl Metrics {
     }
 
     pub fn pending_overflow(&self, cluster: &str) {
-        self.overflow(cluster, |o| o.rq_pending += 1);
+        self.upstream(cluster, |o| o.rq_pending += 1);
     }
 
     pub fn retry_overflow(&self, cluster: &str) {
-        self.overflow(cluster, |o| o.rq_retry += 1);
+        self.upstream(cluster, |o| o.rq_retry += 1);
     }
 
     pub fn connection_overflow(&self, cluster: &str) {
-        self.overflow(cluster, |o| o.cx += 1);
+        self.upstream(cluster, |o| o.cx += 1);
+    }
+
+    pub fn connect_failed(&self, cluster: &str) {
+        self.upstream(cluster, |o| o.cx_connect_fail += 1);
+    }
+
+    pub fn retried(&self, cluster: &str) {
+        self.upstream(cluster, |o| o.rq_retry_made += 1);
     }
 
     /// The Prometheus text exposition of everything recorded.
@@ -237,24 +250,30 @@ impl Metrics {
                 );
             }
         }
-        let overflow = self
-            .overflow
+        let upstream = self
+            .upstream
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
         for (name, pick) in [
             (
                 "envoy_cluster_upstream_rq_pending_overflow",
-                (|o: &Overflows| o.rq_pending) as fn(&Overflows) -> u64,
+                (|o: &Upstream| o.rq_pending) as fn(&Upstream) -> u64,
             ),
             (
                 "envoy_cluster_upstream_rq_retry_overflow",
-                |o: &Overflows| o.rq_retry,
+                |o: &Upstream| o.rq_retry,
             ),
-            ("envoy_cluster_upstream_cx_overflow", |o: &Overflows| o.cx),
+            ("envoy_cluster_upstream_cx_overflow", |o: &Upstream| o.cx),
+            ("envoy_cluster_upstream_cx_connect_fail", |o: &Upstream| {
+                o.cx_connect_fail
+            }),
+            ("envoy_cluster_upstream_rq_retry", |o: &Upstream| {
+                o.rq_retry_made
+            }),
         ] {
             let _ = writeln!(out, "# TYPE {name} counter");
-            for (cluster, o) in &overflow {
+            for (cluster, o) in &upstream {
                 let _ = writeln!(
                     out,
                     "{name}{{cluster_name=\"{}\"}} {}",
@@ -413,7 +432,7 @@ mod tests {
     }
 
     #[test]
-    fn circuit_breaker_overflow_counters() {
+    fn upstream_counters() {
         let m = Metrics::default();
         m.pending_overflow("c");
         m.pending_overflow("c");
@@ -423,6 +442,13 @@ mod tests {
         assert!(text.contains("envoy_cluster_upstream_rq_pending_overflow{cluster_name=\"c\"} 2"));
         assert!(text.contains("envoy_cluster_upstream_rq_retry_overflow{cluster_name=\"c\"} 1"));
         assert!(text.contains("envoy_cluster_upstream_cx_overflow{cluster_name=\"c\"} 0"));
+        m.connect_failed("c");
+        m.retried("c");
+        m.retried("c");
+        let text = m.render();
+        assert!(text.contains("envoy_cluster_upstream_cx_connect_fail{cluster_name=\"c\"} 1"));
+        assert!(text.contains("envoy_cluster_upstream_rq_retry{cluster_name=\"c\"} 2"));
+        assert!(text.contains("envoy_cluster_upstream_rq_retry_overflow{cluster_name=\"c\"} 1"));
     }
 
     #[test]

@@ -81,9 +81,17 @@ impl RetryPolicy {
 
     /// Whether `attempt` (the `retries_done`-th retry has already happened) is retried.
     pub fn should_retry(&self, attempt: Attempt, retries_done: u32) -> bool {
-        if retries_done >= self.num_retries {
-            return false;
-        }
+        retries_done < self.num_retries && self.covers(attempt)
+    }
+
+    /// Whether `attempt` would have been retried but the retries ran out: Envoy's
+    /// `NoRetryLimitExceeded`, flagged `URX`.
+    pub fn exhausted(&self, attempt: Attempt, retries_done: u32) -> bool {
+        self.num_retries > 0 && retries_done >= self.num_retries && self.covers(attempt)
+    }
+
+    /// Whether `retry_on` names this outcome, whatever the count.
+    fn covers(&self, attempt: Attempt) -> bool {
         let on = |c| self.retry_on.contains(&c);
         match attempt {
             Attempt::ConnectFailure => on(RetryOn::ConnectFailure) || on(RetryOn::FiveXx),

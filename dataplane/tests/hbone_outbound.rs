@@ -267,10 +267,15 @@ async fn a_refused_or_unreachable_tunnel_is_a_connect_failure() {
     for cluster in ["refused", "down"] {
         let (status, body) = a.get(&format!("{cluster}.example")).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{cluster}: {body}");
-        assert!(body.ends_with("reset reason: connection failure"), "{body}");
+        assert!(
+            body.ends_with("reset reason: remote connection failure"),
+            "{body}"
+        );
         let line = a.last_log();
         assert!(
-            line.contains("\" 503 UF upstream_reset_before_response_started{connection_failure} "),
+            line.contains(
+                "\" 503 UF upstream_reset_before_response_started{remote_connection_failure} "
+            ),
             "{line}"
         );
         // Reported to outlier detection as a connect failure: ejected after one.

@@ -18,56 +18,15 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use waypoint_dataplane::proxy::{self, Shared};
 
+mod support;
+use support::Pod;
+
 const CLUSTER: &str = "inbound-vip|8000|http|in-ambient.httpbin.svc.cluster.local";
-
-/// A backend answering every request with its pod name, like httpbin's /hostname.
-async fn backend(addr: SocketAddr, name: &'static str) -> (SocketAddr, Backend) {
-    let socket = TcpListener::bind(addr).await.unwrap();
-    let addr = socket.local_addr().unwrap();
-    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let mut conns = tokio::task::JoinSet::new();
-        loop {
-            tokio::select! {
-                _ = &mut stopped => {
-                    // Close the listener and every connection, and wait until they are gone.
-                    drop(socket);
-                    conns.shutdown().await;
-                    return;
-                }
-                accepted = socket.accept() => {
-                    let (stream, _) = accepted.unwrap();
-                    conns.spawn(async move {
-                        let svc = hyper::service::service_fn(move |_req| async move {
-                            Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(name))))
-                        });
-                        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                            .serve_connection(TokioIo::new(stream), svc)
-                            .await;
-                    });
-                }
-            }
-        }
-    });
-    (
-        addr,
-        Backend {
-            stop: Some(stop),
-            task,
-        },
-    )
-}
-
-/// A running backend; `kill` stops it the way a dying process would.
-struct Backend {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: JoinHandle<()>,
-}
 
 struct Harness {
     shared: Arc<Shared>,
     proxy: SocketAddr,
-    backends: Vec<(SocketAddr, Backend)>,
+    backends: Vec<Pod>,
     client: hyper_util::client::legacy::Client<
         hyper_util::client::legacy::connect::HttpConnector,
         Full<Bytes>,
@@ -81,11 +40,12 @@ impl Harness {
     async fn start(retry_attempts: u32) -> Self {
         let mut backends = Vec::new();
         for name in PODS {
-            backends.push(backend("127.0.0.1:0".parse().unwrap(), name).await);
+            backends.push(Pod::start("127.0.0.1:0".parse().unwrap(), name).await);
         }
         let mut endpoints = String::new();
-        for ((addr, _), pod) in backends.iter().zip(PODS) {
-            endpoints.push_str(&format!("  - {{address: \"{addr}\", workload: {pod}}}\n"));
+        for pod in &backends {
+            let (addr, name) = (pod.addr, pod.name);
+            endpoints.push_str(&format!("  - {{address: \"{addr}\", workload: {name}}}\n"));
         }
         let yaml = format!(
             "listeners:
@@ -119,20 +79,12 @@ clusters:
         }
     }
 
-    /// Kills a backend: its port refuses connections and every connection it had is
-    /// closed, as when a process dies. Waiting for the task to finish makes the closes
-    /// happen before the next request, not racing it.
     async fn kill(&mut self, i: usize) {
-        let b = &mut self.backends[i].1;
-        if let Some(stop) = b.stop.take() {
-            let _ = stop.send(());
-        }
-        let _ = (&mut b.task).await;
+        self.backends[i].kill().await;
     }
 
     async fn revive(&mut self, i: usize) {
-        let addr = self.backends[i].0;
-        self.backends[i] = backend(addr, PODS[i]).await;
+        self.backends[i].revive().await;
     }
 
     async fn get(&self, host: &str) -> (u16, String) {
@@ -221,7 +173,7 @@ async fn seed_001_without_retries_exactly_three_requests_fail() {
         assert_eq!(*status, 503);
         assert_eq!(
             body,
-            "upstream connect error or disconnect/reset before headers. reset reason: connection failure"
+            "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure"
         );
     }
     assert_eq!(h.ejected(), [1]);

@@ -11,7 +11,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
-use crate::access_log::Entry;
+use crate::access_log::{Entry, Flags};
 use crate::outlier::Outcome;
 use crate::proxy::connect::Stream;
 use crate::proxy::{Cluster, Shared};
@@ -74,7 +74,7 @@ pub async fn relay(shared: Arc<Shared>, upgrade: OnUpgrade, upstream: Upstream, 
         },
         Err(e) => {
             tracing::debug!(error = %e, "HBONE stream closed before the tunnel opened");
-            (0, 0, Some("DC"))
+            (0, 0, Flags::DC)
         }
     };
     ep.end();
@@ -102,7 +102,7 @@ pub async fn relay(shared: Arc<Shared>, upgrade: OnUpgrade, upstream: Upstream, 
 /// Copies both ways, passing each half-close on, and counts bytes even when a side
 /// fails: `(from downstream, from upstream, flag)`, the flag naming the side that
 /// failed (Envoy's DC or UC).
-async fn pump_both<D, U>(downstream: D, upstream: U) -> (u64, u64, Option<&'static str>)
+async fn pump_both<D, U>(downstream: D, upstream: U) -> (u64, u64, Flags)
 where
     D: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
@@ -115,14 +115,14 @@ where
         pump(&mut up_r, &mut down_w, &mut sent),
     );
     let flag = match (to_upstream, to_downstream) {
-        (Ok(()), Ok(())) => None,
+        (Ok(()), Ok(())) => Flags::NONE,
         (Err(e), _) => {
             tracing::debug!(error = %e, "TCP relay: downstream side failed");
-            Some("DC")
+            Flags::DC
         }
         (_, Err(e)) => {
             tracing::debug!(error = %e, "TCP relay: upstream side failed");
-            Some("UC")
+            Flags::UC
         }
     };
     (received, sent, flag)

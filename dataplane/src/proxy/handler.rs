@@ -1,5 +1,6 @@
 //! One downstream connection and its requests.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,9 +15,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use waypoint_config::{Filter, PathMatch, RetryConfig, Route, RouteRule};
 
-use super::upstream::{Lease, NoResponse};
+use super::upstream::{ConnectFailure, Lease, NoResponse};
 use super::{Cluster, Runtime, Shared};
-use crate::access_log::Entry;
+use crate::access_log::{Entry, Flags};
 use crate::filters::{self, Target};
 use crate::hash_policy::RequestParts;
 use crate::outlier::Outcome;
@@ -260,7 +261,7 @@ fn record_metrics(runtime: &Runtime, entry: &Entry, source_principal: Option<&st
             .to_owned(),
         destination_workload: workload.to_owned(),
         response_code: entry.response_code,
-        response_flags: entry.response_flags.unwrap_or("-").to_owned(),
+        response_flags: entry.response_flags.to_string(),
         source_principal: source_principal.map(str::to_owned),
     };
     runtime.metrics.record(
@@ -271,7 +272,7 @@ fn record_metrics(runtime: &Runtime, entry: &Entry, source_principal: Option<&st
     );
 }
 
-type Verdict = (Response<Full<Bytes>>, Option<&'static str>, &'static str);
+type Verdict = (Response<Full<Bytes>>, Flags, Cow<'static, str>);
 
 async fn forward(
     runtime: &Runtime,
@@ -287,8 +288,8 @@ async fn forward(
     let Some(index) = host_match::select_route(routes, authority) else {
         return (
             local_reply(StatusCode::NOT_FOUND, ""),
-            Some("NR"),
-            "route_not_found",
+            Flags::NR,
+            "route_not_found".into(),
         );
     };
     let route = &routes[index];
@@ -306,8 +307,8 @@ async fn forward(
     let Some(cluster) = runtime.cluster(cluster_name) else {
         return (
             local_reply(StatusCode::SERVICE_UNAVAILABLE, ""),
-            Some("NC"),
-            "cluster_not_found",
+            Flags::NC,
+            "cluster_not_found".into(),
         );
     };
     let (mut parts, body) = req.into_parts();
@@ -318,8 +319,8 @@ async fn forward(
     else {
         return (
             local_reply(StatusCode::PAYLOAD_TOO_LARGE, "payload too large"),
-            None,
-            "request_payload_too_large",
+            Flags::NONE,
+            "request_payload_too_large".into(),
         );
     };
     entry.bytes_received = body.len() as u64;
@@ -362,8 +363,8 @@ async fn forward(
         Some(t) => tokio::time::timeout(t, attempts).await.unwrap_or_else(|_| {
             (
                 local_reply(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
-                Some("UT"),
-                "response_timeout",
+                Flags::UT,
+                "response_timeout".into(),
             )
         }),
     };
@@ -406,8 +407,8 @@ fn misdirected(
     host_match::misdirected(&hostnames, server_name, authority).then(|| {
         (
             local_reply(StatusCode::MISDIRECTED_REQUEST, "Misdirected Request"),
-            None,
-            "misdirected_request",
+            Flags::NONE,
+            "misdirected_request".into(),
         )
     })
 }
@@ -440,8 +441,8 @@ fn choose_rule<'a>(
             // without routes): nothing matches.
             return Err(Box::new((
                 local_reply(StatusCode::NOT_FOUND, ""),
-                Some("NR"),
-                "route_not_found",
+                Flags::NR,
+                "route_not_found".into(),
             )));
         }
         (None, None)
@@ -461,8 +462,8 @@ fn choose_rule<'a>(
         }),
         Target::NoValidBackend => Err(Box::new((
             local_reply(StatusCode::INTERNAL_SERVER_ERROR, ""),
-            None,
-            "direct_response",
+            Flags::NONE,
+            "direct_response".into(),
         ))),
     }
 }
@@ -488,8 +489,8 @@ fn matching_rule<'a>(
     let Some(selected) = selected else {
         return Err(Box::new((
             local_reply(StatusCode::NOT_FOUND, ""),
-            Some("NR"),
-            "route_not_found",
+            Flags::NR,
+            "route_not_found".into(),
         )));
     };
     let rule = &route.rules[selected.rule];
@@ -516,7 +517,7 @@ fn matching_rule<'a>(
             if let Ok(v) = HeaderValue::from_str(&location) {
                 resp.headers_mut().insert(header::LOCATION, v);
             }
-            return Err(Box::new((resp, None, "direct_response")));
+            return Err(Box::new((resp, Flags::NONE, "direct_response".into())));
         }
     }
     Ok((rule, matched_prefix))
@@ -543,8 +544,8 @@ async fn attempts(
         let Some(i) = cluster.pick(&tried, policy.avoid_previous_hosts, hash) else {
             return (
                 local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
-                Some("UH"),
-                "no_healthy_upstream",
+                Flags::UH,
+                "no_healthy_upstream".into(),
             );
         };
         tried.push(i);
@@ -565,10 +566,11 @@ async fn attempts(
                 .then(|| cluster.upstream.try_retry())
                 .flatten();
             let Some(slot) = slot else {
+                let exhausted = policy.exhausted(Attempt::PerTryTimeout, retries);
                 return (
                     local_reply(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
-                    Some("UT"),
-                    "upstream_per_try_timeout",
+                    Flags::UT.with(if exhausted { Flags::URX } else { Flags::NONE }),
+                    "upstream_per_try_timeout".into(),
                 );
             };
             _retry_slot = Some(slot);
@@ -594,26 +596,33 @@ async fn attempts(
                     .then(|| cluster.upstream.try_retry());
                 let Some(Some(slot)) = slot else {
                     entry.upstream_service_time_ms = Some(service_started.elapsed().as_millis());
-                    let overflowed = slot.is_some();
-                    return relay(cluster, i, resp, lease, overflowed.then_some("UO")).await;
+                    let flag = if slot.is_some() {
+                        Flags::UO
+                    } else if policy.exhausted(attempt, retries) {
+                        Flags::URX
+                    } else {
+                        Flags::NONE
+                    };
+                    return relay(cluster, i, resp, lease, flag).await;
                 };
                 _retry_slot = Some(slot);
                 attempt
             }
             Err(NoResponse::Overflow) => return overflow_reply(retries > 0),
             Err(failure) => {
-                let connect = failure == NoResponse::ConnectFailure;
-                let (outcome, attempt) = if connect {
+                let (outcome, attempt) = if let NoResponse::ConnectFailure(_) = failure {
                     (Outcome::ConnectFailure, Attempt::ConnectFailure)
                 } else {
                     (Outcome::Reset, Attempt::Reset)
                 };
                 cluster.report(i, outcome);
                 if !policy.should_retry(attempt, retries) {
-                    return reset_reply(connect, retries > 0, false);
+                    let exhausted = policy.exhausted(attempt, retries);
+                    let extra = if exhausted { Flags::URX } else { Flags::NONE };
+                    return reset_reply(failure, extra, retries > 0, entry);
                 }
                 let Some(slot) = cluster.upstream.try_retry() else {
-                    return reset_reply(connect, retries > 0, true);
+                    return reset_reply(failure, Flags::UO, retries > 0, entry);
                 };
                 _retry_slot = Some(slot);
                 attempt
@@ -632,7 +641,7 @@ async fn relay(
     i: usize,
     resp: Response<Incoming>,
     lease: Lease,
-    flag: Option<&'static str>,
+    flag: Flags,
 ) -> Verdict {
     let (mut head, body) = resp.into_parts();
     strip_hop_by_hop(&mut head.headers);
@@ -641,42 +650,67 @@ async fn relay(
         return (
             Response::from_parts(head, Full::new(body.to_bytes())),
             flag,
-            "via_upstream",
+            "via_upstream".into(),
         );
     }
     drop(lease);
     cluster.report(i, Outcome::Reset);
-    let text =
-        "upstream connect error or disconnect/reset before headers. reset reason: remote reset";
+    // An HTTP/1.1 upstream that closes mid-body: Envoy's connection termination.
+    let text = "upstream connect error or disconnect/reset before headers. reset reason: connection termination";
     (
         local_reply(StatusCode::SERVICE_UNAVAILABLE, text),
-        Some("UR"),
-        "upstream_reset_after_response_started{remote_reset}",
+        Flags::UC,
+        "upstream_reset_after_response_started{connection_termination}".into(),
     )
 }
 
-/// Envoy's reply when no attempt got response headers; `retry_overflow` when the
-/// retry was refused by `maxRetries`.
-fn reset_reply(connect: bool, was_retried: bool, retry_overflow: bool) -> Verdict {
-    let (reason, details) = if connect {
-        (
-            "connection failure",
-            "upstream_reset_before_response_started{connection_failure}",
-        )
-    } else {
-        (
-            "remote reset",
-            "upstream_reset_before_response_started{remote_reset}",
-        )
+/// Envoy's reply when no attempt got response headers (its `onPoolFailure` and
+/// `onUpstreamReset`), worded as Envoy 1.40 words it (checked by
+/// `tests/envoy_differential.rs`): a refused connect is a `remote connection failure`
+/// with the OS error as the transport failure reason; an HTTP/1.1 upstream that
+/// closes or resets is a `connection termination` (`UC`). `extra` adds `URX`
+/// (retries exhausted) or `UO` (a retry refused by `maxRetries`).
+fn reset_reply(failure: NoResponse, extra: Flags, was_retried: bool, entry: &mut Entry) -> Verdict {
+    let (reason, flag, detail, transport) = match failure {
+        NoResponse::ConnectFailure(ConnectFailure::Os(errno)) => {
+            let text = std::io::Error::from_raw_os_error(errno).to_string();
+            let text = text.split(" (os error").next().unwrap_or(&text);
+            let transport = format!("delayed_connect_error:_{}", text.replace(' ', "_"));
+            let reason = "remote connection failure";
+            (
+                reason,
+                Flags::UF,
+                "remote_connection_failure",
+                Some(transport),
+            )
+        }
+        NoResponse::ConnectFailure(ConnectFailure::Timeout) => {
+            ("connection timeout", Flags::UF, "connection_timeout", None)
+        }
+        NoResponse::ConnectFailure(ConnectFailure::Other) => (
+            "remote connection failure",
+            Flags::UF,
+            "remote_connection_failure",
+            None,
+        ),
+        NoResponse::Reset => (
+            "connection termination",
+            Flags::UC,
+            "connection_termination",
+            None,
+        ),
+        NoResponse::Overflow => return overflow_reply(was_retried),
     };
-    // Envoy prints several flags comma-separated, in its fixed flag order.
-    let flag = match (connect, retry_overflow) {
-        (true, false) => "UF",
-        (true, true) => "UF,UO",
-        (false, false) => "UR",
-        (false, true) => "UR,UO",
+    let details = match &transport {
+        Some(t) => format!("upstream_reset_before_response_started{{{detail}|{t}}}"),
+        None => format!("upstream_reset_before_response_started{{{detail}}}"),
     };
-    (reset_body(reason, was_retried), Some(flag), details)
+    entry.upstream_transport_failure_reason = transport;
+    (
+        reset_body(reason, was_retried),
+        flag.with(extra),
+        details.into(),
+    )
 }
 
 /// Envoy's reply to a circuit-breaker overflow: 503 `UO`, `x-envoy-overloaded: true`.
@@ -686,8 +720,8 @@ fn overflow_reply(was_retried: bool) -> Verdict {
         .insert("x-envoy-overloaded", HeaderValue::from_static("true"));
     (
         resp,
-        Some("UO"),
-        "upstream_reset_before_response_started{overflow}",
+        Flags::UO,
+        "upstream_reset_before_response_started{overflow}".into(),
     )
 }
 

@@ -47,11 +47,34 @@ const STALE_CONNECTIONS: usize = 4;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NoResponse {
     /// TCP connect refused, unreachable or timed out.
-    ConnectFailure,
+    ConnectFailure(ConnectFailure),
     /// The connection failed or closed after connecting, before response headers.
     Reset,
     /// A circuit breaker refused the request (503 `UO`, not an outlier event).
     Overflow,
+}
+
+/// Why a connect failed, in the terms Envoy reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectFailure {
+    /// The OS failed the connect with this errno (refused, unreachable).
+    Os(i32),
+    /// `connect_timeout` ran out.
+    Timeout,
+    /// Anything else: no mesh credentials, a failed HBONE or HTTP handshake.
+    Other,
+}
+
+impl ConnectFailure {
+    fn of(e: &connect::Error) -> Self {
+        match e {
+            connect::Error::Timeout { .. } => Self::Timeout,
+            connect::Error::Tcp { source, .. } => {
+                source.raw_os_error().map_or(Self::Other, Self::Os)
+            }
+            connect::Error::NoCredentials { .. } | connect::Error::Hbone { .. } => Self::Other,
+        }
+    }
 }
 
 pub struct Upstream {
@@ -85,7 +108,7 @@ struct Inner {
 enum Grant {
     Lease(Lease),
     Overflow,
-    ConnectFailed,
+    ConnectFailed(ConnectFailure),
 }
 
 /// Work decided under the lock and done after it: replies to waiters (a refused
@@ -97,6 +120,8 @@ struct After {
     orphans: Vec<Lease>,
     close: Vec<Sender>,
     connect: Option<(usize, ConnId)>,
+    /// Why the connect failed, told to the waiters it fails.
+    connect_failure: Option<ConnectFailure>,
 }
 
 /// One connection, held by one request until [`Lease::finish`]. Dropped unfinished
@@ -193,6 +218,7 @@ impl Upstream {
     /// A retry slot, or `None` when `max_retries` retries are already in flight.
     pub fn try_retry(self: &Arc<Self>) -> Option<RetryPermit> {
         if self.lock().pool.try_retry() {
+            self.metrics.retried(&self.cluster);
             return Some(RetryPermit(Arc::clone(self)));
         }
         self.metrics.retry_overflow(&self.cluster);
@@ -269,7 +295,8 @@ impl Upstream {
         match rx.await {
             Ok(Grant::Lease(lease)) => Ok(lease),
             Ok(Grant::Overflow) => Err(NoResponse::Overflow),
-            Ok(Grant::ConnectFailed) | Err(_) => Err(NoResponse::ConnectFailure),
+            Ok(Grant::ConnectFailed(why)) => Err(NoResponse::ConnectFailure(why)),
+            Err(_) => Err(NoResponse::ConnectFailure(ConnectFailure::Other)),
         }
     }
 
@@ -345,7 +372,10 @@ impl Upstream {
                     self.metrics.pending_overflow(&self.cluster);
                     (waiter, Grant::Overflow)
                 }
-                Handoff::ConnectFailed { waiter } => (waiter, Grant::ConnectFailed),
+                Handoff::ConnectFailed { waiter } => (
+                    waiter,
+                    Grant::ConnectFailed(after.connect_failure.unwrap_or(ConnectFailure::Other)),
+                ),
                 Handoff::Use { waiter, conn } => {
                     let Some(upstream) = self.me() else { continue };
                     (
@@ -396,25 +426,26 @@ impl Upstream {
         tokio::spawn(async move {
             let addr = target.address;
             let handshake = match connect::open(target, &mesh, timeout).await {
-                Ok(Stream::Tcp(stream)) => http1::handshake(TokioIo::new(stream))
+                Ok(Stream::Tcp(stream)) => Ok(http1::handshake(TokioIo::new(stream))
                     .await
                     .ok()
-                    .map(|(sender, conn)| (sender, Driver::Tcp(conn))),
-                Ok(Stream::Tunnel(tunnel)) => http1::handshake(tunnel)
+                    .map(|(sender, conn)| (sender, Driver::Tcp(conn)))),
+                Ok(Stream::Tunnel(tunnel)) => Ok(http1::handshake(tunnel)
                     .await
                     .ok()
-                    .map(|(sender, conn)| (sender, Driver::Tunnel(conn))),
+                    .map(|(sender, conn)| (sender, Driver::Tunnel(conn)))),
                 Err(e) => {
                     tracing::debug!(error = %e, %addr, "upstream connect failed");
-                    None
+                    Err(ConnectFailure::of(&e))
                 }
             };
             let Some(upstream) = weak.upgrade() else {
                 return;
             };
-            let Some((sender, driver)) = handshake else {
-                upstream.connect_failed(host, conn);
-                return;
+            let (sender, driver) = match handshake {
+                Ok(Some(handshake)) => handshake,
+                Ok(None) => return upstream.connect_failed(host, conn, ConnectFailure::Other),
+                Err(why) => return upstream.connect_failed(host, conn, why),
             };
             let weak = Arc::downgrade(&upstream);
             tokio::spawn(async move {
@@ -449,11 +480,15 @@ impl Upstream {
         self.finish(after);
     }
 
-    fn connect_failed(&self, host: usize, conn: ConnId) {
+    fn connect_failed(&self, host: usize, conn: ConnId, why: ConnectFailure) {
+        self.metrics.connect_failed(&self.cluster);
         let after = {
             let mut inner = self.lock();
             let failed = inner.pool.connect_failed(host, conn);
-            let mut after = After::default();
+            let mut after = After {
+                connect_failure: Some(why),
+                ..After::default()
+            };
             self.hand_off(&mut inner, host, failed, &mut None, false, &mut after);
             after
         };

