@@ -15,8 +15,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use waypoint_config::{Filter, PathMatch, RetryConfig, Route, RouteRule};
 
+use super::body::{self, Body, End, Relayed};
 use super::upstream::{ConnectFailure, Lease, NoResponse};
-use super::{Cluster, Runtime, Shared};
+use super::{Cluster, InFlight, Runtime, Shared};
 use crate::access_log::{Entry, Flags};
 use crate::filters::{self, Target};
 use crate::hash_policy::RequestParts;
@@ -60,13 +61,12 @@ where
         let shared = Arc::clone(&shared);
         let in_flight = shared.begin();
         async move {
-            let mut resp = handle(&runtime, &downstream, req, &shared).await;
+            let mut resp = handle(runtime, &downstream, req, &shared, in_flight).await;
             if shared.is_draining() {
                 // Tell keep-alive clients to reconnect elsewhere while we drain.
                 resp.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
-            drop(in_flight);
             Ok::<_, Infallible>(resp)
         }
     });
@@ -150,8 +150,8 @@ fn protocol(v: http::Version) -> &'static str {
 }
 
 /// A reply the proxy makes itself (no upstream response to pass on).
-fn local_reply(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+fn local_reply(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut resp = Response::new(body::full(Bytes::from_static(body.as_bytes())));
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
@@ -187,12 +187,15 @@ fn request_id() -> String {
     )
 }
 
+/// One request: routed, forwarded, and logged when its response stream ends, as
+/// Envoy logs it. `in_flight` holds off a graceful drain until then.
 async fn handle(
-    runtime: &Runtime,
+    runtime: Arc<Runtime>,
     downstream: &Downstream,
     req: Request<Incoming>,
-    shared: &Shared,
-) -> Response<Full<Bytes>> {
+    shared: &Arc<Shared>,
+    in_flight: InFlight,
+) -> Response<Body> {
     let start_time = SystemTime::now();
     let started = Instant::now();
     let (peer, local) = (downstream.peer, downstream.local);
@@ -225,7 +228,7 @@ async fn handle(
         ..Entry::default()
     };
     let (resp, flags, details) = forward(
-        runtime,
+        &runtime,
         (downstream, routes),
         destination.as_deref(),
         req,
@@ -235,13 +238,35 @@ async fn handle(
     entry.response_code = resp.status().as_u16();
     entry.response_flags = flags;
     entry.response_code_details = details;
-    entry.bytes_sent = hyper::body::Body::size_hint(resp.body())
-        .exact()
-        .unwrap_or(0);
-    entry.duration_ms = started.elapsed().as_millis();
-    (shared.access_log)(&entry.render(shared.log_format));
-    record_metrics(runtime, &entry, downstream.source_principal.as_deref());
-    resp
+    let shared = Arc::clone(shared);
+    let source_principal = downstream.source_principal.clone();
+    resp.map(move |body| {
+        body::Logged::new(body, move |end, sent| {
+            let _in_flight = in_flight;
+            match end {
+                End::Complete => {}
+                // The stream was cut after the headers went down: Envoy's flags
+                // for an upstream that closed, or a route timeout, mid-response.
+                End::Failed { timeout: true } => {
+                    entry.response_flags = entry.response_flags.with(Flags::UT);
+                    entry.response_code_details = "response_timeout".into();
+                }
+                End::Failed { timeout: false } => {
+                    entry.response_flags = entry.response_flags.with(Flags::UC);
+                    entry.response_code_details =
+                        "upstream_reset_after_response_started{connection_termination}".into();
+                }
+                End::DownstreamGone => {
+                    entry.response_flags = entry.response_flags.with(Flags::DC);
+                }
+            }
+            entry.bytes_sent = sent;
+            entry.duration_ms = started.elapsed().as_millis();
+            (shared.access_log)(&entry.render(shared.log_format));
+            record_metrics(&runtime, &entry, source_principal.as_deref());
+        })
+        .boxed_unsync()
+    })
 }
 
 /// Istio's request metrics for one request, labelled from what the access log knows.
@@ -272,7 +297,7 @@ fn record_metrics(runtime: &Runtime, entry: &Entry, source_principal: Option<&st
     );
 }
 
-type Verdict = (Response<Full<Bytes>>, Flags, Cow<'static, str>);
+type Verdict = (Response<Body>, Flags, Cow<'static, str>);
 
 async fn forward(
     runtime: &Runtime,
@@ -357,7 +382,13 @@ async fn forward(
         remote: Some(peer),
         local,
     });
-    let attempts = attempts(cluster, &policy, &parts, &body, hashed.hash, entry);
+    let request = Attempted {
+        parts: &parts,
+        body: &body,
+        hash: hashed.hash,
+        deadline: timeout.map(|t| tokio::time::Instant::now() + t),
+    };
+    let attempts = attempts(cluster, &policy, &request, entry);
     let mut verdict = match timeout {
         None => attempts.await,
         Some(t) => tokio::time::timeout(t, attempts).await.unwrap_or_else(|_| {
@@ -368,20 +399,25 @@ async fn forward(
             )
         }),
     };
-    // Envoy adds a generated hash cookie to whatever response goes back, local replies
-    // included (the router's `modify_headers_`).
-    if let Some(cookie) = hashed
-        .set_cookie
-        .and_then(|c| HeaderValue::from_str(&c).ok())
-    {
-        verdict.0.headers_mut().append(header::SET_COOKIE, cookie);
+    response_headers(verdict.0.headers_mut(), hashed.set_cookie, all_filters());
+    verdict
+}
+
+/// Envoy adds a generated hash cookie to whatever response goes back, local replies
+/// included (the router's `modify_headers_`); then the response header filters.
+fn response_headers<'a>(
+    headers: &mut HeaderMap,
+    set_cookie: Option<String>,
+    filters: impl Iterator<Item = &'a Filter>,
+) {
+    if let Some(cookie) = set_cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        headers.append(header::SET_COOKIE, cookie);
     }
-    for f in all_filters() {
+    for f in filters {
         if let Filter::ResponseHeaderModifier { modifier } = f {
-            filters::modify_headers(modifier, verdict.0.headers_mut());
+            filters::modify_headers(modifier, headers);
         }
     }
-    verdict
 }
 
 /// 421 for a request on an HTTPS listener whose host belongs to another Gateway
@@ -526,14 +562,22 @@ fn matching_rule<'a>(
 /// Envoy's router loop: pick, send, report to outlier detection, maybe retry. A
 /// circuit-breaker overflow is neither reported nor retried; a retry beyond
 /// `maxRetries` is not made and the attempt's own result goes back, flagged `UO`.
-async fn attempts(
-    cluster: &Cluster,
-    policy: &RetryPolicy,
-    parts: &http::request::Parts,
-    body: &Bytes,
+/// The request as every attempt sends it.
+struct Attempted<'a> {
+    parts: &'a http::request::Parts,
+    body: &'a Bytes,
     hash: Option<u64>,
+    /// The route timeout's deadline; it bounds the streamed response body too.
+    deadline: Option<tokio::time::Instant>,
+}
+
+async fn attempts(
+    cluster: &Arc<Cluster>,
+    policy: &RetryPolicy,
+    request: &Attempted<'_>,
     entry: &mut Entry,
 ) -> Verdict {
+    let (parts, body, hash) = (request.parts, request.body, request.hash);
     let mut tried = Vec::new();
     let mut retries = 0;
     let mut rng = Rng::from_entropy();
@@ -603,7 +647,7 @@ async fn attempts(
                     } else {
                         Flags::NONE
                     };
-                    return relay(cluster, i, resp, lease, flag).await;
+                    return relay(cluster, i, resp, lease, request.deadline, flag);
                 };
                 _retry_slot = Some(slot);
                 attempt
@@ -634,33 +678,25 @@ async fn attempts(
     }
 }
 
-/// Passes the upstream response on (buffered for now: streaming is still to come),
-/// then gives the connection back for reuse.
-async fn relay(
-    cluster: &Cluster,
+/// Passes the upstream response on as it streams; the connection goes back to the
+/// pool when the body ends, and a failure mid-body is told to outlier detection.
+fn relay(
+    cluster: &Arc<Cluster>,
     i: usize,
     resp: Response<Incoming>,
     lease: Lease,
+    deadline: Option<tokio::time::Instant>,
     flag: Flags,
 ) -> Verdict {
-    let (mut head, body) = resp.into_parts();
+    let (mut head, incoming) = resp.into_parts();
     strip_hop_by_hop(&mut head.headers);
-    if let Ok(body) = body.collect().await {
-        lease.finish(true);
-        return (
-            Response::from_parts(head, Full::new(body.to_bytes())),
-            flag,
-            "via_upstream".into(),
-        );
-    }
-    drop(lease);
-    cluster.report(i, Outcome::Reset);
-    // An HTTP/1.1 upstream that closes mid-body: Envoy's connection termination.
-    let text = "upstream connect error or disconnect/reset before headers. reset reason: connection termination";
+    let cluster = Arc::clone(cluster);
+    let report = move || cluster.report(i, Outcome::Reset);
+    let relayed = Relayed::new(incoming, lease, deadline, report);
     (
-        local_reply(StatusCode::SERVICE_UNAVAILABLE, text),
-        Flags::UC,
-        "upstream_reset_after_response_started{connection_termination}".into(),
+        Response::from_parts(head, relayed.map_err(body::BoxError::from).boxed_unsync()),
+        flag,
+        "via_upstream".into(),
     )
 }
 
@@ -725,7 +761,7 @@ fn overflow_reply(was_retried: bool) -> Verdict {
     )
 }
 
-fn reset_body(reason: &str, was_retried: bool) -> Response<Full<Bytes>> {
+fn reset_body(reason: &str, was_retried: bool) -> Response<Body> {
     let latest = if was_retried {
         "retried and the latest "
     } else {
@@ -735,7 +771,7 @@ fn reset_body(reason: &str, was_retried: bool) -> Response<Full<Bytes>> {
         "upstream connect error or disconnect/reset before headers. {latest}reset reason: {reason}"
     );
     let mut resp = local_reply(StatusCode::SERVICE_UNAVAILABLE, "");
-    *resp.body_mut() = Full::new(Bytes::from(text));
+    *resp.body_mut() = body::full(text);
     resp
 }
 

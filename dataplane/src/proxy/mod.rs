@@ -3,6 +3,7 @@
 //! policy around the attempts, the outlier detector told about every attempt, and one
 //! access-log line per request.
 
+mod body;
 mod cluster;
 pub mod connect;
 pub(crate) mod handler;

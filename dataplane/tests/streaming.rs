@@ -1,0 +1,210 @@
+//! Responses stream through the proxy as the upstream produces them, and the access
+//! log is written when the stream ends, as Envoy writes it: a body held back by the
+//! upstream reaches the client in part; the route timeout cuts a stalled body (`UT`);
+//! a client that leaves mid-body is logged `DC`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test harness
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Frame;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use waypoint_dataplane::proxy::{self, Shared};
+
+/// A response body fed frame by frame from the test.
+struct Fed(mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for Fed {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+/// A backend that answers one request at a time with a body the test feeds through
+/// the returned sender (a new sender for each request).
+async fn fed_backend() -> (SocketAddr, mpsc::Receiver<mpsc::Sender<Bytes>>) {
+    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    let (feeds, feeders) = mpsc::channel(4);
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = socket.accept().await.unwrap();
+            let feeds = feeds.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req| {
+                    let feeds = feeds.clone();
+                    async move {
+                        let (tx, rx) = mpsc::channel(4);
+                        feeds.send(tx).await.unwrap();
+                        Ok::<_, Infallible>(http::Response::new(Fed(rx)))
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, feeders)
+}
+
+struct Proxy {
+    addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+async fn proxy(backend: SocketAddr, route_timeout: &str) -> Proxy {
+    let yaml = format!(
+        "listeners:
+- name: mesh
+  address: 127.0.0.1:0
+  routes:
+  - cluster: one
+    timeout: {route_timeout}
+clusters:
+- name: one
+  endpoints: [{{address: \"{backend}\"}}]
+"
+    );
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let lines = Arc::clone(&log);
+    let shared = Shared::with_access_log(
+        waypoint_config::Config::from_yaml(&yaml).unwrap(),
+        Box::new(move |l: &str| lines.lock().unwrap().push(l.to_owned())),
+    );
+    let (socket, name) = proxy::bind(&shared.current()).await.unwrap().remove(0);
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(proxy::serve(shared, socket, name));
+    Proxy { addr, log }
+}
+
+impl Proxy {
+    async fn get(&self) -> http::Response<hyper::body::Incoming> {
+        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .build(hyper_util::client::legacy::connect::HttpConnector::new());
+        let req = http::Request::builder()
+            .uri(format!("http://{}/stream", self.addr))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        client.request(req).await.unwrap()
+    }
+
+    /// The only access-log line, once written.
+    async fn line(&self) -> String {
+        for _ in 0..200 {
+            if let Some(line) = self.log.lock().unwrap().first() {
+                return line.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("no access-log line")
+    }
+}
+
+async fn next_data(body: &mut hyper::body::Incoming) -> Option<Bytes> {
+    let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
+        .await
+        .expect("no frame within 5 s")?;
+    Some(frame.unwrap().into_data().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_reaches_the_client_as_the_upstream_sends_it() {
+    let (backend, mut feeders) = fed_backend().await;
+    let p = proxy(backend, "10s").await;
+    let get = tokio::spawn(async move {
+        let resp = p.get().await;
+        (p, resp)
+    });
+    let feed = feeders.recv().await.unwrap();
+    feed.send(Bytes::from_static(b"first ")).await.unwrap();
+    let (p, resp) = get.await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    // The upstream has not finished: the first part arrives all the same.
+    assert_eq!(next_data(&mut body).await.unwrap(), "first ");
+    assert!(
+        p.log.lock().unwrap().is_empty(),
+        "logged before the stream ended"
+    );
+    feed.send(Bytes::from_static(b"second")).await.unwrap();
+    drop(feed);
+    let remainder = body.collect().await.unwrap().to_bytes();
+    assert_eq!(remainder, "second");
+    let line = p.line().await;
+    assert!(
+        line.contains("\" 200 - via_upstream - \"-\" 0 12 "),
+        "{line}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_route_timeout_cuts_a_stalled_body() {
+    let (backend, mut feeders) = fed_backend().await;
+    let p = proxy(backend, "300ms").await;
+    let get = tokio::spawn(async move {
+        let resp = p.get().await;
+        (p, resp)
+    });
+    let feed = feeders.recv().await.unwrap();
+    feed.send(Bytes::from_static(b"partial")).await.unwrap();
+    let (p, resp) = get.await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    assert_eq!(next_data(&mut body).await.unwrap(), "partial");
+    // The upstream stalls; the stream is cut at the deadline, not left hanging.
+    let end = tokio::time::timeout(Duration::from_secs(5), body.frame())
+        .await
+        .expect("the stalled body was not cut");
+    assert!(
+        !matches!(end, Some(Ok(_))),
+        "a frame after the cut: {end:?}"
+    );
+    let line = p.line().await;
+    assert!(
+        line.contains("\" 200 UT response_timeout - \"-\" 0 7 "),
+        "{line}"
+    );
+    drop(feed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_mid_body_is_logged_dc() {
+    let (backend, mut feeders) = fed_backend().await;
+    let p = proxy(backend, "10s").await;
+    let get = tokio::spawn(async move {
+        let resp = p.get().await;
+        (p, resp)
+    });
+    let feed = feeders.recv().await.unwrap();
+    feed.send(Bytes::from_static(b"some")).await.unwrap();
+    let (p, resp) = get.await.unwrap();
+    let mut body = resp.into_body();
+    assert_eq!(next_data(&mut body).await.unwrap(), "some");
+    drop(body);
+    // The proxy learns of the close when it next writes: keep the upstream talking.
+    for _ in 0..50 {
+        if !p.log.lock().unwrap().is_empty() {
+            break;
+        }
+        let _ = feed.send(Bytes::from_static(b"more")).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let line = p.line().await;
+    assert!(line.contains("\" 200 DC via_upstream - \"-\" 0 "), "{line}");
+}
