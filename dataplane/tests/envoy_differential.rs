@@ -141,6 +141,7 @@ static_resources:
         typed_config:
           \"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: mesh
+          upgrade_configs: [{{upgrade_type: websocket}}]
           access_log:
           - name: envoy.access_loggers.stdout
             typed_config:
@@ -266,8 +267,10 @@ impl Proxy {
         connect_timeout: Duration,
         tag: &str,
     ) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("waypoint-envoy-diff-{tag}-{}", std::process::id()));
+        static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let pid = std::process::id();
+        let dir = std::env::temp_dir().join(format!("waypoint-envoy-diff-{tag}-{pid}-{run}"));
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("envoy.yaml");
         std::fs::write(&config, envoy_config(endpoints, retries, connect_timeout)).unwrap();
@@ -706,4 +709,152 @@ async fn replies_and_access_log_lines_match_envoy() {
         );
         assert_eq!(ours, envoy, "{failure:?} with retries {retries:?}");
     }
+}
+
+/// A WebSocket server as far as a proxy can tell: it answers the upgrade with 101,
+/// then echoes every byte until the client closes, or closes itself after the first
+/// echo when `closes_first`. It keeps the request heads it got.
+async fn websocket_backend(closes_first: bool) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&heads);
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = socket.accept().await.unwrap();
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                let head = read_head(&mut stream).await;
+                seen.lock().unwrap().push(head);
+                let answer = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                    Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+                stream.write_all(answer.as_bytes()).await.unwrap();
+                let mut buf = [0u8; 1024];
+                loop {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => stream.write_all(&buf[..n]).await.unwrap(),
+                    }
+                    if closes_first {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, heads)
+}
+
+/// Reads up to the end of an HTTP/1.1 head, byte by byte so that nothing after it
+/// is consumed.
+async fn read_head(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        if stream.read(&mut byte).await.unwrap() == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// What a WebSocket client and the access log see through one proxy.
+#[derive(Debug, PartialEq, Eq)]
+struct Tunnel {
+    status_line: String,
+    /// Response header names, without those that vary (`date`, Envoy's `server`).
+    headers: Vec<String>,
+    echoed: String,
+    log: Vec<String>,
+}
+
+async fn tunnel(envoy: bool, backend: SocketAddr, upstream_closes: bool) -> Tunnel {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let endpoints = [(backend, "in-ambient-abc12")];
+    let proxy = if envoy {
+        Proxy::envoy(&endpoints, Retries::IstioDefault, TEN_SECONDS, "ws").await
+    } else {
+        Proxy::ours(&endpoints, Retries::IstioDefault, TEN_SECONDS).await
+    };
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
+    let upgrade = "GET /ws HTTP/1.1\r\nHost: in-ambient:8000\r\nUpgrade: websocket\r\n\
+        Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+        Sec-WebSocket-Version: 13\r\n\r\n";
+    stream.write_all(upgrade.as_bytes()).await.unwrap();
+    let head = read_head(&mut stream).await;
+    let mut lines = head.lines();
+    let status_line = lines.next().unwrap_or_default().to_owned();
+    let mut headers: Vec<String> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(name, _)| name.to_ascii_lowercase())
+        .filter(|n| n != "date" && n != "server")
+        .collect();
+    headers.sort();
+    let payload = b"hello through the tunnel";
+    stream.write_all(payload).await.unwrap();
+    let mut echoed = vec![0u8; payload.len()];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut echoed))
+        .await
+        .expect("no echo within 5 s")
+        .unwrap();
+    if upstream_closes {
+        // Wait for the upstream's close to come through, then close too.
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+        stream.shutdown().await.unwrap();
+    } else {
+        stream.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+    }
+    Tunnel {
+        status_line,
+        headers,
+        echoed: String::from_utf8_lossy(&echoed).into_owned(),
+        log: stable_fields(&proxy.log_line(0).await),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrades_match_envoy() {
+    envoy_binary();
+    let (backend, heads) = websocket_backend(false).await;
+    let (envoy, ours) = tokio::join!(tunnel(true, backend, false), tunnel(false, backend, false));
+    assert_eq!(
+        envoy.status_line, "HTTP/1.1 101 Switching Protocols",
+        "{envoy:?}"
+    );
+    assert_eq!(envoy.echoed, "hello through the tunnel", "{envoy:?}");
+    assert_eq!(ours, envoy);
+    // Both passed the upgrade on to the backend, with the same headers.
+    let heads = heads.lock().unwrap();
+    assert_eq!(heads.len(), 2, "{heads:?}");
+    let names = |head: &str| {
+        let mut names: Vec<String> = head
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, _)| n.to_ascii_lowercase())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(names(&heads[0]), names(&heads[1]), "{heads:?}");
+    for head in heads.iter() {
+        let head = head.to_ascii_lowercase();
+        assert!(head.contains("\r\nupgrade: websocket\r\n"), "{head}");
+        assert!(head.contains("\r\nconnection: upgrade\r\n"), "{head}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_closed_by_the_upstream_matches_envoy() {
+    envoy_binary();
+    let (backend, _) = websocket_backend(true).await;
+    let (envoy, ours) = tokio::join!(tunnel(true, backend, true), tunnel(false, backend, true));
+    assert_eq!(envoy.echoed, "hello through the tunnel", "{envoy:?}");
+    assert_eq!(ours, envoy);
 }

@@ -16,6 +16,7 @@ use tokio::net::TcpStream;
 use waypoint_config::{Filter, PathMatch, RetryConfig, Route, RouteRule};
 
 use super::body::{self, Body, End, Relayed};
+use super::upgrade::{self, TunnelEnd, Upgraded};
 use super::upstream::{ConnectFailure, Lease, NoResponse};
 use super::{Cluster, InFlight, Runtime, Shared};
 use crate::access_log::{Entry, Flags};
@@ -71,7 +72,7 @@ where
         }
     });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    if let Err(e) = builder.serve_connection(io, service).await {
+    if let Err(e) = builder.serve_connection_with_upgrades(io, service).await {
         tracing::debug!(error = %e, %peer, "downstream connection ended with an error");
     }
 }
@@ -238,6 +239,8 @@ async fn handle(
     entry.response_code = resp.status().as_u16();
     entry.response_flags = flags;
     entry.response_code_details = details;
+    let mut resp = resp;
+    let tunnel = resp.extensions_mut().remove::<TunnelEnd>();
     let shared = Arc::clone(shared);
     let source_principal = downstream.source_principal.clone();
     resp.map(move |body| {
@@ -261,9 +264,34 @@ async fn handle(
                 }
             }
             entry.bytes_sent = sent;
-            entry.duration_ms = started.elapsed().as_millis();
-            (shared.access_log)(&entry.render(shared.log_format));
-            record_metrics(&runtime, &entry, source_principal.as_deref());
+            let log = move |mut entry: Entry| {
+                entry.duration_ms = started.elapsed().as_millis();
+                (shared.access_log)(&entry.render(shared.log_format));
+                record_metrics(&runtime, &entry, source_principal.as_deref());
+            };
+            match tunnel {
+                None => log(entry),
+                // An upgraded connection is logged when its tunnel closes, with the
+                // bytes it carried.
+                Some(end) => {
+                    tokio::spawn(async move {
+                        let closed = end.closed().await;
+                        entry.bytes_received += closed.from_downstream;
+                        entry.bytes_sent += closed.from_upstream;
+                        let (flag, details) = if closed.downstream_first {
+                            (Flags::DC, "downstream_remote_disconnect")
+                        } else {
+                            (
+                                Flags::UC,
+                                "upstream_reset_after_response_started{connection_termination}",
+                            )
+                        };
+                        entry.response_flags = entry.response_flags.with(flag);
+                        entry.response_code_details = details.into();
+                        log(entry);
+                    });
+                }
+            }
         })
         .boxed_unsync()
     })
@@ -349,17 +377,12 @@ async fn forward(
         );
     };
     entry.bytes_received = body.len() as u64;
-    let rid = header_str(&parts.headers, &HeaderName::from_static("x-request-id"))
-        .unwrap_or_else(request_id);
-    if let Ok(v) = HeaderValue::from_str(&rid) {
-        parts.headers.insert("x-request-id", v);
-    }
-    entry.request_id = Some(rid);
-    if parts.headers.get(header::HOST).is_none()
-        && let Some(a) = authority.and_then(|a| HeaderValue::from_str(a).ok())
-    {
-        parts.headers.insert(header::HOST, a);
-    }
+    entry.request_id = Some(upstream_headers(
+        &mut parts.headers,
+        authority,
+        downstream.scheme,
+    ));
+    let websocket = upgrade::is_websocket(&parts.headers);
     strip_hop_by_hop(&mut parts.headers);
     // The rule's filters, then the drawn backend's.
     let all_filters = || rule.iter().flat_map(|r| &r.filters).chain(backend_filters);
@@ -382,6 +405,9 @@ async fn forward(
         remote: Some(peer),
         local,
     });
+    if websocket {
+        return upgraded(cluster, &policy, parts, hashed.hash, entry).await;
+    }
     let request = Attempted {
         parts: &parts,
         body: &body,
@@ -562,6 +588,58 @@ fn matching_rule<'a>(
 /// Envoy's router loop: pick, send, report to outlier detection, maybe retry. A
 /// circuit-breaker overflow is neither reported nor retried; a retry beyond
 /// `maxRetries` is not made and the attempt's own result goes back, flagged `UO`.
+/// The headers Envoy adds on the way up: `x-request-id` (kept, or a new UUID, which
+/// is returned), `x-forwarded-proto` when the client sent none, and `host` from the
+/// authority of an HTTP/2 request.
+fn upstream_headers(
+    headers: &mut HeaderMap,
+    authority: Option<&str>,
+    scheme: &'static str,
+) -> String {
+    let rid =
+        header_str(headers, &HeaderName::from_static("x-request-id")).unwrap_or_else(request_id);
+    if let Ok(v) = HeaderValue::from_str(&rid) {
+        headers.insert("x-request-id", v);
+    }
+    if !headers.contains_key("x-forwarded-proto") {
+        headers.insert("x-forwarded-proto", HeaderValue::from_static(scheme));
+    }
+    if headers.get(header::HOST).is_none()
+        && let Some(a) = authority.and_then(|a| HeaderValue::from_str(a).ok())
+    {
+        headers.insert(header::HOST, a);
+    }
+    rid
+}
+
+/// A WebSocket upgrade's answer: the upstream's (a 101 with its tunnel spliced), or
+/// Envoy's replies when no endpoint answered.
+async fn upgraded(
+    cluster: &Arc<Cluster>,
+    policy: &RetryPolicy,
+    parts: http::request::Parts,
+    hash: Option<u64>,
+    entry: &mut Entry,
+) -> Verdict {
+    match upgrade::websocket(cluster, policy, parts, hash, entry).await {
+        Upgraded::Response(resp) => (resp, Flags::NONE, "via_upstream".into()),
+        Upgraded::Failed { failure, retries } => {
+            let attempt = match failure {
+                NoResponse::ConnectFailure(_) => Attempt::ConnectFailure,
+                _ => Attempt::Reset,
+            };
+            let exhausted = policy.exhausted(attempt, retries);
+            let extra = if exhausted { Flags::URX } else { Flags::NONE };
+            reset_reply(failure, extra, retries > 0, entry)
+        }
+        Upgraded::NoHealthyUpstream => (
+            local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
+            Flags::UH,
+            "no_healthy_upstream".into(),
+        ),
+    }
+}
+
 /// The request as every attempt sends it.
 struct Attempted<'a> {
     parts: &'a http::request::Parts,

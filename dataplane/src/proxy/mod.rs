@@ -8,6 +8,7 @@ mod cluster;
 pub mod connect;
 pub(crate) mod handler;
 pub mod https;
+mod upgrade;
 mod upstream;
 
 use std::collections::HashMap;

@@ -66,7 +66,7 @@ pub enum ConnectFailure {
 }
 
 impl ConnectFailure {
-    fn of(e: &connect::Error) -> Self {
+    pub(crate) fn of(e: &connect::Error) -> Self {
         match e {
             connect::Error::Timeout { .. } => Self::Timeout,
             connect::Error::Tcp { source, .. } => {
