@@ -345,6 +345,20 @@ impl Pool {
         }
     }
 
+    /// An HTTP/2 stream, counted against `max_requests` only: its multiplexed
+    /// connection is kept outside this pool. `false`: overflow (503 `UO`).
+    pub fn begin_stream(&mut self) -> bool {
+        if self.counts.requests >= self.limits.max_requests {
+            return false;
+        }
+        self.counts.requests += 1;
+        true
+    }
+
+    pub fn end_stream(&mut self) {
+        dec(&mut self.counts.requests);
+    }
+
     /// Takes a retry slot, or `false` when `max_retries` retries are in flight.
     pub fn try_retry(&mut self) -> bool {
         if self.counts.retries >= self.limits.max_retries {

@@ -192,13 +192,17 @@ pub(crate) struct ClusterPolicy {
     connection_pool: model::ConnectionPool,
     outlier_detection: Option<model::OutlierDetection>,
     connect_timeout: Duration,
+    /// `connectionPool.http.h2UpgradePolicy: UPGRADE`.
+    h2_upgrade: bool,
 }
 
 impl ClusterPolicy {
+    /// The cluster for one Service port (`None`: the Service or port is missing).
     pub(crate) fn into_cluster(
         self,
         name: String,
         endpoints: Vec<model::Endpoint>,
+        port: Option<&k8s_openapi::api::core::v1::ServicePort>,
     ) -> model::Cluster {
         model::Cluster {
             name,
@@ -208,6 +212,7 @@ impl ClusterPolicy {
             outlier_detection: self.outlier_detection,
             connect_timeout: self.connect_timeout,
             connection_pool: self.connection_pool,
+            protocol: upstream_protocol(port, self.h2_upgrade),
         }
     }
 }
@@ -245,6 +250,10 @@ pub(crate) fn cluster_policy(policy: Option<&TrafficPolicy>, port: i32) -> Clust
             .and_then(|c| c.tcp.as_ref())
             .and_then(|t| t.connect_timeout.as_ref())
             .map_or(Duration::from_secs(10), waypoint_crds::Duration::as_std),
+        h2_upgrade: cp
+            .and_then(|c| c.http.as_ref())
+            .and_then(|h| h.h2_upgrade_policy)
+            == Some(waypoint_crds::destination_rule::H2UpgradePolicy::Upgrade),
     }
 }
 
@@ -290,9 +299,10 @@ pub(crate) fn endpoints(
 /// Istio's explicit protocol selection: `appProtocol`, else the port name's prefix
 /// (`tcp-db`). Opaque protocols are proxied as TCP; everything else as HTTP, which
 /// the waypoint sniffs (HTTP/1.1 or HTTP/2).
-fn port_protocol(port: &k8s_openapi::api::core::v1::ServicePort) -> model::RouteProtocol {
-    let declared = port
-        .app_protocol
+/// The protocol a Service port declares, as Istio reads it: `appProtocol`, else the
+/// port name's prefix before `-`; lower-cased.
+fn declared_protocol(port: &k8s_openapi::api::core::v1::ServicePort) -> String {
+    port.app_protocol
         .as_deref()
         .or_else(|| {
             port.name
@@ -300,8 +310,26 @@ fn port_protocol(port: &k8s_openapi::api::core::v1::ServicePort) -> model::Route
                 .map(|n| n.split('-').next().unwrap_or(n))
         })
         .unwrap_or_default()
-        .to_ascii_lowercase();
+        .to_ascii_lowercase()
+}
+
+/// HTTP/2 to the endpoints for a port declared gRPC or HTTP/2 (including Gateway
+/// API's `kubernetes.io/h2c`), or when the DestinationRule asks for
+/// `h2UpgradePolicy: UPGRADE`; HTTP/1.1 otherwise, as Istio builds the cluster.
+pub(crate) fn upstream_protocol(
+    port: Option<&k8s_openapi::api::core::v1::ServicePort>,
+    h2_upgrade: bool,
+) -> model::UpstreamProtocol {
+    let declared = port.map(declared_protocol).unwrap_or_default();
     match declared.as_str() {
+        "grpc" | "http2" | "h2c" | "kubernetes.io/h2c" => model::UpstreamProtocol::Http2,
+        _ if h2_upgrade => model::UpstreamProtocol::Http2,
+        _ => model::UpstreamProtocol::Http1,
+    }
+}
+
+fn port_protocol(port: &k8s_openapi::api::core::v1::ServicePort) -> model::RouteProtocol {
+    match declared_protocol(port).as_str() {
         "tcp" | "tls" | "mongo" | "mysql" | "redis" => model::RouteProtocol::Tcp,
         _ => model::RouteProtocol::Http,
     }
@@ -324,15 +352,16 @@ fn backend_clusters(
             .services
             .iter()
             .find(|s| s.name_any() == name && s.namespace().as_deref() == Some(ns.as_str()));
-        let port_name = svc
+        let service_port = svc
             .and_then(|s| s.spec.as_ref())
             .and_then(|s| s.ports.as_ref())
-            .and_then(|ports| ports.iter().find(|p| p.port == port))
-            .and_then(|p| p.name.clone());
+            .and_then(|ports| ports.iter().find(|p| p.port == port));
+        let port_name = service_port.and_then(|p| p.name.clone());
         let endpoints = svc.map_or_else(Vec::new, |s| {
             endpoints(view.slices, s, port_name.as_deref())
         });
-        clusters.push(cluster_policy(None, port).into_cluster(cluster, endpoints));
+        let policy = cluster_policy(None, port);
+        clusters.push(policy.into_cluster(cluster, endpoints, service_port));
     }
 }
 
@@ -401,7 +430,7 @@ pub fn compile(gw: &Gateway, view: &View<'_>) -> model::Config {
                     Vec::new()
                 },
             });
-            clusters.push(policy.into_cluster(cluster, endpoints));
+            clusters.push(policy.into_cluster(cluster, endpoints, Some(port)));
         }
     }
     backend_clusters(view, wanted, &mut clusters);
@@ -692,6 +721,39 @@ spec:
             config.clusters[0].clone(),
             config.listeners[0].routes[0].clone(),
         )
+    }
+
+    #[test]
+    fn http2_to_endpoints_for_grpc_http2_ports_or_an_upgrade_policy() {
+        use k8s_openapi::api::core::v1::ServicePort;
+        let port = |name: Option<&str>, app: Option<&str>| ServicePort {
+            name: name.map(str::to_owned),
+            app_protocol: app.map(str::to_owned),
+            port: 8000,
+            ..ServicePort::default()
+        };
+        let h2 = model::UpstreamProtocol::Http2;
+        let h1 = model::UpstreamProtocol::Http1;
+        for (p, upgrade, want) in [
+            (port(Some("http"), None), false, h1),
+            (port(Some("grpc-api"), None), false, h2),
+            (port(Some("http2"), None), false, h2),
+            (port(None, Some("kubernetes.io/h2c")), false, h2),
+            (port(Some("grpc"), Some("http")), false, h1),
+            (port(None, Some("GRPC")), false, h2),
+            (port(Some("http"), None), true, h2),
+        ] {
+            assert_eq!(
+                upstream_protocol(Some(&p), upgrade),
+                want,
+                "{p:?} {upgrade}"
+            );
+        }
+        assert_eq!(upstream_protocol(None, false), h1);
+        let (cluster, _) = compiled_with("    connectionPool: {http: {h2UpgradePolicy: UPGRADE}}");
+        assert_eq!(cluster.protocol, h2);
+        let (cluster, _) = compiled_with("    connectionPool: {http: {h2UpgradePolicy: DEFAULT}}");
+        assert_eq!(cluster.protocol, h1);
     }
 
     #[test]

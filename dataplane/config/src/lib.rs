@@ -216,6 +216,29 @@ pub struct Cluster {
     /// DestinationRule's `connectionPool`. Omitted: Istio's defaults (no limits).
     #[serde(default, skip_serializing_if = "ConnectionPool::is_default")]
     pub connection_pool: ConnectionPool,
+    /// What the endpoints speak. Istio picks HTTP/2 for a Service port whose
+    /// `appProtocol` or name says so (grpc, http2, h2c), or when the DestinationRule
+    /// sets `h2UpgradePolicy: UPGRADE`.
+    #[serde(default, skip_serializing_if = "UpstreamProtocol::is_default")]
+    pub protocol: UpstreamProtocol,
+}
+
+/// The HTTP version spoken to a cluster's endpoints (h2c in plain text; inside an
+/// HBONE tunnel for meshed endpoints).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UpstreamProtocol {
+    #[default]
+    #[serde(rename = "HTTP/1.1")]
+    Http1,
+    #[serde(rename = "HTTP/2")]
+    Http2,
+}
+
+impl UpstreamProtocol {
+    #[allow(clippy::trivially_copy_pass_by_ref)] // serde's `skip_serializing_if` passes `&T`
+    fn is_default(&self) -> bool {
+        *self == Self::Http1
+    }
 }
 
 fn ten_seconds() -> Duration {

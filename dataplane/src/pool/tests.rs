@@ -269,3 +269,23 @@ fn retries_are_limited_while_in_flight() {
     assert!(p.try_retry());
     assert_eq!(p.counts().retries, 2);
 }
+
+#[test]
+fn http2_streams_count_against_max_requests_only() {
+    let mut p = Pool::new(
+        Limits {
+            max_requests: 2,
+            max_pending_requests: 0,
+            max_connections: 0,
+            ..Limits::default()
+        },
+        1,
+    );
+    assert!(p.begin_stream());
+    assert!(p.begin_stream());
+    assert!(!p.begin_stream(), "the third concurrent stream overflows");
+    assert_eq!(p.counts().requests, 2);
+    p.end_stream();
+    assert!(p.begin_stream());
+    assert_eq!(p.counts().connections, 0);
+}

@@ -116,6 +116,7 @@ impl Cluster {
                 mesh,
                 c.connect_timeout,
                 &c.connection_pool,
+                c.protocol,
                 Arc::clone(&metrics),
             ),
             hash,

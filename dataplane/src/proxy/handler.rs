@@ -159,8 +159,10 @@ fn local_reply(status: StatusCode, body: &'static str) -> Response<Body> {
     resp
 }
 
-/// Headers that describe one hop and are not forwarded (RFC 9110 §7.6.1).
+/// Headers that describe one hop and are not forwarded (RFC 9110 §7.6.1), except
+/// `te: trailers`, which gRPC needs end to end and HTTP/2 allows.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let trailers = headers.get(header::TE) == Some(&HeaderValue::from_static("trailers"));
     for name in [
         "connection",
         "keep-alive",
@@ -171,6 +173,9 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         "trailer",
     ] {
         headers.remove(name);
+    }
+    if trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
 }
 

@@ -25,6 +25,8 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::sync::oneshot;
 
+mod h2;
+
 use super::connect::{self, Stream, Target};
 use crate::identity::MeshSlot;
 use crate::metrics::Metrics;
@@ -88,6 +90,8 @@ pub struct Upstream {
     idle_timeout: Option<Duration>,
     inner: Mutex<Inner>,
     metrics: Arc<Metrics>,
+    /// `Some` for a cluster spoken to in HTTP/2: its connections, outside the pool.
+    http2: Option<h2::Connections>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -133,6 +137,9 @@ pub struct Lease {
     sender: Option<Sender>,
     reused: bool,
     done: bool,
+    /// An HTTP/2 stream rather than a pooled connection: releasing it only ends the
+    /// stream's count.
+    stream: bool,
 }
 
 impl Lease {
@@ -143,6 +150,10 @@ impl Lease {
 
     fn release(&mut self, reusable: bool) {
         if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        if self.stream {
+            self.upstream.lock().pool.end_stream();
             return;
         }
         let sender = self.sender.take();
@@ -188,6 +199,7 @@ impl Upstream {
         mesh: Arc<MeshSlot>,
         connect_timeout: Duration,
         pool: &waypoint_config::ConnectionPool,
+        protocol: waypoint_config::UpstreamProtocol,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
@@ -200,6 +212,8 @@ impl Upstream {
                 idle: HashMap::new(),
                 waiters: HashMap::new(),
             }),
+            http2: (protocol == waypoint_config::UpstreamProtocol::Http2)
+                .then(|| h2::Connections::new(targets.len())),
             targets,
             mesh,
             metrics,
@@ -232,6 +246,9 @@ impl Upstream {
         host: usize,
         make: impl Fn() -> Request<Full<Bytes>>,
     ) -> Result<(Response<Incoming>, Lease), NoResponse> {
+        if let Some(connections) = &self.http2 {
+            return self.send_http2(connections, host, make()).await;
+        }
         for _ in 0..STALE_CONNECTIONS {
             let mut lease = self.lease(host).await?;
             let reused = lease.reused;
@@ -255,6 +272,47 @@ impl Upstream {
             }
         }
         Err(NoResponse::Reset)
+    }
+
+    /// One stream on the endpoint's HTTP/2 connection, opened first if needed.
+    async fn send_http2(
+        self: &Arc<Self>,
+        connections: &h2::Connections,
+        host: usize,
+        req: Request<Full<Bytes>>,
+    ) -> Result<(Response<Incoming>, Lease), NoResponse> {
+        if !self.lock().pool.begin_stream() {
+            self.metrics.pending_overflow(&self.cluster);
+            return Err(NoResponse::Overflow);
+        }
+        let lease = Lease {
+            upstream: Arc::clone(self),
+            host,
+            conn: 0,
+            sender: None,
+            reused: false,
+            done: false,
+            stream: true,
+        };
+        let target = self.targets[host];
+        let mut sender = connections
+            .sender(host, target, &self.mesh, self.connect_timeout)
+            .await
+            .map_err(|why| {
+                self.metrics.connect_failed(&self.cluster);
+                NoResponse::ConnectFailure(why)
+            })?;
+        let req = h2::http2_form(req)?;
+        if sender.ready().await.is_err() {
+            return Err(NoResponse::Reset);
+        }
+        match sender.send_request(req).await {
+            Ok(resp) => Ok((resp, lease)),
+            Err(e) => {
+                tracing::debug!(error = %e, cluster = %self.cluster, "upstream HTTP/2 stream failed");
+                Err(NoResponse::Reset)
+            }
+        }
     }
 
     async fn lease(self: &Arc<Self>, host: usize) -> Result<Lease, NoResponse> {
@@ -314,6 +372,7 @@ impl Upstream {
             sender,
             reused,
             done: false,
+            stream: false,
         }
     }
 

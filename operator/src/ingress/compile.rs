@@ -145,17 +145,19 @@ pub fn compile(listeners: &[Verdict], parents: &[Parent<'_>], view: &View<'_>) -
         else {
             continue;
         };
-        let port_name = svc
+        let service_port = svc
             .spec
             .as_ref()
             .and_then(|s| s.ports.as_ref())
-            .and_then(|ps| ps.iter().find(|p| p.port == b.port))
-            .and_then(|p| p.name.clone());
-        let endpoints = crate::compile::endpoints(view.slices, svc, port_name.as_deref());
-        out.clusters.push(
-            crate::compile::cluster_policy(None, b.port)
-                .into_cluster(cluster_name(&b, view.cluster_domain), endpoints),
-        );
+            .and_then(|ps| ps.iter().find(|p| p.port == b.port));
+        let port_name = service_port.and_then(|p| p.name.as_deref());
+        let endpoints = crate::compile::endpoints(view.slices, svc, port_name);
+        out.clusters
+            .push(crate::compile::cluster_policy(None, b.port).into_cluster(
+                cluster_name(&b, view.cluster_domain),
+                endpoints,
+                service_port,
+            ));
     }
     out
 }

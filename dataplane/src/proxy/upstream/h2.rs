@@ -1,0 +1,93 @@
+//! A cluster's HTTP/2 endpoints: one multiplexed connection per endpoint, opened on
+//! first use and again once it has closed, as Envoy's HTTP/2 pool behaves with
+//! Istio's settings (no per-connection stream limit). Requests waiting for the
+//! connection queue behind whoever is opening it; each failed connect fails the
+//! requests that waited for it, and each is reported as a connect failure.
+//!
+//! Circuit breaking counts streams against `max_requests` (Istio's
+//! `http2MaxRequests`); `max_pending_requests` and `max_connections` do not apply.
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Uri, header};
+use http_body_util::Full;
+use hyper::client::conn::http2::{self, SendRequest};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::sync::Mutex;
+
+use super::super::connect::{self, Stream, Target};
+use super::{ConnectFailure, NoResponse};
+use crate::identity::MeshSlot;
+
+type Sender = SendRequest<Full<Bytes>>;
+
+/// Each endpoint's connection, if one is open.
+pub(super) struct Connections {
+    slots: Vec<Mutex<Option<Sender>>>,
+}
+
+impl Connections {
+    pub(super) fn new(hosts: usize) -> Self {
+        Self {
+            slots: (0..hosts).map(|_| Mutex::new(None)).collect(),
+        }
+    }
+
+    /// A sender on `target`'s connection, opening one if there is none.
+    pub(super) async fn sender(
+        &self,
+        host: usize,
+        target: Target,
+        mesh: &MeshSlot,
+        timeout: std::time::Duration,
+    ) -> Result<Sender, ConnectFailure> {
+        let mut slot = self.slots[host].lock().await;
+        if let Some(sender) = slot.as_ref().filter(|s| !s.is_closed()) {
+            return Ok(sender.clone());
+        }
+        *slot = None;
+        let stream = connect::open(target, mesh, timeout).await.map_err(|e| {
+            tracing::debug!(error = %e, "upstream connect failed");
+            ConnectFailure::of(&e)
+        })?;
+        let builder = http2::Builder::new(TokioExecutor::new());
+        let handshake = match stream {
+            Stream::Tcp(s) => builder.handshake(TokioIo::new(s)).await.map(|(tx, conn)| {
+                tokio::spawn(conn);
+                tx
+            }),
+            Stream::Tunnel(t) => builder.handshake(t).await.map(|(tx, conn)| {
+                tokio::spawn(conn);
+                tx
+            }),
+        };
+        let sender = handshake.map_err(|e| {
+            tracing::debug!(error = %e, "upstream HTTP/2 handshake failed");
+            ConnectFailure::Other
+        })?;
+        *slot = Some(sender.clone());
+        Ok(sender)
+    }
+}
+
+/// The HTTP/1-shaped request in HTTP/2 form: the target in absolute form, its
+/// authority from `host` (which HTTP/2 carries as `:authority`).
+pub(super) fn http2_form(
+    mut req: Request<Full<Bytes>>,
+) -> Result<Request<Full<Bytes>>, NoResponse> {
+    let authority = req
+        .headers_mut()
+        .remove(header::HOST)
+        .and_then(|h| h.to_str().ok().map(str::to_owned))
+        .ok_or(NoResponse::Reset)?;
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let uri: Uri = format!("http://{authority}{path}")
+        .parse()
+        .map_err(|_| NoResponse::Reset)?;
+    *req.uri_mut() = uri;
+    *req.version_mut() = http::Version::HTTP_2;
+    // HTTP/2 allows `te` only as `trailers`; nothing else hop-by-hop is left here.
+    if req.headers().get(header::TE) != Some(&HeaderValue::from_static("trailers")) {
+        req.headers_mut().remove(header::TE);
+    }
+    Ok(req)
+}

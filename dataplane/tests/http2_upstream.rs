@@ -1,0 +1,170 @@
+//! HTTP/2 to the endpoints (a Service port declared grpc, http2 or h2c): requests are
+//! multiplexed on one connection per endpoint, gRPC's `te: trailers` reaches the
+//! server and its trailers reach an HTTP/2 client, and HTTP/1.1 clients are served
+//! too.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test harness
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use waypoint_dataplane::proxy::{self, Shared};
+
+/// An h2c-only server answering like a gRPC service: `pong` and `grpc-status: 0` as
+/// a trailer, with the request's version, authority and `te` echoed in headers.
+/// Counts the connections it accepts.
+async fn h2c_backend() -> (SocketAddr, Arc<AtomicUsize>) {
+    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = socket.accept().await.unwrap();
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    |req: http::Request<hyper::body::Incoming>| async move {
+                        let te = req.headers().get("te").cloned();
+                        let authority = req
+                            .uri()
+                            .authority()
+                            .map(ToString::to_string)
+                            .unwrap_or_default();
+                        let version = format!("{:?}", req.version());
+                        let _ = req.into_body().collect().await;
+                        let mut trailers = HeaderMap::new();
+                        trailers.insert("grpc-status", "0".parse().unwrap());
+                        let body = Full::new(Bytes::from_static(b"pong"))
+                            .with_trailers(async move { Some(Ok::<_, Infallible>(trailers)) });
+                        let mut resp = http::Response::new(body);
+                        resp.headers_mut()
+                            .insert("x-version", version.parse().unwrap());
+                        resp.headers_mut()
+                            .insert("x-authority", authority.parse().unwrap());
+                        if let Some(te) = te {
+                            resp.headers_mut().insert("x-te", te);
+                        }
+                        Ok::<_, Infallible>(resp)
+                    },
+                );
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+async fn proxy_to(backend: SocketAddr) -> SocketAddr {
+    let yaml = format!(
+        "listeners:
+- name: mesh
+  address: 127.0.0.1:0
+  routes:
+  - cluster: grpc
+clusters:
+- name: grpc
+  protocol: HTTP/2
+  endpoints: [{{address: \"{backend}\"}}]
+"
+    );
+    let shared = Shared::new(waypoint_config::Config::from_yaml(&yaml).unwrap());
+    let (socket, name) = proxy::bind(&shared.current()).await.unwrap().remove(0);
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(proxy::serve(shared, socket, name));
+    addr
+}
+
+/// A unary gRPC call; an HTTP/1.1 one names its host in `host`, an HTTP/2 one in the
+/// URI (`:authority`).
+fn call(proxy: SocketAddr, http1: bool) -> http::Request<Full<Bytes>> {
+    let mut req = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{proxy}/echo.Echo/Ping"));
+    if http1 {
+        req = req.header("host", "grpc.example");
+    }
+    req.header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_calls_share_one_upstream_connection_and_keep_their_trailers() {
+    let (backend, accepted) = h2c_backend().await;
+    let proxy = proxy_to(backend).await;
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        let client = client.clone();
+        calls.spawn(async move {
+            let resp = client.request(call(proxy, false)).await.unwrap();
+            let headers = resp.headers().clone();
+            let collected = resp.into_body().collect().await.unwrap();
+            let trailers = collected.trailers().cloned();
+            (headers, collected.to_bytes(), trailers)
+        });
+    }
+    while let Some(done) = calls.join_next().await {
+        let (headers, body, trailers) = done.unwrap();
+        assert_eq!(body, "pong");
+        assert_eq!(headers["x-version"], "HTTP/2.0");
+        // An HTTP/2 client's `:authority` travels on as the upstream's.
+        assert_eq!(headers["x-authority"], proxy.to_string().as_str());
+        assert_eq!(
+            headers["x-te"], "trailers",
+            "te: trailers must reach a gRPC server"
+        );
+        let trailers = trailers.expect("the gRPC trailers were lost");
+        assert_eq!(trailers["grpc-status"], "0");
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "ten calls should share one multiplexed upstream connection"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_clients_reach_an_http2_upstream() {
+    let (backend, _) = h2c_backend().await;
+    let proxy = proxy_to(backend).await;
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let resp = client.request(call(proxy, true)).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-version"], "HTTP/2.0");
+    // An HTTP/1.1 client's `host` becomes the upstream's `:authority`.
+    assert_eq!(resp.headers()["x-authority"], "grpc.example");
+    assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "pong");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_http2_endpoint_is_a_connect_failure() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let proxy = proxy_to(dead).await;
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let resp = client.request(call(proxy, true)).await.unwrap();
+    assert_eq!(resp.status(), 503);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(
+        body.ends_with(b"reset reason: remote connection failure"),
+        "{body:?}"
+    );
+}
