@@ -339,3 +339,29 @@ async fn drain_waits_for_the_request_in_flight_and_closes_keep_alive() {
     // Nothing in flight: a second drain returns at once.
     assert_eq!(shared.drain(Duration::ZERO).await, 0);
 }
+
+/// Keep-alive requests reuse one pooled connection; each release re-arms its idle
+/// timer (Istio's default, 1 h). The tasks alive must not grow with the requests
+/// (one sleeping timer task per request was a leak that `hack/bench` found).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_timers_do_not_pile_up_with_requests() {
+    let pod = Pod::start("127.0.0.1:0".parse().unwrap(), "pod").await;
+    let (_shared, addr, _p) = single_cluster_proxy(pod.addr, "10s").await;
+    let client = client();
+    let alive = || tokio::runtime::Handle::current().metrics().num_alive_tasks();
+    for _ in 0..10 {
+        let resp = client.request(get(addr)).await.unwrap();
+        resp.into_body().collect().await.unwrap();
+    }
+    let before = alive();
+    for _ in 0..300 {
+        let resp = client.request(get(addr)).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.into_body().collect().await.unwrap();
+    }
+    let after = alive();
+    assert!(
+        after < before + 20,
+        "alive tasks grew from {before} to {after} over 300 requests"
+    );
+}
