@@ -348,7 +348,11 @@ async fn idle_timers_do_not_pile_up_with_requests() {
     let pod = Pod::start("127.0.0.1:0".parse().unwrap(), "pod").await;
     let (_shared, addr, _p) = single_cluster_proxy(pod.addr, "10s").await;
     let client = client();
-    let alive = || tokio::runtime::Handle::current().metrics().num_alive_tasks();
+    let alive = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
     for _ in 0..10 {
         let resp = client.request(get(addr)).await.unwrap();
         resp.into_body().collect().await.unwrap();

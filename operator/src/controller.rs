@@ -42,6 +42,7 @@ use crate::overlay::{self, Overlays};
 use crate::status::{self, Observed};
 
 mod ingress;
+mod refresh;
 pub use ingress::Backends as IngressBackends;
 
 #[derive(Debug, thiserror::Error)]
@@ -924,6 +925,12 @@ where
     }
 }
 
+/// Bounded parallel reconciles: the API server and this process share 2 cores with
+/// everything else on a small node; a burst of thousands must queue.
+fn reconciles() -> controller::Config {
+    controller::Config::default().concurrency(8)
+}
+
 /// How long a reconcile that published a new config waits for a running replica
 /// to apply it before writing status.
 const CONFIG_APPLY_WAIT: Duration = Duration::from_secs(2);
@@ -938,26 +945,20 @@ pub async fn run(
     ctx.caches.synced().await;
     let ctx2 = Arc::clone(&ctx);
     let client = ctx.client.clone();
-    // Bounded parallel reconciles: the API server and this process share 2 cores
-    // with everything else on a small node; a burst of thousands must queue.
-    let config = || controller::Config::default().concurrency(8);
     let managed = watcher::Config::default().labels(&format!("{MANAGED_LABEL}={MANAGED_VALUE}"));
     let controller = Controller::new(
         Api::<Gateway>::all(client.clone()),
         watcher::Config::default(),
     )
-    .with_config(config());
+    .with_config(reconciles());
     // Anything in a namespace can change what its waypoints serve: map it to them.
     let gateways_in = in_namespace(controller.store());
     let params_store = controller.store();
     let class_store = controller.store();
-    let (for_svc, for_slice, for_rule, for_ns, for_route) = (
-        gateways_in.clone(),
-        gateways_in.clone(),
-        gateways_in.clone(),
-        gateways_in.clone(),
-        gateways_in,
-    );
+    // What changes a waypoint's config also publishes it at once (`refresh`).
+    let (refresh, publisher) = refresh::publisher(Arc::clone(&ctx), controller.store());
+    let for_svc = refresh::refreshing(gateways_in.clone(), refresh);
+    let [for_slice, for_rule, for_route] = [(); 3].map(|()| for_svc.clone());
     // Ingress Gateways take routes and backends from any namespace.
     let (ingress_for_grant, ingress_for_ns) = (Arc::clone(&ctx), Arc::clone(&ctx));
     // Services and their EndpointSlices wake the namespace's waypoints only when
@@ -1007,7 +1008,7 @@ pub async fn run(
             Api::<Namespace>::all(client.clone()),
             watcher::Config::default(),
             move |o| {
-                let mut wake = for_ns(Some(o.name_any()));
+                let mut wake = gateways_in(Some(o.name_any()));
                 wake.extend(ingress_gateways(&ingress_for_ns));
                 wake
             },
@@ -1038,6 +1039,7 @@ pub async fn run(
         });
     futures::join!(
         gateways,
+        publisher,
         run_classes(Arc::clone(&ctx)),
         run_services(ctx),
         crate::bound::run(Arc::clone(&ctx2))
