@@ -132,3 +132,41 @@ clusters: [{{name: c, loadBalancer: {lb}, endpoints: [{{address: \"{backend}\"}}
     }
     assert_eq!(load.await.unwrap(), 0);
 }
+
+/// A client that sends part of a request head and then nothing is answered 408 and
+/// closed once the listener's `requestHeadersTimeout` passes (1 s here), as Envoy's
+/// `request_headers_timeout` does; a prompt client is not affected.
+#[tokio::test]
+async fn slow_request_headers_get_408_and_close() {
+    let shared = Shared::with_access_log(
+        waypoint_config::Config::from_yaml(
+            "listeners: [{name: plain, address: \"127.0.0.1:0\", requestHeadersTimeout: 1s, routes: []}]\nclusters: []\n",
+        )
+        .unwrap(),
+        Box::new(|_| {}),
+    );
+    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(proxy::serve(shared, socket, "plain".into()));
+
+    let (reply, closed) = exchange(addr, b"GET / HTTP/1.1\r\nhost: slow.example\r\n").await;
+    assert!(reply.starts_with("HTTP/1.1 408 "), "{reply}");
+    assert!(closed);
+
+    // Nothing sent at all: the same.
+    let (reply, closed) = exchange(addr, b"").await;
+    assert!(reply.starts_with("HTTP/1.1 408 "), "{reply}");
+    assert!(closed);
+
+    // A whole head in time is served (404: no routes), and the connection stays.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: a.example\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 404 "));
+}

@@ -441,6 +441,7 @@ pub fn compile(gw: &Gateway, view: &View<'_>) -> model::Config {
             protocol: model::ListenerProtocol::Hbone,
             routes,
             tls: None,
+            request_headers_timeout: model::DEFAULT_REQUEST_HEADERS_TIMEOUT,
         }],
         clusters,
     }

@@ -69,6 +69,25 @@ pub struct Listener {
     pub tls: Option<ListenerTls>,
     #[serde(default)]
     pub routes: Vec<Route>,
+    /// How long a new HTTP connection may take to send its first request's headers
+    /// before it is answered 408 and closed (Envoy's `request_headers_timeout`).
+    #[serde(
+        default = "default_request_headers_timeout",
+        with = "duration",
+        skip_serializing_if = "is_default_request_headers_timeout"
+    )]
+    pub request_headers_timeout: Duration,
+}
+
+pub const DEFAULT_REQUEST_HEADERS_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn default_request_headers_timeout() -> Duration {
+    DEFAULT_REQUEST_HEADERS_TIMEOUT
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's `skip_serializing_if` passes `&T`
+fn is_default_request_headers_timeout(d: &Duration) -> bool {
+    *d == DEFAULT_REQUEST_HEADERS_TIMEOUT
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -87,6 +87,11 @@ pub async fn serve_tcp(
     let local = stream.local_addr().ok();
     // As Envoy does on every connection: small responses must not wait for Nagle.
     let _ = stream.set_nodelay(true);
+    let timeout = shared.current().request_headers_timeout(&listener);
+    let Some(stream) = super::first_request::read(stream, timeout).await else {
+        tracing::debug!(%peer, %listener, "no request headers in time: 408");
+        return;
+    };
     let downstream = Downstream {
         listener,
         peer,

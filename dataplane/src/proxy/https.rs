@@ -117,6 +117,11 @@ async fn connection(shared: Arc<Shared>, listener: Arc<str>, tcp: TcpStream, pee
         }
     };
     let server_name = stream.get_ref().1.server_name().map(Arc::from);
+    let timeout = shared.current().request_headers_timeout(&listener);
+    let Some(stream) = super::first_request::read(stream, timeout).await else {
+        tracing::debug!(%peer, %listener, "no request headers in time: 408");
+        return;
+    };
     let downstream = Downstream {
         listener,
         peer,

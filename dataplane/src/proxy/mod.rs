@@ -6,6 +6,7 @@
 mod body;
 mod cluster;
 pub mod connect;
+mod first_request;
 pub(crate) mod handler;
 pub mod https;
 mod upgrade;
@@ -124,6 +125,18 @@ impl Runtime {
     /// The TLS config of an `HTTPS` listener.
     pub fn server_tls(&self, listener: &str) -> Option<Arc<rustls::ServerConfig>> {
         self.tls.get(listener).cloned()
+    }
+
+    /// The listener's `requestHeadersTimeout` (the default for one no longer in the
+    /// config).
+    pub fn request_headers_timeout(&self, listener: &str) -> std::time::Duration {
+        self.config
+            .listeners
+            .iter()
+            .find(|l| l.name == listener)
+            .map_or(waypoint_config::DEFAULT_REQUEST_HEADERS_TIMEOUT, |l| {
+                l.request_headers_timeout
+            })
     }
 
     pub fn cluster(&self, name: &str) -> Option<&Arc<Cluster>> {

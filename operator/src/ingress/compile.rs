@@ -221,6 +221,7 @@ fn listener(
         protocol,
         tls,
         routes,
+        request_headers_timeout: model::DEFAULT_REQUEST_HEADERS_TIMEOUT,
     }
 }
 
