@@ -170,3 +170,52 @@ async fn slow_request_headers_get_408_and_close() {
         .unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 404 "));
 }
+
+/// HTTP/2 rapid reset (CVE-2023-44487): a client that opens streams and resets
+/// them at once is cut off (GOAWAY) after a bounded number, and the streams it
+/// reset cost the upstream almost nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_rapid_reset_is_cut_off() {
+    let backend = ok_backend().await;
+    let shared = Shared::with_access_log(
+        waypoint_config::Config::from_yaml(&format!(
+            "listeners: [{{name: plain, address: \"127.0.0.1:0\", routes: [{{cluster: ok}}]}}]\n\
+             clusters: [{{name: ok, endpoints: [{{address: \"{backend}\"}}]}}]\n"
+        ))
+        .unwrap(),
+        Box::new(|_| {}),
+    );
+    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(proxy::serve(shared, socket, "plain".into()));
+
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut client, connection) = h2::client::handshake(tcp).await.unwrap();
+    let connection = tokio::spawn(connection);
+    let mut opened = 0;
+    for _ in 0..10_000 {
+        let Ok(ready) = client.ready().await else {
+            break;
+        };
+        client = ready;
+        let req = http::Request::get(format!("http://{addr}/"))
+            .body(())
+            .unwrap();
+        let Ok((_response, mut stream)) = client.send_request(req, true) else {
+            break;
+        };
+        stream.send_reset(h2::Reason::CANCEL);
+        opened += 1;
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(10), connection)
+        .await
+        .expect("the server never closed the flooding connection")
+        .unwrap();
+    // Cut off: a GOAWAY (ENHANCE_YOUR_CALM), or the socket closed under the writes.
+    let cut = ended.expect_err("the server let the flood run to its end");
+    assert!(
+        cut.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) || cut.is_io(),
+        "{cut:?} after {opened} streams"
+    );
+    assert!(opened < 1_000, "{opened} streams before the cut");
+}
