@@ -27,12 +27,14 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut head = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 4096];
+    // On the heap, not in this future: the connection's task keeps its largest state
+    // for as long as the connection lives.
+    let mut head = Vec::new();
     while !handed_over(&head) {
-        match tokio::time::timeout_at(deadline, io.read(&mut chunk)).await {
+        head.reserve(2048);
+        match tokio::time::timeout_at(deadline, io.read_buf(&mut head)).await {
             Ok(Ok(0) | Err(_)) => break, // hyper sees the end and closes
-            Ok(Ok(n)) => head.extend_from_slice(&chunk[..n]),
+            Ok(Ok(_)) => {}
             Err(_) => {
                 let _ = io.write_all(TIMED_OUT).await;
                 let _ = io.shutdown().await;
@@ -76,6 +78,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
             let n = self.prefix.len().min(buf.remaining());
             buf.put_slice(&self.prefix[..n]);
             self.prefix.advance(n);
+            if !self.prefix.has_remaining() {
+                // Free the head's buffer: a keep-alive connection lives long.
+                self.prefix = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.io).poll_read(cx, buf)
