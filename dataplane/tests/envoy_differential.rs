@@ -27,8 +27,7 @@ use waypoint_dataplane::proxy::{self, Shared};
 mod support;
 use support::Pod;
 
-const CLUSTER: &str = "inbound-vip|8000|http|in-ambient.httpbin.svc.cluster.local";
-const PODS: [&str; 3] = ["in-ambient-abc12", "in-ambient-def34", "in-ambient-ghi56"];
+use support::{SEED_CLUSTER as CLUSTER, SEED_PODS as PODS};
 const ENVOY_VERSION: &str = "1.40.0";
 const TEN_SECONDS: Duration = Duration::from_secs(10);
 
@@ -188,39 +187,6 @@ static_resources:
     )
 }
 
-/// The same waypoint in our config model.
-fn our_config(
-    endpoints: &[(SocketAddr, &str)],
-    retries: Retries,
-    connect_timeout: Duration,
-) -> String {
-    let attempts = match retries {
-        Retries::IstioDefault => 2,
-        Retries::Off => 0,
-    };
-    let mut list = String::new();
-    for (addr, name) in endpoints {
-        let _ = writeln!(list, "  - {{address: \"{addr}\", workload: {name}}}");
-    }
-    format!(
-        "listeners:
-- name: mesh
-  address: 127.0.0.1:0
-  routes:
-  - hosts: [in-ambient.httpbin.svc.cluster.local, in-ambient]
-    cluster: \"{CLUSTER}\"
-    retry: {{attempts: {attempts}, retryOn: [connect-failure, refused-stream, unavailable, cancelled]}}
-clusters:
-- name: \"{CLUSTER}\"
-  loadBalancer: ROUND_ROBIN
-  connectTimeout: {}ms
-  outlierDetection: {{consecutive5xxErrors: 3, interval: 10s, baseEjectionTime: 30s, maxEjectionPercent: 50}}
-  endpoints:
-{list}",
-        connect_timeout.as_millis()
-    )
-}
-
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 fn client() -> HttpClient {
@@ -245,7 +211,11 @@ impl Proxy {
         retries: Retries,
         connect_timeout: Duration,
     ) -> Self {
-        let yaml = our_config(endpoints, retries, connect_timeout);
+        let attempts = match retries {
+            Retries::IstioDefault => 2,
+            Retries::Off => 0,
+        };
+        let yaml = support::seed_waypoint(endpoints, attempts, ("10s", "30s"), connect_timeout);
         let config = waypoint_config::Config::from_yaml(&yaml).unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
         let lines = Arc::clone(&log);

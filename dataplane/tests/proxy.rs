@@ -19,9 +19,7 @@ use tokio::task::JoinHandle;
 use waypoint_dataplane::proxy::{self, Shared};
 
 mod support;
-use support::Pod;
-
-const CLUSTER: &str = "inbound-vip|8000|http|in-ambient.httpbin.svc.cluster.local";
+use support::{Pod, SEED_CLUSTER as CLUSTER, SEED_PODS as PODS};
 
 struct Harness {
     shared: Arc<Shared>,
@@ -34,33 +32,18 @@ struct Harness {
     _tasks: Vec<JoinHandle<()>>,
 }
 
-const PODS: [&str; 3] = ["in-ambient-abc12", "in-ambient-def34", "in-ambient-ghi56"];
-
 impl Harness {
     async fn start(retry_attempts: u32) -> Self {
         let mut backends = Vec::new();
         for name in PODS {
             backends.push(Pod::start("127.0.0.1:0".parse().unwrap(), name).await);
         }
-        let mut endpoints = String::new();
-        for pod in &backends {
-            let (addr, name) = (pod.addr, pod.name);
-            endpoints.push_str(&format!("  - {{address: \"{addr}\", workload: {name}}}\n"));
-        }
-        let yaml = format!(
-            "listeners:
-- name: mesh
-  address: 127.0.0.1:0
-  routes:
-  - hosts: [in-ambient.httpbin.svc.cluster.local, in-ambient]
-    cluster: \"{CLUSTER}\"
-    retry: {{attempts: {retry_attempts}, retryOn: [connect-failure, refused-stream, unavailable, cancelled]}}
-clusters:
-- name: \"{CLUSTER}\"
-  loadBalancer: ROUND_ROBIN
-  outlierDetection: {{consecutive5xxErrors: 3, interval: 1s, baseEjectionTime: 3s, maxEjectionPercent: 50}}
-  endpoints:
-{endpoints}"
+        let endpoints: Vec<_> = backends.iter().map(|p| (p.addr, p.name)).collect();
+        let yaml = support::seed_waypoint(
+            &endpoints,
+            retry_attempts,
+            ("1s", "3s"),
+            Duration::from_secs(10),
         );
         let config = waypoint_config::Config::from_yaml(&yaml).unwrap();
         let shared = Shared::new(config);

@@ -123,21 +123,31 @@ async fn next_data(body: &mut hyper::body::Incoming) -> Option<Bytes> {
     Some(frame.unwrap().into_data().unwrap())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_body_reaches_the_client_as_the_upstream_sends_it() {
+/// A proxy whose upstream has sent the response head and `first`, and goes on only
+/// when the test feeds it: the proxy, the feed and the client's body so far.
+async fn streaming(
+    route_timeout: &str,
+    first: &'static [u8],
+) -> (Proxy, mpsc::Sender<Bytes>, hyper::body::Incoming) {
     let (backend, mut feeders) = fed_backend().await;
-    let p = proxy(backend, "10s").await;
+    let p = proxy(backend, route_timeout).await;
     let get = tokio::spawn(async move {
         let resp = p.get().await;
         (p, resp)
     });
     let feed = feeders.recv().await.unwrap();
-    feed.send(Bytes::from_static(b"first ")).await.unwrap();
+    feed.send(Bytes::from_static(first)).await.unwrap();
     let (p, resp) = get.await.unwrap();
     assert_eq!(resp.status(), 200);
     let mut body = resp.into_body();
     // The upstream has not finished: the first part arrives all the same.
-    assert_eq!(next_data(&mut body).await.unwrap(), "first ");
+    assert_eq!(next_data(&mut body).await.unwrap(), first);
+    (p, feed, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_reaches_the_client_as_the_upstream_sends_it() {
+    let (p, feed, body) = streaming("10s", b"first ").await;
     assert!(
         p.log.lock().unwrap().is_empty(),
         "logged before the stream ended"
@@ -155,18 +165,7 @@ async fn a_body_reaches_the_client_as_the_upstream_sends_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_route_timeout_cuts_a_stalled_body() {
-    let (backend, mut feeders) = fed_backend().await;
-    let p = proxy(backend, "300ms").await;
-    let get = tokio::spawn(async move {
-        let resp = p.get().await;
-        (p, resp)
-    });
-    let feed = feeders.recv().await.unwrap();
-    feed.send(Bytes::from_static(b"partial")).await.unwrap();
-    let (p, resp) = get.await.unwrap();
-    assert_eq!(resp.status(), 200);
-    let mut body = resp.into_body();
-    assert_eq!(next_data(&mut body).await.unwrap(), "partial");
+    let (p, feed, mut body) = streaming("300ms", b"partial").await;
     // The upstream stalls; the stream is cut at the deadline, not left hanging.
     let end = tokio::time::timeout(Duration::from_secs(5), body.frame())
         .await
@@ -185,17 +184,7 @@ async fn the_route_timeout_cuts_a_stalled_body() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_leaves_mid_body_is_logged_dc() {
-    let (backend, mut feeders) = fed_backend().await;
-    let p = proxy(backend, "10s").await;
-    let get = tokio::spawn(async move {
-        let resp = p.get().await;
-        (p, resp)
-    });
-    let feed = feeders.recv().await.unwrap();
-    feed.send(Bytes::from_static(b"some")).await.unwrap();
-    let (p, resp) = get.await.unwrap();
-    let mut body = resp.into_body();
-    assert_eq!(next_data(&mut body).await.unwrap(), "some");
+    let (p, feed, body) = streaming("10s", b"some").await;
     drop(body);
     // The proxy learns of the close when it next writes: keep the upstream talking.
     for _ in 0..50 {

@@ -104,3 +104,43 @@ impl Pod {
         *self = Self::start(self.addr, self.name).await;
     }
 }
+
+/// Seed 001's waypoint cluster, named as Istio names it.
+pub const SEED_CLUSTER: &str = "inbound-vip|8000|http|in-ambient.httpbin.svc.cluster.local";
+
+/// The seed's three pods.
+pub const SEED_PODS: [&str; 3] = ["in-ambient-abc12", "in-ambient-def34", "in-ambient-ghi56"];
+
+/// Seed 001's waypoint in the config model: the Service's route with `attempts`
+/// retries on Istio's default conditions (0: none), and the guide's DestinationRule
+/// (ROUND_ROBIN; consecutive5xxErrors 3, maxEjectionPercent 50) with its `interval`
+/// and `baseEjectionTime` as given (some tests scale them down).
+pub fn seed_waypoint(
+    endpoints: &[(SocketAddr, &str)],
+    attempts: u32,
+    (interval, base_ejection): (&str, &str),
+    connect_timeout: Duration,
+) -> String {
+    use std::fmt::Write as _;
+    let mut list = String::new();
+    for (addr, name) in endpoints {
+        let _ = writeln!(list, "  - {{address: \"{addr}\", workload: {name}}}");
+    }
+    format!(
+        "listeners:
+- name: mesh
+  address: 127.0.0.1:0
+  routes:
+  - hosts: [in-ambient.httpbin.svc.cluster.local, in-ambient]
+    cluster: \"{SEED_CLUSTER}\"
+    retry: {{attempts: {attempts}, retryOn: [connect-failure, refused-stream, unavailable, cancelled]}}
+clusters:
+- name: \"{SEED_CLUSTER}\"
+  loadBalancer: ROUND_ROBIN
+  connectTimeout: {}ms
+  outlierDetection: {{consecutive5xxErrors: 3, interval: {interval}, baseEjectionTime: {base_ejection}, maxEjectionPercent: 50}}
+  endpoints:
+{list}",
+        connect_timeout.as_millis()
+    )
+}
