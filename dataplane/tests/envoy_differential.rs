@@ -22,7 +22,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use waypoint_dataplane::proxy::{self, Shared};
+use waypoint_dataplane::proxy::Shared;
 
 mod support;
 use support::Pod;
@@ -216,17 +216,8 @@ impl Proxy {
             Retries::Off => 0,
         };
         let yaml = support::seed_waypoint(endpoints, attempts, ("10s", "30s"), connect_timeout);
-        let config = waypoint_config::Config::from_yaml(&yaml).unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let lines = Arc::clone(&log);
-        let shared = Shared::with_access_log(
-            config,
-            Box::new(move |line: &str| lines.lock().unwrap().push(line.to_owned())),
-        );
-        let mut sockets = proxy::bind(&shared.current()).await.unwrap();
-        let (socket, name) = sockets.remove(0);
-        let addr = socket.local_addr().unwrap();
-        tokio::spawn(proxy::serve(shared.clone(), socket, name));
+        let (shared, log) = support::logged(&yaml);
+        let addr = support::serve_first_listener(&shared).await;
         Self::Ours { shared, addr, log }
     }
 

@@ -15,7 +15,9 @@ use http::HeaderMap;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
-use waypoint_dataplane::proxy::{self, Shared};
+use waypoint_dataplane::proxy::Shared;
+
+mod support;
 
 /// An h2c-only server answering like a gRPC service: `pong` and `grpc-status: 0` as
 /// a trailer, with the request's version, authority and `te` echoed in headers.
@@ -78,10 +80,7 @@ clusters:
 "
     );
     let shared = Shared::new(waypoint_config::Config::from_yaml(&yaml).unwrap());
-    let (socket, name) = proxy::bind(&shared.current()).await.unwrap().remove(0);
-    let addr = socket.local_addr().unwrap();
-    tokio::spawn(proxy::serve(shared, socket, name));
-    addr
+    support::serve_first_listener(&shared).await
 }
 
 /// A unary gRPC call; an HTTP/1.1 one names its host in `host`, an HTTP/2 one in the

@@ -29,7 +29,6 @@ struct Harness {
         hyper_util::client::legacy::connect::HttpConnector,
         Full<Bytes>,
     >,
-    _tasks: Vec<JoinHandle<()>>,
 }
 
 impl Harness {
@@ -47,10 +46,7 @@ impl Harness {
         );
         let config = waypoint_config::Config::from_yaml(&yaml).unwrap();
         let shared = Shared::new(config);
-        let mut sockets = proxy::bind(&shared.current()).await.unwrap();
-        let (socket, name) = sockets.remove(0);
-        let proxy_addr = socket.local_addr().unwrap();
-        let tasks = vec![tokio::spawn(proxy::serve(shared.clone(), socket, name))];
+        let proxy_addr = support::serve_first_listener(&shared).await;
         let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
             .build(hyper_util::client::legacy::connect::HttpConnector::new());
         Self {
@@ -58,7 +54,6 @@ impl Harness {
             proxy: proxy_addr,
             backends,
             client,
-            _tasks: tasks,
         }
     }
 

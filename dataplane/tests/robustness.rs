@@ -10,18 +10,20 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use waypoint_dataplane::proxy::{self, Shared};
 
+mod support;
+
 async fn start() -> SocketAddr {
+    start_with("listeners: [{name: plain, address: \"127.0.0.1:0\", routes: []}]\nclusters: []\n")
+        .await
+}
+
+/// A proxy for `yaml` that logs nothing; where its first listener listens.
+async fn start_with(yaml: &str) -> SocketAddr {
     let shared = Shared::with_access_log(
-        waypoint_config::Config::from_yaml(
-            "listeners: [{name: plain, address: \"127.0.0.1:0\", routes: []}]\nclusters: []\n",
-        )
-        .unwrap(),
+        waypoint_config::Config::from_yaml(yaml).unwrap(),
         Box::new(|_| {}),
     );
-    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = socket.local_addr().unwrap();
-    tokio::spawn(proxy::serve(shared, socket, "plain".into()));
-    addr
+    support::serve_first_listener(&shared).await
 }
 
 /// Sends `bytes`, then reads until the server closes (bounded: 20 s of silence
@@ -138,16 +140,10 @@ clusters: [{{name: c, loadBalancer: {lb}, endpoints: [{{address: \"{backend}\"}}
 /// `request_headers_timeout` does; a prompt client is not affected.
 #[tokio::test]
 async fn slow_request_headers_get_408_and_close() {
-    let shared = Shared::with_access_log(
-        waypoint_config::Config::from_yaml(
-            "listeners: [{name: plain, address: \"127.0.0.1:0\", requestHeadersTimeout: 1s, routes: []}]\nclusters: []\n",
-        )
-        .unwrap(),
-        Box::new(|_| {}),
-    );
-    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = socket.local_addr().unwrap();
-    tokio::spawn(proxy::serve(shared, socket, "plain".into()));
+    let addr = start_with(
+        "listeners: [{name: plain, address: \"127.0.0.1:0\", requestHeadersTimeout: 1s, routes: []}]\nclusters: []\n",
+    )
+    .await;
 
     let (reply, closed) = exchange(addr, b"GET / HTTP/1.1\r\nhost: slow.example\r\n").await;
     assert!(reply.starts_with("HTTP/1.1 408 "), "{reply}");
@@ -177,17 +173,11 @@ async fn slow_request_headers_get_408_and_close() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_rapid_reset_is_cut_off() {
     let backend = ok_backend().await;
-    let shared = Shared::with_access_log(
-        waypoint_config::Config::from_yaml(&format!(
-            "listeners: [{{name: plain, address: \"127.0.0.1:0\", routes: [{{cluster: ok}}]}}]\n\
-             clusters: [{{name: ok, endpoints: [{{address: \"{backend}\"}}]}}]\n"
-        ))
-        .unwrap(),
-        Box::new(|_| {}),
-    );
-    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = socket.local_addr().unwrap();
-    tokio::spawn(proxy::serve(shared, socket, "plain".into()));
+    let addr = start_with(&format!(
+        "listeners: [{{name: plain, address: \"127.0.0.1:0\", routes: [{{cluster: ok}}]}}]\n\
+         clusters: [{{name: ok, endpoints: [{{address: \"{backend}\"}}]}}]\n"
+    ))
+    .await;
 
     let tcp = TcpStream::connect(addr).await.unwrap();
     let (mut client, connection) = h2::client::handshake(tcp).await.unwrap();

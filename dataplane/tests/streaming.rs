@@ -18,7 +18,8 @@ use hyper::body::Frame;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use waypoint_dataplane::proxy::{self, Shared};
+
+mod support;
 
 /// A response body fed frame by frame from the test.
 struct Fed(mpsc::Receiver<Bytes>);
@@ -81,15 +82,8 @@ clusters:
   endpoints: [{{address: \"{backend}\"}}]
 "
     );
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let lines = Arc::clone(&log);
-    let shared = Shared::with_access_log(
-        waypoint_config::Config::from_yaml(&yaml).unwrap(),
-        Box::new(move |l: &str| lines.lock().unwrap().push(l.to_owned())),
-    );
-    let (socket, name) = proxy::bind(&shared.current()).await.unwrap().remove(0);
-    let addr = socket.local_addr().unwrap();
-    tokio::spawn(proxy::serve(shared, socket, name));
+    let (shared, log) = support::logged(&yaml);
+    let addr = support::serve_first_listener(&shared).await;
     Proxy { addr, log }
 }
 

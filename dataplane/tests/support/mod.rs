@@ -4,10 +4,12 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)] // each test uses a part
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
+use waypoint_dataplane::proxy::{self, Shared};
 use waypoint_identity::Identity;
 use waypoint_identity::ca::Ca;
 use waypoint_identity::workload::{Credentials, Request};
@@ -143,4 +145,24 @@ clusters:
 {list}",
         connect_timeout.as_millis()
     )
+}
+
+/// A proxy for `yaml` whose access-log lines are kept, in order, in the vector.
+pub fn logged(yaml: &str) -> (Arc<Shared>, Arc<Mutex<Vec<String>>>) {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let lines = Arc::clone(&log);
+    let shared = Shared::with_access_log(
+        waypoint_config::Config::from_yaml(yaml).unwrap(),
+        Box::new(move |line: &str| lines.lock().unwrap().push(line.to_owned())),
+    );
+    (shared, log)
+}
+
+/// Serves the first listener of `shared`'s config (a loopback address, port 0) and
+/// returns where it listens.
+pub async fn serve_first_listener(shared: &Arc<Shared>) -> SocketAddr {
+    let (socket, name) = proxy::bind(&shared.current()).await.unwrap().remove(0);
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(proxy::serve(Arc::clone(shared), socket, name));
+    addr
 }
