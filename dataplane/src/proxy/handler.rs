@@ -633,15 +633,7 @@ async fn upgraded(
 ) -> Verdict {
     match upgrade::websocket(cluster, policy, parts, hash, entry).await {
         Upgraded::Response(resp) => (resp, Flags::NONE, "via_upstream".into()),
-        Upgraded::Failed { failure, retries } => {
-            let attempt = match failure {
-                NoResponse::ConnectFailure(_) => Attempt::ConnectFailure,
-                _ => Attempt::Reset,
-            };
-            let exhausted = policy.exhausted(attempt, retries);
-            let extra = if exhausted { Flags::URX } else { Flags::NONE };
-            reset_reply(failure, extra, retries > 0, entry)
-        }
+        Upgraded::Failed { failure, retries } => gave_up(policy, failure, retries, entry),
         Upgraded::NoHealthyUpstream => (
             local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
             Flags::UH,
@@ -742,16 +734,10 @@ async fn attempts(
             }
             Err(NoResponse::Overflow) => return overflow_reply(retries > 0),
             Err(failure) => {
-                let (outcome, attempt) = if let NoResponse::ConnectFailure(_) = failure {
-                    (Outcome::ConnectFailure, Attempt::ConnectFailure)
-                } else {
-                    (Outcome::Reset, Attempt::Reset)
-                };
+                let (outcome, attempt) = failure.judged();
                 cluster.report(i, outcome);
                 if !policy.should_retry(attempt, retries) {
-                    let exhausted = policy.exhausted(attempt, retries);
-                    let extra = if exhausted { Flags::URX } else { Flags::NONE };
-                    return reset_reply(failure, extra, retries > 0, entry);
+                    return gave_up(policy, failure, retries, entry);
                 }
                 let Some(slot) = cluster.upstream.try_retry() else {
                     return reset_reply(failure, Flags::UO, retries > 0, entry);
@@ -786,6 +772,14 @@ fn relay(
         flag,
         "via_upstream".into(),
     )
+}
+
+/// The reply once the retry policy lets `failure` stand: `URX` if it would have
+/// retried but the retries are used up.
+fn gave_up(policy: &RetryPolicy, failure: NoResponse, retries: u32, entry: &mut Entry) -> Verdict {
+    let exhausted = policy.exhausted(failure.judged().1, retries);
+    let extra = if exhausted { Flags::URX } else { Flags::NONE };
+    reset_reply(failure, extra, retries > 0, entry)
 }
 
 /// Envoy's reply when no attempt got response headers (its `onPoolFailure` and

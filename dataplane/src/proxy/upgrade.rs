@@ -24,7 +24,7 @@ use super::connect::Stream;
 use super::upstream::{ConnectFailure, NoResponse};
 use crate::access_log::Entry;
 use crate::outlier::Outcome;
-use crate::retry::{Attempt, RetryPolicy};
+use crate::retry::RetryPolicy;
 
 /// How a tunnel ended: the bytes it carried each way, and which side closed first.
 /// Envoy logs `DC downstream_remote_disconnect` when the downstream did, and `UC
@@ -116,12 +116,7 @@ pub async fn websocket(
                 return Upgraded::Response(splice(resp, downstream).await);
             }
             Err(failure) => {
-                let (outcome, kind) = match failure {
-                    NoResponse::ConnectFailure(_) => {
-                        (Outcome::ConnectFailure, Attempt::ConnectFailure)
-                    }
-                    _ => (Outcome::Reset, Attempt::Reset),
-                };
+                let (outcome, kind) = failure.judged();
                 cluster.report(i, outcome);
                 if !policy.should_retry(kind, retries) {
                     return Upgraded::Failed { failure, retries };

@@ -30,7 +30,9 @@ mod h2;
 use super::connect::{self, Stream, Target};
 use crate::identity::MeshSlot;
 use crate::metrics::Metrics;
+use crate::outlier::Outcome;
 use crate::pool::{Acquire, ConnId, Counts, Handoff, Limits, Pool, Release, WaiterId};
+use crate::retry::Attempt;
 
 type Sender = SendRequest<Full<Bytes>>;
 
@@ -75,6 +77,17 @@ impl ConnectFailure {
                 source.raw_os_error().map_or(Self::Other, Self::Os)
             }
             connect::Error::NoCredentials { .. } | connect::Error::Hbone { .. } => Self::Other,
+        }
+    }
+}
+
+impl NoResponse {
+    /// What outlier detection and the retry policy hear of it. An overflow is
+    /// neither reported nor retried; it is not asked.
+    pub(crate) fn judged(self) -> (Outcome, Attempt) {
+        match self {
+            Self::ConnectFailure(_) => (Outcome::ConnectFailure, Attempt::ConnectFailure),
+            Self::Reset | Self::Overflow => (Outcome::Reset, Attempt::Reset),
         }
     }
 }
