@@ -131,7 +131,11 @@ async fn streaming(
     });
     let feed = feeders.recv().await.unwrap();
     feed.send(Bytes::from_static(first)).await.unwrap();
-    let (p, resp) = get.await.unwrap();
+    // A proxy that buffered the body would send no head until the body ended.
+    let (p, resp) = tokio::time::timeout(Duration::from_secs(5), get)
+        .await
+        .expect("no response head within 5 s of the first chunk")
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let mut body = resp.into_body();
     // The upstream has not finished: the first part arrives all the same.
