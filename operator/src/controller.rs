@@ -41,8 +41,10 @@ use crate::names::{
 use crate::overlay::{self, Overlays};
 use crate::status::{self, Observed};
 
+mod applied;
 mod ingress;
 mod refresh;
+pub use applied::Applied;
 pub use ingress::Backends as IngressBackends;
 
 #[derive(Debug, thiserror::Error)]
@@ -65,8 +67,10 @@ pub struct Context {
     /// The Services each waypoint served at its last reconcile, so that an event
     /// on a Service that is neither bound nor was bound wakes no waypoint.
     pub served: Served,
-    /// Gateways without HPA/PDB overlays already checked for a stale one.
-    pub no_extras: std::sync::Mutex<std::collections::BTreeSet<(String, String)>>,
+    /// What was last applied to each waypoint's objects.
+    pub applied: Applied,
+    /// The parametersRef ConfigMaps read so far.
+    pub parameters: Parameters,
     /// The Services each ingress Gateway's routes sent to at its last reconcile.
     pub ingress_backends: IngressBackends,
 }
@@ -119,52 +123,72 @@ impl<K> Cached for K where
 {
 }
 
-/// A store of every `K` (trimmed) and the watch events that fill it, each applied
-/// to the store before it comes out of the stream.
+/// A store of the objects `events` brings (trimmed, then shaped by `shape`), and
+/// those events, each applied to the store before it comes out of the stream.
 fn reflected<K: Cached>(
-    client: &Client,
-    config: watcher::Config,
+    events: impl futures::Stream<Item = watcher::Result<watcher::Event<K>>> + Send,
+    shape: fn(&mut K),
 ) -> (
     Store<K>,
-    impl futures::Stream<Item = watcher::Result<watcher::Event<K>>> + Send + use<K>,
+    impl futures::Stream<Item = watcher::Result<watcher::Event<K>>> + Send,
 ) {
     let (reader, writer) = reflector::store();
-    let events = watcher(Api::<K>::all(client.clone()), config)
+    let events = events
         .default_backoff()
-        .modify(trimmed::<K>)
+        .modify(move |o| {
+            trimmed(o);
+            shape(o);
+        })
         .reflect(writer);
     (reader, events)
 }
 
-/// A store of every `K` and the future that keeps it filled. For
-/// `PartialObjectMeta<K>`, kube asks the API server for metadata only.
-fn cache<K: Cached>(
+/// Every `K` that `config` selects; for `PartialObjectMeta<K>`, kube asks the API
+/// server for metadata only.
+fn objects<K: Cached>(
     client: &Client,
     config: watcher::Config,
-) -> (Store<K>, impl Future<Output = ()> + Send + use<K>) {
-    let (reader, events) = reflected(client, config);
+) -> impl futures::Stream<Item = watcher::Result<watcher::Event<K>>> + Send + use<K> {
+    watcher(Api::<K>::all(client.clone()), config)
+}
+
+fn whole<K>(_: &mut K) {}
+
+/// A store of every `K` that `config` selects, and the future that keeps it filled.
+fn cache<K: Cached>(
+    events: impl futures::Stream<Item = watcher::Result<watcher::Event<K>>> + Send,
+) -> (Store<K>, impl Future<Output = ()> + Send) {
+    let (reader, events) = reflected(events, whole::<K>);
     (reader, events.for_each(|_| futures::future::ready(())))
 }
 
 /// Like [`cache`], and every object the store has taken in (changed or deleted) is
-/// then sent on: the Gateway controller's trigger, which so never runs a reconcile
-/// on a store that has not seen the event that caused it.
-fn shared_cache<K: Cached>(
-    client: &Client,
+/// then sent on to each of `N` controllers: their trigger, which so never runs a
+/// reconcile on a store that has not seen the event that caused it. Controllers
+/// share these stores rather than keep their own copies (thousands of Services).
+fn shared_cache<K: Cached, const N: usize>(
+    events: impl futures::Stream<Item = watcher::Result<watcher::Event<K>>> + Send,
+    shape: fn(&mut K),
 ) -> (
     Store<K>,
-    impl Future<Output = ()> + Send + use<K>,
-    UnboundedReceiver<K>,
+    impl Future<Output = ()> + Send,
+    [UnboundedReceiver<K>; N],
 ) {
-    let (reader, events) = reflected(client, watcher::Config::default());
-    let (tx, rx) = futures::channel::mpsc::unbounded();
+    let (reader, events) = reflected(events, shape);
+    let (txs, rxs): (Vec<_>, Vec<_>) = (0..N).map(|_| futures::channel::mpsc::unbounded()).unzip();
     let fill = events.touched_objects().for_each(move |obj| {
         if let Ok(obj) = obj {
-            let _ = tx.unbounded_send(obj);
+            for tx in &txs {
+                // Closed once that controller has stopped.
+                let _ = tx.unbounded_send(obj.clone());
+            }
         }
         futures::future::ready(())
     });
-    (reader, fill, rx)
+    let Ok(rxs) = rxs.try_into() else {
+        unreachable!("N receivers were made")
+    };
+    (reader, fill, rxs)
 }
 
 /// Watch caches that reconciles read instead of calling the API server: with
@@ -181,6 +205,21 @@ pub struct Caches {
     /// Pods that carry `istio.io/use-waypoint` (for the binding table).
     pods: Store<k8s_openapi::api::core::v1::Pod>,
     grants: Store<ReferenceGrant>,
+    /// What a waypoint is made of, and what may stand in its way: whether a name
+    /// is taken, by us or not, and whether an apply is still current, are read
+    /// here instead of asked of the API server on every reconcile.
+    pub(crate) owned: Owned,
+}
+
+/// Every ConfigMap, ServiceAccount and Deployment (metadata; a Deployment also its
+/// status), and the HPAs and PDBs we manage (metadata).
+#[derive(Clone)]
+pub(crate) struct Owned {
+    pub(crate) config_maps: Store<PartialObjectMeta<ConfigMap>>,
+    pub(crate) service_accounts: Store<PartialObjectMeta<ServiceAccount>>,
+    pub(crate) deployments: Store<Deployment>,
+    pub(crate) autoscalers: Store<PartialObjectMeta<HorizontalPodAutoscaler>>,
+    pub(crate) budgets: Store<PartialObjectMeta<PodDisruptionBudget>>,
 }
 
 /// The two kinds of Gateway this operator serves.
@@ -194,11 +233,34 @@ pub(crate) enum Class {
 
 /// What changed in the caches a waypoint's config is compiled from.
 pub struct Triggers {
+    gateways: UnboundedReceiver<Gateway>,
+    namespaces: UnboundedReceiver<PartialObjectMeta<Namespace>>,
     services: UnboundedReceiver<Service>,
     slices: UnboundedReceiver<EndpointSlice>,
     rules: UnboundedReceiver<DestinationRule>,
     routes: UnboundedReceiver<HttpRoute>,
     grants: UnboundedReceiver<ReferenceGrant>,
+    parts: Parts,
+    service_controller: ServiceTriggers,
+}
+
+/// What wakes the Service controller.
+struct ServiceTriggers {
+    services: UnboundedReceiver<Service>,
+    gateways: UnboundedReceiver<Gateway>,
+    namespaces: UnboundedReceiver<PartialObjectMeta<Namespace>>,
+}
+
+/// Changes to the kinds a waypoint is made of.
+struct Parts {
+    config_maps: UnboundedReceiver<PartialObjectMeta<ConfigMap>>,
+    service_accounts: UnboundedReceiver<PartialObjectMeta<ServiceAccount>>,
+    deployments: UnboundedReceiver<Deployment>,
+}
+
+/// A Deployment's pod template is most of it, and only its status is read here.
+fn status_only(d: &mut Deployment) {
+    d.spec = None;
 }
 
 impl Caches {
@@ -206,15 +268,43 @@ impl Caches {
     /// changes the Gateway controller reacts to.
     pub fn start(client: &Client) -> (Self, impl Future<Output = ()> + Send + use<>, Triggers) {
         let all = watcher::Config::default;
-        let (namespaces, ns_run) = cache::<PartialObjectMeta<Namespace>>(client, all());
-        let (gateways, gw_run) = cache::<Gateway>(client, all());
-        let (classes, class_run) = cache::<GatewayClass>(client, all());
-        let (pods, pod_run) = cache(client, all().labels(USE_WAYPOINT));
-        let (services, svc_run, svc_rx) = shared_cache::<Service>(client);
-        let (slices, slice_run, slice_rx) = shared_cache::<EndpointSlice>(client);
-        let (rules, rule_run, rule_rx) = shared_cache::<DestinationRule>(client);
-        let (routes, route_run, route_rx) = shared_cache::<HttpRoute>(client);
-        let (grants, grant_run, grant_rx) = shared_cache::<ReferenceGrant>(client);
+        let managed = || all().labels(&format!("{MANAGED_LABEL}={MANAGED_VALUE}"));
+        let (namespaces, ns_run, [ns_rx, ns_rx2]) = shared_cache(
+            objects::<PartialObjectMeta<Namespace>>(client, all()),
+            whole,
+        );
+        let (gateways, gw_run, [gw_rx, gw_rx2]) =
+            shared_cache(objects::<Gateway>(client, all()), whole);
+        let (classes, class_run) = cache(objects::<GatewayClass>(client, all()));
+        let (pods, pod_run) = cache(objects(client, all().labels(USE_WAYPOINT)));
+        let (services, svc_run, [svc_rx, svc_rx2]) =
+            shared_cache(objects::<Service>(client, all()), whole);
+        let (slices, slice_run, [slice_rx]) =
+            shared_cache(objects::<EndpointSlice>(client, all()), whole);
+        let (rules, rule_run, [rule_rx]) =
+            shared_cache(objects::<DestinationRule>(client, all()), whole);
+        let (routes, route_run, [route_rx]) =
+            shared_cache(objects::<HttpRoute>(client, all()), whole);
+        let (grants, grant_run, [grant_rx]) =
+            shared_cache(objects::<ReferenceGrant>(client, all()), whole);
+        let (config_maps, cm_run, [cm_rx]) = shared_cache(
+            objects::<PartialObjectMeta<ConfigMap>>(client, all()),
+            whole,
+        );
+        let (service_accounts, sa_run, [sa_rx]) = shared_cache(
+            objects::<PartialObjectMeta<ServiceAccount>>(client, all()),
+            whole,
+        );
+        let (deployments, deploy_run, [deploy_rx]) =
+            shared_cache(objects::<Deployment>(client, all()), status_only);
+        let (autoscalers, hpa_run) = cache(objects::<PartialObjectMeta<HorizontalPodAutoscaler>>(
+            client,
+            managed(),
+        ));
+        let (budgets, pdb_run) = cache(objects::<PartialObjectMeta<PodDisruptionBudget>>(
+            client,
+            managed(),
+        ));
         (
             Self {
                 namespaces,
@@ -226,19 +316,38 @@ impl Caches {
                 routes,
                 pods,
                 grants,
+                owned: Owned {
+                    config_maps,
+                    service_accounts,
+                    deployments,
+                    autoscalers,
+                    budgets,
+                },
             },
             async move {
                 futures::join!(
                     ns_run, gw_run, class_run, svc_run, slice_run, rule_run, route_run, pod_run,
-                    grant_run
+                    grant_run, cm_run, sa_run, deploy_run, hpa_run, pdb_run
                 );
             },
             Triggers {
+                gateways: gw_rx,
+                namespaces: ns_rx,
                 services: svc_rx,
                 slices: slice_rx,
                 rules: rule_rx,
                 routes: route_rx,
                 grants: grant_rx,
+                parts: Parts {
+                    config_maps: cm_rx,
+                    service_accounts: sa_rx,
+                    deployments: deploy_rx,
+                },
+                service_controller: ServiceTriggers {
+                    services: svc_rx2,
+                    gateways: gw_rx2,
+                    namespaces: ns_rx2,
+                },
             },
         )
     }
@@ -253,6 +362,11 @@ impl Caches {
             self.rules.wait_until_ready(),
             self.routes.wait_until_ready(),
             self.grants.wait_until_ready(),
+            self.owned.config_maps.wait_until_ready(),
+            self.owned.service_accounts.wait_until_ready(),
+            self.owned.deployments.wait_until_ready(),
+            self.owned.autoscalers.wait_until_ready(),
+            self.owned.budgets.wait_until_ready(),
         );
     }
 
@@ -426,16 +540,66 @@ async fn reconcile_class(class: Arc<GatewayClass>, ctx: Arc<Context>) -> Result<
     Ok(Action::await_change())
 }
 
-/// The name of a same-named object we must not manage, if there is one.
-async fn conflict<K>(api: &Api<K>, name: &str) -> Result<Option<String>, Error>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
-{
-    Ok(api
-        .get_opt(name)
-        .await?
-        .filter(|o| o.labels().get(MANAGED_LABEL).map(String::as_str) != Some(MANAGED_VALUE))
-        .map(|o| builders::describe(&o)))
+/// A waypoint's objects as the caches have them, whoever they belong to.
+struct Seen {
+    deployment: Option<Arc<Deployment>>,
+    service: Option<Arc<Service>>,
+    service_account: Option<ObjectMeta>,
+    config_map: Option<ObjectMeta>,
+}
+
+impl Seen {
+    fn of(caches: &Caches, ns: &str, name: &str) -> Self {
+        let config_map = crate::names::config_map_name(name);
+        Self {
+            deployment: caches
+                .owned
+                .deployments
+                .get(&ObjectRef::new(name).within(ns)),
+            service: caches.services.get(&ObjectRef::new(name).within(ns)),
+            service_account: caches
+                .owned
+                .service_accounts
+                .get(&ObjectRef::new(name).within(ns))
+                .map(|o| o.metadata.clone()),
+            config_map: caches
+                .owned
+                .config_maps
+                .get(&ObjectRef::new(&config_map).within(ns))
+                .map(|o| o.metadata.clone()),
+        }
+    }
+
+    /// The first object that has a name the waypoint needs and is not ours, as
+    /// "Kind name". The caches hold every object of these kinds; a GET before the
+    /// apply would leave the same window open between the read and the write.
+    fn taken(&self) -> Option<String> {
+        let ours = |m: &ObjectMeta| {
+            m.labels
+                .as_ref()
+                .and_then(|l| l.get(MANAGED_LABEL))
+                .map(String::as_str)
+                == Some(MANAGED_VALUE)
+        };
+        [
+            ("Deployment", self.deployment.as_ref().map(|o| &o.metadata)),
+            ("Service", self.service.as_ref().map(|o| &o.metadata)),
+            ("ServiceAccount", self.service_account.as_ref()),
+            ("ConfigMap", self.config_map.as_ref()),
+        ]
+        .into_iter()
+        .find_map(|(kind, meta)| {
+            meta.filter(|m| !ours(m))
+                .map(|m| format!("{kind} {}", m.name.as_deref().unwrap_or("?")))
+        })
+    }
+}
+
+fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
+    match K::kind(&()) {
+        std::borrow::Cow::Borrowed(kind) => kind,
+        std::borrow::Cow::Owned(_) => "other",
+    }
 }
 
 /// Server-side applies `obj`; returns the object as the API server now has it
@@ -452,17 +616,57 @@ where
             &Patch::Apply(obj),
         )
         .await?;
-    metrics.applied(match K::kind(&()) {
-        std::borrow::Cow::Borrowed(kind) => kind,
-        std::borrow::Cow::Owned(_) => "other",
-    });
+    metrics.applied(kind_of::<K>());
     Ok(applied)
+}
+
+/// Applies `wanted` unless the last apply of the same object still stands (`seen`:
+/// the object as its watch cache has it). Returns the object when it applied.
+async fn ensure<K>(
+    ctx: &Context,
+    gateway: (&str, &str),
+    wanted: &K,
+    seen: Option<&ObjectMeta>,
+) -> Result<Option<K>, Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug,
+{
+    let kind = kind_of::<K>();
+    let digest = applied::digest(wanted);
+    let version = seen.and_then(|m| applied::version(kind, m, wanted.meta()));
+    if ctx
+        .applied
+        .current(kind, gateway, digest, version.as_deref())
+    {
+        return Ok(None);
+    }
+    let api = Api::namespaced(ctx.client.clone(), gateway.0);
+    let got = apply(&api, wanted, &ctx.metrics).await?;
+    let version = applied::version(kind, got.meta(), wanted.meta());
+    ctx.applied.record(kind, gateway, digest, version);
+    Ok(Some(got))
+}
+
+/// Parsed parametersRef ConfigMaps by resourceVersion: a reconcile reads one from
+/// the API server only after it changed.
+#[derive(Debug, Default)]
+pub struct Parameters(std::sync::Mutex<std::collections::HashMap<(String, String), Parsed>>);
+
+/// A ConfigMap's overlays, or why they cannot be used, at a resourceVersion.
+#[derive(Debug)]
+struct Parsed {
+    version: String,
+    overlays: Result<Overlays, String>,
 }
 
 /// The overlays of the Gateway's `infrastructure.parametersRef`: `Ok(Err(why))` when
 /// the reference cannot be used (messages as Istio logs them).
 async fn parameters(
-    client: &Client,
+    ctx: &Context,
     gw: &Gateway,
     ns: &str,
 ) -> Result<Result<Overlays, String>, Error> {
@@ -480,7 +684,22 @@ async fn parameters(
             r.group, r.kind
         )));
     }
-    let Some(cm) = Api::<ConfigMap>::namespaced(client.clone(), ns)
+    let key = (ns.to_owned(), r.name.clone());
+    let cached = ctx
+        .caches
+        .owned
+        .config_maps
+        .get(&ObjectRef::new(&r.name).within(ns))
+        .and_then(|m| m.metadata.resource_version.clone());
+    if let Some(rv) = &cached
+        && let Ok(m) = ctx.parameters.0.lock()
+        && let Some(parsed) = m.get(&key)
+        && parsed.version == *rv
+    {
+        return Ok(parsed.overlays.clone());
+    }
+    // Not cached yet (just created), or changed: read it.
+    let Some(cm) = Api::<ConfigMap>::namespaced(ctx.client.clone(), ns)
         .get_opt(&r.name)
         .await?
     else {
@@ -489,73 +708,93 @@ async fn parameters(
             r.name
         )));
     };
-    Ok(overlay::parse(&cm.data.unwrap_or_default()).map_err(|e| e.to_string()))
+    let parsed = overlay::parse(&cm.data.unwrap_or_default()).map_err(|e| e.to_string());
+    if let (Some(rv), Ok(mut m)) = (cm.metadata.resource_version, ctx.parameters.0.lock()) {
+        m.insert(
+            key,
+            Parsed {
+                version: rv,
+                overlays: parsed.clone(),
+            },
+        );
+    }
+    Ok(parsed)
 }
 
-/// Deletes the named object if we manage it (an overlay that was removed).
+/// Server-side applies every object a waypoint is made of that is not as last
+/// applied; deletes an HPA or PDB of ours whose overlay was removed. Returns the
+/// Deployment and Service as the API server answered, for those it applied.
+async fn apply_children(
+    ctx: &Context,
+    gateway: (&str, &str),
+    children: &builders::Children,
+    seen: &Seen,
+) -> Result<(Option<Deployment>, Option<Service>), Error> {
+    let (ns, name) = gateway;
+    ensure(
+        ctx,
+        gateway,
+        &children.service_account,
+        seen.service_account.as_ref(),
+    )
+    .await?;
+    ensure(ctx, gateway, &children.config_map, seen.config_map.as_ref()).await?;
+    let service = ensure(
+        ctx,
+        gateway,
+        &children.service,
+        seen.service.as_ref().map(|o| &o.metadata),
+    )
+    .await?;
+    let deployment = ensure(
+        ctx,
+        gateway,
+        &children.deployment,
+        seen.deployment.as_ref().map(|o| &o.metadata),
+    )
+    .await?;
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), ns);
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(ctx.client.clone(), ns);
+    match &children.horizontal_pod_autoscaler {
+        Some(hpa) => drop(apply(&hpas, hpa, &ctx.metrics).await?),
+        None if ctx
+            .caches
+            .owned
+            .autoscalers
+            .get(&ObjectRef::new(name).within(ns))
+            .is_some() =>
+        {
+            delete_ours(&hpas, name).await?;
+        }
+        None => {}
+    }
+    match &children.pod_disruption_budget {
+        Some(pdb) => drop(apply(&pdbs, pdb, &ctx.metrics).await?),
+        None if ctx
+            .caches
+            .owned
+            .budgets
+            .get(&ObjectRef::new(name).within(ns))
+            .is_some() =>
+        {
+            delete_ours(&pdbs, name).await?;
+        }
+        None => {}
+    }
+    Ok((deployment, service))
+}
+
+/// Deletes an object the cache says is ours (an overlay that was removed); one
+/// already gone is fine.
 async fn delete_ours<K>(api: &Api<K>, name: &str) -> Result<(), Error>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
 {
-    if let Some(o) = api.get_opt(name).await?
-        && o.labels().get(MANAGED_LABEL).map(String::as_str) == Some(MANAGED_VALUE)
-    {
-        api.delete(name, &kube::api::DeleteParams::default())
-            .await?;
+    match api.delete(name, &kube::api::DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
     }
-    Ok(())
-}
-
-/// Server-side applies every object a waypoint is made of; deletes an HPA or PDB
-/// whose overlay was removed.
-async fn apply_children(
-    ctx: &Context,
-    ns: &str,
-    name: &str,
-    children: &builders::Children,
-) -> Result<(Deployment, Service), Error> {
-    let client = &ctx.client;
-    let (sas, cms, deploys, svcs): (
-        Api<ServiceAccount>,
-        Api<ConfigMap>,
-        Api<Deployment>,
-        Api<Service>,
-    ) = (
-        Api::namespaced(client.clone(), ns),
-        Api::namespaced(client.clone(), ns),
-        Api::namespaced(client.clone(), ns),
-        Api::namespaced(client.clone(), ns),
-    );
-    apply(&sas, &children.service_account, &ctx.metrics).await?;
-    apply(&cms, &children.config_map, &ctx.metrics).await?;
-    let service = apply(&svcs, &children.service, &ctx.metrics).await?;
-    let deployment = apply(&deploys, &children.deployment, &ctx.metrics).await?;
-    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), ns);
-    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(ctx.client.clone(), ns);
-    let key = (ns.to_owned(), name.to_owned());
-    let extras =
-        children.horizontal_pod_autoscaler.is_some() || children.pod_disruption_budget.is_some();
-    // Without overlays for them, look for a stale HPA or PDB once per Gateway per
-    // process, not on every reconcile.
-    let known_absent = !extras && ctx.no_extras.lock().is_ok_and(|s| s.contains(&key));
-    if !known_absent {
-        match &children.horizontal_pod_autoscaler {
-            Some(hpa) => drop(apply(&hpas, hpa, &ctx.metrics).await?),
-            None => delete_ours(&hpas, name).await?,
-        }
-        match &children.pod_disruption_budget {
-            Some(pdb) => drop(apply(&pdbs, pdb, &ctx.metrics).await?),
-            None => delete_ours(&pdbs, name).await?,
-        }
-    }
-    if let Ok(mut s) = ctx.no_extras.lock() {
-        if extras {
-            s.remove(&key);
-        } else {
-            s.insert(key);
-        }
-    }
-    Ok((deployment, service))
 }
 
 /// The waypoint's objects with its overlays, or without them and the reason the
@@ -566,7 +805,7 @@ async fn children_for(
     ns: &str,
     config: &waypoint_config::Config,
 ) -> Result<(builders::Children, Option<String>), Error> {
-    let (overlays, invalid) = match parameters(&ctx.client, gw, ns).await? {
+    let (overlays, invalid) = match parameters(ctx, gw, ns).await? {
         Ok(o) => (o, None),
         Err(why) => (Overlays::default(), Some(why)),
     };
@@ -625,6 +864,9 @@ async fn reconcile_gateway(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action
             ctx.caches.has_gateway(&k.0, &k.1)
         }
     });
+    ctx.applied
+        .retain(|ns, gw| (ns, gw) != (key.0.as_str(), key.1.as_str()) || class.is_some());
+    ctx.applied.retain(|ns, gw| ctx.caches.has_gateway(ns, gw));
     let Some(class) = class else {
         ctx.ingress_backends.forget(&ns, &name);
         return Ok(Action::await_change());
@@ -655,38 +897,30 @@ pub(crate) async fn deploy(
     let (ns, name) = (key.0.as_str(), key.1.as_str());
     let (version, fresh) = ctx.configs.publish(key, builders::config_yaml(config));
     let (children, invalid_parameters) = children_for(ctx, gw, ns, config).await?;
-    let (sas, cms, deploys, svcs): (
-        Api<ServiceAccount>,
-        Api<ConfigMap>,
-        Api<Deployment>,
-        Api<Service>,
-    ) = (
-        Api::namespaced(ctx.client.clone(), ns),
-        Api::namespaced(ctx.client.clone(), ns),
-        Api::namespaced(ctx.client.clone(), ns),
-        Api::namespaced(ctx.client.clone(), ns),
-    );
-    let mut clash = None;
-    for found in [
-        conflict(&deploys, name).await?,
-        conflict(&svcs, name).await?,
-        conflict(&sas, name).await?,
-        conflict(&cms, &crate::names::config_map_name(name)).await?,
-    ] {
-        clash = clash.or(found);
-    }
-    let mut applied = None;
+    let seen = Seen::of(&ctx.caches, ns, name);
+    let clash = seen.taken();
+    let mut applied = (None, None);
     if let Some(why) = &invalid_parameters {
         // Istio renders nothing then; we keep what runs and say why in status.
         tracing::warn!(gateway = %name, namespace = %ns, %why, "parametersRef unusable; objects left as they are");
     } else if clash.is_none() {
-        applied = Some(apply_children(ctx, ns, name, &children).await?);
+        applied = apply_children(ctx, (ns, name), &children, &seen).await?;
     } else {
         tracing::warn!(gateway = %name, namespace = %ns, conflict = ?clash, "not adopting an object we do not manage");
     }
-    let (deployment, service) = match applied {
-        Some((d, s)) => (Some(d), Some(s)),
-        None => (deploys.get_opt(name).await?, svcs.get_opt(name).await?),
+    // What was not applied now is read from the caches.
+    let ready_replicas = match applied.0 {
+        Some(d) => d.status.and_then(|s| s.ready_replicas),
+        None => seen
+            .deployment
+            .as_ref()
+            .and_then(|d| d.status.as_ref())
+            .and_then(|s| s.ready_replicas),
+    }
+    .unwrap_or(0);
+    let service_spec = match applied.1 {
+        Some(s) => s.spec,
+        None => seen.service.as_ref().and_then(|s| s.spec.clone()),
     };
     if fresh {
         // Running replicas apply a new config within milliseconds; waiting for
@@ -696,12 +930,8 @@ pub(crate) async fn deploy(
             .await;
     }
     Ok(Observed {
-        ready_replicas: deployment
-            .and_then(|d| d.status)
-            .and_then(|s| s.ready_replicas)
-            .unwrap_or(0),
-        cluster_ips: service
-            .and_then(|s| s.spec)
+        ready_replicas,
+        cluster_ips: service_spec
             .and_then(|s| s.cluster_ips.or(s.cluster_ip.map(|ip| vec![ip])))
             .unwrap_or_default(),
         conflict: clash,
@@ -710,6 +940,9 @@ pub(crate) async fn deploy(
         config: ctx.configs.applied(key, std::time::Instant::now()),
     })
 }
+
+/// In [`Applied`], a Gateway's status write and the version it was computed from.
+const STATUS_WRITE: &str = "Gateway status";
 
 /// Patches the Gateway's status if it differs from what the API has.
 pub(crate) async fn write_gateway_status(
@@ -722,10 +955,22 @@ pub(crate) async fn write_gateway_status(
         return Ok(());
     }
     let (ns, name) = (gw.namespace().unwrap_or_default(), gw.name_any());
+    // A Gateway still at the version our last write was computed from has not come
+    // back from the watch yet: its status here is stale, and that write's event
+    // brings a reconcile that sees it. At a cold start that saves a second write
+    // for a third of the waypoints.
+    let at = gw.resource_version();
+    if ctx
+        .applied
+        .current(STATUS_WRITE, (&ns, &name), 0, at.as_deref())
+    {
+        return Ok(());
+    }
     let api: Api<Gateway> = Api::namespaced(ctx.client.clone(), &ns);
     let patch = serde_json::json!({ "status": status });
     api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
         .await?;
+    ctx.applied.record(STATUS_WRITE, (&ns, &name), 0, at);
     ctx.metrics.status_written("Gateway");
     tracing::info!(gateway = %name, namespace = %ns, ready, "status updated");
     Ok(())
@@ -816,9 +1061,20 @@ fn gateways_of_class(store: &Store<Gateway>, class: &GatewayClass) -> Vec<Object
         .collect()
 }
 
+/// The Gateways that own an object.
+fn owners(meta: &ObjectMeta) -> Vec<ObjectRef<Gateway>> {
+    let ns = meta.namespace.as_deref().unwrap_or_default();
+    meta.owner_references
+        .iter()
+        .flatten()
+        .filter(|o| o.kind == "Gateway" && o.api_version.starts_with("gateway.networking.k8s.io/"))
+        .map(|o| ObjectRef::new(&o.name).within(ns))
+        .collect()
+}
+
 /// The Gateways whose parametersRef names this ConfigMap.
-fn parameters_of(store: &Store<Gateway>, cm: &ConfigMap) -> Vec<ObjectRef<Gateway>> {
-    let (ns, name) = (cm.namespace(), cm.name_any());
+fn parameters_of(store: &Store<Gateway>, cm: &ObjectMeta) -> Vec<ObjectRef<Gateway>> {
+    let (ns, name) = (cm.namespace.clone(), cm.name.clone().unwrap_or_default());
     store
         .state()
         .iter()
@@ -945,10 +1201,9 @@ pub async fn run(
     ctx.caches.synced().await;
     let ctx2 = Arc::clone(&ctx);
     let client = ctx.client.clone();
-    let managed = watcher::Config::default().labels(&format!("{MANAGED_LABEL}={MANAGED_VALUE}"));
-    let controller = Controller::new(
-        Api::<Gateway>::all(client.clone()),
-        watcher::Config::default(),
+    let controller = Controller::for_stream(
+        triggers.gateways.map(Ok::<_, watcher::Error>),
+        ctx.caches.gateways.clone(),
     )
     .with_config(reconciles());
     // Anything in a namespace can change what its waypoints serve: map it to them.
@@ -965,12 +1220,12 @@ pub async fn run(
     // they are (or just were) bound: thousands of unrelated Services must not
     // reconcile every waypoint over and over.
     let (relevant_svc, relevant_slice) = (Arc::clone(&ctx), Arc::clone(&ctx));
-    let gateways = controller
-        .owns(Api::<Deployment>::all(client.clone()), managed)
+    let gateways = woken_by_parts(controller, triggers.parts, params_store)
         .watches_stream(
             triggers.services.map(Ok::<_, watcher::Error>),
             move |o: Service| {
                 let mut wake = ingress_users(&relevant_svc, o.namespace(), Some(o.name_any()));
+                wake.extend(owners(o.meta()));
                 if service_wakes(&relevant_svc, &o) {
                     wake.extend(for_svc(o.namespace()));
                 }
@@ -1004,19 +1259,13 @@ pub async fn run(
             triggers.grants.map(Ok::<_, watcher::Error>),
             move |_: ReferenceGrant| ingress_gateways(&ingress_for_grant),
         )
-        .watches(
-            Api::<Namespace>::all(client.clone()),
-            watcher::Config::default(),
-            move |o| {
+        .watches_stream(
+            triggers.namespaces.map(Ok::<_, watcher::Error>),
+            move |o: PartialObjectMeta<Namespace>| {
                 let mut wake = gateways_in(Some(o.name_any()));
                 wake.extend(ingress_gateways(&ingress_for_ns));
                 wake
             },
-        )
-        .watches(
-            Api::<ConfigMap>::all(client.clone()),
-            watcher::Config::default(),
-            move |cm| parameters_of(&params_store, &cm),
         )
         // Ownership is read from the class cache: a class that appears or changes
         // owner wakes its Gateways.
@@ -1041,9 +1290,36 @@ pub async fn run(
         gateways,
         publisher,
         run_classes(Arc::clone(&ctx)),
-        run_services(ctx),
+        run_services(ctx, triggers.service_controller),
         crate::bound::run(Arc::clone(&ctx2))
     );
+}
+
+/// What a waypoint is made of wakes it: its Deployment's status for `Programmed`,
+/// anyone's edit, to undo it. A ConfigMap also wakes the Gateways whose
+/// parametersRef names it.
+fn woken_by_parts(
+    controller: Controller<Gateway>,
+    parts: Parts,
+    params_store: Store<Gateway>,
+) -> Controller<Gateway> {
+    controller
+        .watches_stream(
+            parts.deployments.map(Ok::<_, watcher::Error>),
+            |o: Deployment| owners(o.meta()),
+        )
+        .watches_stream(
+            parts.service_accounts.map(Ok::<_, watcher::Error>),
+            |o: PartialObjectMeta<ServiceAccount>| owners(&o.metadata),
+        )
+        .watches_stream(
+            parts.config_maps.map(Ok::<_, watcher::Error>),
+            move |cm: PartialObjectMeta<ConfigMap>| {
+                let mut wake = owners(&cm.metadata);
+                wake.extend(parameters_of(&params_store, &cm.metadata));
+                wake
+            },
+        )
 }
 
 /// The GatewayClass controller.
@@ -1071,25 +1347,22 @@ async fn run_classes(ctx: Arc<Context>) {
 /// The Service controller. A Service's binding changes with its own labels, its
 /// namespace's, and the Gateways of its namespace (existence, readiness,
 /// waypoint-for, allowedRoutes).
-async fn run_services(ctx: Arc<Context>) {
-    let client = ctx.client.clone();
-    let services = Controller::new(
-        Api::<Service>::all(client.clone()),
-        watcher::Config::default(),
+async fn run_services(ctx: Arc<Context>, triggers: ServiceTriggers) {
+    let services = Controller::for_stream(
+        triggers.services.map(Ok::<_, watcher::Error>),
+        ctx.caches.services.clone(),
     )
     .with_config(controller::Config::default().concurrency(8));
     let services_in = in_namespace(services.store());
     let by_gateway = services_in.clone();
     let services = services
-        .watches(
-            Api::<Gateway>::all(client.clone()),
-            watcher::Config::default(),
-            move |g| by_gateway(g.namespace()),
+        .watches_stream(
+            triggers.gateways.map(Ok::<_, watcher::Error>),
+            move |g: Gateway| by_gateway(g.namespace()),
         )
-        .watches(
-            Api::<Namespace>::all(client),
-            watcher::Config::default(),
-            move |n| services_in(Some(n.name_any())),
+        .watches_stream(
+            triggers.namespaces.map(Ok::<_, watcher::Error>),
+            move |n: PartialObjectMeta<Namespace>| services_in(Some(n.name_any())),
         )
         .shutdown_on_signal()
         .run(
@@ -1099,4 +1372,72 @@ async fn run_services(ctx: Arc<Context>) {
         )
         .for_each(|_| async {});
     services.await;
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn meta(name: &str, ours: bool) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name.to_owned()),
+            labels: ours.then(|| [(MANAGED_LABEL.to_owned(), MANAGED_VALUE.to_owned())].into()),
+            ..ObjectMeta::default()
+        }
+    }
+
+    fn seen(deployment: Option<bool>, config_map: Option<bool>) -> Seen {
+        Seen {
+            deployment: deployment.map(|ours| {
+                Arc::new(Deployment {
+                    metadata: meta("wp", ours),
+                    ..Deployment::default()
+                })
+            }),
+            service: Some(Arc::new(Service {
+                metadata: meta("wp", true),
+                ..Service::default()
+            })),
+            service_account: None,
+            config_map: config_map.map(|ours| meta("wp-config", ours)),
+        }
+    }
+
+    #[test]
+    fn a_name_is_taken_only_by_an_object_without_our_label() {
+        assert_eq!(seen(None, None).taken(), None, "nothing there yet");
+        assert_eq!(seen(Some(true), Some(true)).taken(), None, "all ours");
+        assert_eq!(
+            seen(Some(true), Some(false)).taken().as_deref(),
+            Some("ConfigMap wp-config")
+        );
+        assert_eq!(
+            seen(Some(false), Some(false)).taken().as_deref(),
+            Some("Deployment wp"),
+            "the first in Deployment, Service, ServiceAccount, ConfigMap order"
+        );
+    }
+
+    #[test]
+    fn owners_are_the_gateways_in_the_owner_references() {
+        let mut m = meta("wp", true);
+        m.namespace = Some("ns".into());
+        m.owner_references = Some(vec![
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                api_version: "gateway.networking.k8s.io/v1".into(),
+                kind: "Gateway".into(),
+                name: "wp".into(),
+                ..Default::default()
+            },
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                api_version: "apps/v1".into(),
+                kind: "ReplicaSet".into(),
+                name: "rs".into(),
+                ..Default::default()
+            },
+        ]);
+        assert_eq!(owners(&m), vec![ObjectRef::new("wp").within("ns")]);
+    }
 }

@@ -127,7 +127,8 @@ async fn main() -> anyhow::Result<()> {
         caches,
         configs,
         served: controller::Served::default(),
-        no_extras: std::sync::Mutex::default(),
+        applied: controller::Applied::default(),
+        parameters: controller::Parameters::default(),
         ingress_backends: controller::IngressBackends::default(),
         recorder: kube::runtime::events::Recorder::new(
             client.clone(),
