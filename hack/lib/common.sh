@@ -20,6 +20,14 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 need_cmd() { # need_cmd CMD "how to get it"
   command -v "$1" >/dev/null 2>&1 || die "$1 not found: $2"
 }
+kill_tree() { # kill_tree PID SIGNAL: the process and all its descendants
+  local pid=$1 sig=$2 child
+  for child in $(pgrep -P "$pid" 2>/dev/null); do kill_tree "$child" "$sig"; done
+  kill "-$sig" "$pid" 2>/dev/null || true
+}
+# Background jobs' children (a watch's curl under in_ns) outlive a plain `kill`, and
+# keep the caller's stdout open.
+kill_jobs() { local j; for j in $(jobs -p); do kill_tree "$j" TERM; done; }
 need_root() { [ "$(id -u)" = 0 ] || die "must run as root (network namespaces, containerd, iptables)"; }
 
 # wait_for TIMEOUT_S "what" CMD...: poll CMD every 0.5 s until it succeeds or time runs out.

@@ -731,21 +731,23 @@ async fn apply_children(
     seen: &Seen,
 ) -> Result<(Option<Deployment>, Option<Service>), Error> {
     let (ns, name) = gateway;
-    ensure(
-        ctx,
-        gateway,
-        &children.service_account,
-        seen.service_account.as_ref(),
-    )
-    .await?;
-    ensure(ctx, gateway, &children.config_map, seen.config_map.as_ref()).await?;
-    let service = ensure(
-        ctx,
-        gateway,
-        &children.service,
-        seen.service.as_ref().map(|o| &o.metadata),
-    )
-    .await?;
+    // The Deployment's pods need the ServiceAccount and the ConfigMap, so those
+    // go first; the three are independent of each other, so they go together.
+    let (_, _, service) = futures::try_join!(
+        ensure(
+            ctx,
+            gateway,
+            &children.service_account,
+            seen.service_account.as_ref(),
+        ),
+        ensure(ctx, gateway, &children.config_map, seen.config_map.as_ref()),
+        ensure(
+            ctx,
+            gateway,
+            &children.service,
+            seen.service.as_ref().map(|o| &o.metadata),
+        ),
+    )?;
     let deployment = ensure(
         ctx,
         gateway,
