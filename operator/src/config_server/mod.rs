@@ -144,6 +144,9 @@ impl Store {
         drop(entries);
         if fresh {
             self.bump();
+            // One line per waypoint per change, as istiod logs its pushes: when a
+            // replica's "config applied" came late, this says which side was slow.
+            tracing::info!(namespace = %key.0, gateway = %key.1, %version, "config published");
         }
         (version, fresh)
     }
