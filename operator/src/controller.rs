@@ -595,6 +595,25 @@ impl Seen {
     }
 }
 
+/// What a waypoint is made of: namespaced objects, sent and read back.
+trait Part:
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + DeserializeOwned
+    + Serialize
+    + std::fmt::Debug
+{
+}
+
+impl<K> Part for K where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug
+{
+}
+
 fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
     match K::kind(&()) {
         std::borrow::Cow::Borrowed(kind) => kind,
@@ -622,19 +641,12 @@ where
 
 /// Applies `wanted` unless the last apply of the same object still stands (`seen`:
 /// the object as its watch cache has it). Returns the object when it applied.
-async fn ensure<K>(
+async fn ensure<K: Part>(
     ctx: &Context,
     gateway: (&str, &str),
     wanted: &K,
     seen: Option<&ObjectMeta>,
-) -> Result<Option<K>, Error>
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + Serialize
-        + std::fmt::Debug,
-{
+) -> Result<Option<K>, Error> {
     let kind = kind_of::<K>();
     let digest = applied::digest(wanted);
     let version = seen.and_then(|m| applied::version(kind, m, wanted.meta()));
@@ -730,7 +742,6 @@ async fn apply_children(
     children: &builders::Children,
     seen: &Seen,
 ) -> Result<(Option<Deployment>, Option<Service>), Error> {
-    let (ns, name) = gateway;
     // The Deployment's pods need the ServiceAccount and the ConfigMap, so those
     // go first; the three are independent of each other, so they go together.
     let (_, _, service) = futures::try_join!(
@@ -755,48 +766,44 @@ async fn apply_children(
         seen.deployment.as_ref().map(|o| &o.metadata),
     )
     .await?;
-    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), ns);
-    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(ctx.client.clone(), ns);
-    match &children.horizontal_pod_autoscaler {
-        Some(hpa) => drop(apply(&hpas, hpa, &ctx.metrics).await?),
-        None if ctx
-            .caches
-            .owned
-            .autoscalers
-            .get(&ObjectRef::new(name).within(ns))
-            .is_some() =>
-        {
-            delete_ours(&hpas, name).await?;
-        }
-        None => {}
-    }
-    match &children.pod_disruption_budget {
-        Some(pdb) => drop(apply(&pdbs, pdb, &ctx.metrics).await?),
-        None if ctx
-            .caches
-            .owned
-            .budgets
-            .get(&ObjectRef::new(name).within(ns))
-            .is_some() =>
-        {
-            delete_ours(&pdbs, name).await?;
-        }
-        None => {}
-    }
+    let owned = &ctx.caches.owned;
+    apply_or_remove(
+        ctx,
+        gateway,
+        children.horizontal_pod_autoscaler.as_ref(),
+        &owned.autoscalers,
+    )
+    .await?;
+    apply_or_remove(
+        ctx,
+        gateway,
+        children.pod_disruption_budget.as_ref(),
+        &owned.budgets,
+    )
+    .await?;
     Ok((deployment, service))
 }
 
-/// Deletes an object the cache says is ours (an overlay that was removed); one
+/// Applies an object that only some overlays ask for (an HPA, a PDB), or deletes
+/// ours (the cache `ours` has it) when the overlay no longer asks for it; one
 /// already gone is fine.
-async fn delete_ours<K>(api: &Api<K>, name: &str) -> Result<(), Error>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
-{
-    match api.delete(name, &kube::api::DeleteParams::default()).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
+async fn apply_or_remove<K: Part>(
+    ctx: &Context,
+    (ns, name): (&str, &str),
+    wanted: Option<&K>,
+    ours: &Store<PartialObjectMeta<K>>,
+) -> Result<(), Error> {
+    let api = Api::<K>::namespaced(ctx.client.clone(), ns);
+    if let Some(obj) = wanted {
+        apply(&api, obj, &ctx.metrics).await?;
+    } else if ours.get(&ObjectRef::new(name).within(ns)).is_some() {
+        match api.delete(name, &kube::api::DeleteParams::default()).await {
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+            Ok(_) => {}
+        }
     }
+    Ok(())
 }
 
 /// The waypoint's objects with its overlays, or without them and the reason the
