@@ -95,6 +95,8 @@ struct Upstream {
     cx_connect_fail: u64,
     /// `upstream_rq_retry`: retries made.
     rq_retry_made: u64,
+    /// `retry_or_shadow_abandoned`: requests whose body outgrew the retry buffer.
+    retry_or_shadow_abandoned: u64,
 }
 
 #[derive(Debug, Default)]
@@ -182,6 +184,10 @@ impl Metrics {
         self.upstream(cluster, |o| o.rq_retry_made += 1);
     }
 
+    pub fn retry_or_shadow_abandoned(&self, cluster: &str) {
+        self.upstream(cluster, |o| o.retry_or_shadow_abandoned += 1);
+    }
+
     /// The Prometheus text exposition of everything recorded.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -223,66 +229,75 @@ impl Metrics {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        for (name, kind, pick) in [
-            (
-                "envoy_cluster_outlier_detection_ejections_active",
-                "gauge",
-                (|o: &Outlier| o.active) as fn(&Outlier) -> u64,
-            ),
-            (
-                "envoy_cluster_outlier_detection_ejections_enforced_total",
-                "counter",
-                |o: &Outlier| o.enforced,
-            ),
-            (
-                "envoy_cluster_outlier_detection_ejections_overflow",
-                "counter",
-                |o: &Outlier| o.overflow,
-            ),
-        ] {
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-            for (cluster, o) in &outlier {
-                let _ = writeln!(
-                    out,
-                    "{name}{{cluster_name=\"{}\"}} {}",
-                    escape(cluster),
-                    pick(o)
-                );
-            }
-        }
+        cluster_stats(
+            &mut out,
+            &outlier,
+            &[
+                (
+                    "envoy_cluster_outlier_detection_ejections_active",
+                    "gauge",
+                    |o| o.active,
+                ),
+                (
+                    "envoy_cluster_outlier_detection_ejections_enforced_total",
+                    "counter",
+                    |o| o.enforced,
+                ),
+                (
+                    "envoy_cluster_outlier_detection_ejections_overflow",
+                    "counter",
+                    |o| o.overflow,
+                ),
+            ],
+        );
         let upstream = self
             .upstream
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        for (name, pick) in [
-            (
-                "envoy_cluster_upstream_rq_pending_overflow",
-                (|o: &Upstream| o.rq_pending) as fn(&Upstream) -> u64,
-            ),
-            (
-                "envoy_cluster_upstream_rq_retry_overflow",
-                |o: &Upstream| o.rq_retry,
-            ),
-            ("envoy_cluster_upstream_cx_overflow", |o: &Upstream| o.cx),
-            ("envoy_cluster_upstream_cx_connect_fail", |o: &Upstream| {
-                o.cx_connect_fail
-            }),
-            ("envoy_cluster_upstream_rq_retry", |o: &Upstream| {
-                o.rq_retry_made
-            }),
-        ] {
-            let _ = writeln!(out, "# TYPE {name} counter");
-            for (cluster, o) in &upstream {
-                let _ = writeln!(
-                    out,
-                    "{name}{{cluster_name=\"{}\"}} {}",
-                    escape(cluster),
-                    pick(o)
-                );
-            }
-        }
+        cluster_stats(
+            &mut out,
+            &upstream,
+            &[
+                (
+                    "envoy_cluster_upstream_rq_pending_overflow",
+                    "counter",
+                    |o| o.rq_pending,
+                ),
+                ("envoy_cluster_upstream_rq_retry_overflow", "counter", |o| {
+                    o.rq_retry
+                }),
+                ("envoy_cluster_upstream_cx_overflow", "counter", |o| o.cx),
+                ("envoy_cluster_upstream_cx_connect_fail", "counter", |o| {
+                    o.cx_connect_fail
+                }),
+                ("envoy_cluster_upstream_rq_retry", "counter", |o| {
+                    o.rq_retry_made
+                }),
+                ("envoy_cluster_retry_or_shadow_abandoned", "counter", |o| {
+                    o.retry_or_shadow_abandoned
+                }),
+            ],
+        );
         out
+    }
+}
+
+/// A stat's name, its Prometheus type, and how to read it from a cluster's stats.
+type Stat<T> = (&'static str, &'static str, fn(&T) -> u64);
+
+/// Envoy cluster stats, one line per cluster labelled with its name.
+fn cluster_stats<T>(out: &mut String, clusters: &BTreeMap<String, T>, series: &[Stat<T>]) {
+    for (name, kind, pick) in series {
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (cluster, stats) in clusters {
+            let _ = writeln!(
+                out,
+                "{name}{{cluster_name=\"{}\"}} {}",
+                escape(cluster),
+                pick(stats)
+            );
+        }
     }
 }
 
@@ -445,7 +460,9 @@ mod tests {
         m.connect_failed("c");
         m.retried("c");
         m.retried("c");
+        m.retry_or_shadow_abandoned("c");
         let text = m.render();
+        assert!(text.contains("envoy_cluster_retry_or_shadow_abandoned{cluster_name=\"c\"} 1"));
         assert!(text.contains("envoy_cluster_upstream_cx_connect_fail{cluster_name=\"c\"} 1"));
         assert!(text.contains("envoy_cluster_upstream_rq_retry{cluster_name=\"c\"} 2"));
         assert!(text.contains("envoy_cluster_upstream_rq_retry_overflow{cluster_name=\"c\"} 1"));

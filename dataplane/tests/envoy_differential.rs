@@ -35,11 +35,13 @@ const TEN_SECONDS: Duration = Duration::from_secs(10);
 /// access log writes.
 const ISTIO_LOG_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% \"%UPSTREAM_TRANSPORT_FAILURE_REASON%\" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\" %UPSTREAM_CLUSTER_RAW% %UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% %REQUESTED_SERVER_NAME% %ROUTE_NAME%\n";
 
-/// Istio's default retry policy, or none (a VirtualService retry of 0 attempts).
+/// Istio's default retry policy, or none (a VirtualService retry of 0 attempts), or
+/// 2 retries on `5xx` (a VirtualService `retryOn: 5xx`).
 #[derive(Clone, Copy, Debug)]
 enum Retries {
     IstioDefault,
     Off,
+    FiveXx,
 }
 
 /// Envoy's cluster counters that the journey reads, as each proxy reports them.
@@ -49,6 +51,8 @@ struct Stats {
     retries: u64,
     ejections_enforced: u64,
     ejections_active: u64,
+    /// Requests whose body outgrew the retry buffer.
+    abandoned: u64,
 }
 
 enum Proxy {
@@ -108,6 +112,17 @@ fn envoy_config(
             "
                   retry_policy:
                     retry_on: connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes
+                    num_retries: 2
+                    retry_host_predicate:
+                    - name: envoy.retry_host_predicates.previous_hosts
+                      typed_config:
+                        \"@type\": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate
+                    host_selection_retry_max_attempts: 5"
+        }
+        Retries::FiveXx => {
+            "
+                  retry_policy:
+                    retry_on: 5xx
                     num_retries: 2
                     retry_host_predicate:
                     - name: envoy.retry_host_predicates.previous_hosts
@@ -212,10 +227,15 @@ impl Proxy {
         connect_timeout: Duration,
     ) -> Self {
         let attempts = match retries {
-            Retries::IstioDefault => 2,
+            Retries::IstioDefault | Retries::FiveXx => 2,
             Retries::Off => 0,
         };
-        let yaml = support::seed_waypoint(endpoints, attempts, ("10s", "30s"), connect_timeout);
+        let mut yaml = support::seed_waypoint(endpoints, attempts, ("10s", "30s"), connect_timeout);
+        if let Retries::FiveXx = retries {
+            let istio = "retryOn: [connect-failure, refused-stream, unavailable, cancelled]";
+            assert!(yaml.contains(istio));
+            yaml = yaml.replace(istio, "retryOn: [5xx]");
+        }
         let (shared, log) = support::logged(&yaml);
         let addr = support::serve_first_listener(&shared).await;
         Self::Ours { shared, addr, log }
@@ -336,6 +356,7 @@ impl Proxy {
                     retries: read("upstream_rq_retry"),
                     ejections_enforced: read("outlier_detection_ejections_enforced_total"),
                     ejections_active: read("outlier_detection_ejections_active"),
+                    abandoned: read("retry_or_shadow_abandoned"),
                 }
             }
             Self::Envoy { admin, .. } => {
@@ -346,6 +367,7 @@ impl Proxy {
                     retries: read("upstream_rq_retry"),
                     ejections_enforced: read("outlier_detection.ejections_enforced_total"),
                     ejections_active: read("outlier_detection.ejections_active"),
+                    abandoned: read("retry_or_shadow_abandoned"),
                 }
             }
         }
@@ -818,4 +840,115 @@ async fn websocket_closed_by_the_upstream_matches_envoy() {
     let (envoy, ours) = tokio::join!(tunnel(true, backend, true), tunnel(false, backend, true));
     assert_eq!(envoy.echoed, "hello through the tunnel", "{envoy:?}");
     assert_eq!(ours, envoy);
+}
+
+/// An endpoint that reads each request's whole body, then answers the first request
+/// 503 and every later one 200 with the body it got. Counts the requests.
+async fn answers_503_once() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>, AbortOnDrop) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&seen);
+    let task = tokio::spawn(async move {
+        loop {
+            let (stream, _) = socket.accept().await.unwrap();
+            let count = Arc::clone(&count);
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let n = count.fetch_add(1, Ordering::SeqCst);
+                        async move {
+                            let body = req.into_body().collect().await?.to_bytes();
+                            let mut resp = http::Response::new(Full::new(body));
+                            if n == 0 {
+                                *resp.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                                *resp.body_mut() = Full::new(Bytes::from_static(b"once"));
+                            }
+                            Ok::<_, hyper::Error>(resp)
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, seen, AbortOnDrop(task))
+}
+
+/// One upload through a proxy whose endpoint answers 503 once: what the client, the
+/// endpoint, the access log and the counters show.
+#[derive(Debug, PartialEq, Eq)]
+struct Upload {
+    status: u16,
+    /// Whether a 200 carried back exactly the bytes sent.
+    intact: bool,
+    requests_seen: usize,
+    log: Vec<String>,
+    retries: u64,
+    abandoned: u64,
+}
+
+async fn upload(envoy: bool, size: usize) -> Upload {
+    let (endpoint, seen, _task) = answers_503_once().await;
+    let endpoints = [(endpoint, "in-ambient-abc12")];
+    let proxy = if envoy {
+        let tag = format!("upload-{size}");
+        Proxy::envoy(&endpoints, Retries::FiveXx, TEN_SECONDS, &tag).await
+    } else {
+        Proxy::ours(&endpoints, Retries::FiveXx, TEN_SECONDS).await
+    };
+    let client = client();
+    let sent: Bytes = (0..size).map(|i| b"0123456789abcdef"[i % 16]).collect();
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{}/upload", proxy.addr()))
+        .header("host", "in-ambient:8000")
+        .body(Full::new(sent.clone()))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let mut log = stable_fields(&proxy.log_line(0).await);
+    // Each proxy has an endpoint of its own.
+    "*".clone_into(&mut log[15]);
+    let counters = proxy.stats(&client).await;
+    Upload {
+        status,
+        intact: status == 200 && body == sent,
+        requests_seen: seen.load(std::sync::atomic::Ordering::SeqCst),
+        log,
+        retries: counters.retries,
+        abandoned: counters.abandoned,
+    }
+}
+
+/// A request body streams up and is kept for a retry, up to Envoy's 1 MiB buffer
+/// (`per_connection_buffer_limit_bytes`): 100 KiB is retried whole after a 503; 2 MiB
+/// is not retried, the 503 stands and `retry_or_shadow_abandoned` counts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_are_retried_within_the_buffer_as_envoy_retries_them() {
+    envoy_binary();
+    for (size, retried) in [(100 << 10, true), (2 << 20, false)] {
+        let (envoy, ours) = tokio::join!(upload(true, size), upload(false, size));
+        assert_eq!(ours, envoy, "a {size}-byte upload");
+        // The expected outcome itself, so that two equal wrong answers still fail.
+        let expected = if retried {
+            (200, true, 2, 1, 0)
+        } else {
+            (503, false, 1, 0, 1)
+        };
+        assert_eq!(
+            (
+                ours.status,
+                ours.intact,
+                ours.requests_seen,
+                ours.retries,
+                ours.abandoned
+            ),
+            expected,
+            "a {size}-byte upload"
+        );
+    }
 }

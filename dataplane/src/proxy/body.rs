@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
-use tokio::time::Sleep;
+use std::future::Future;
 
 use super::upstream::Lease;
 
@@ -34,13 +34,17 @@ pub enum Cut {
     Upstream(#[from] hyper::Error),
 }
 
+/// When a timeout runs out: a future, because Envoy's route timeout starts only once
+/// the downstream request is complete.
+pub type Expiry = Pin<Box<dyn Future<Output = ()> + Send>>;
+
 /// An upstream response body: gives its pooled connection back when it ends, and
 /// closes it when it fails, times out or is dropped unfinished.
 pub struct Relayed {
     inner: Incoming,
     lease: Option<Lease>,
-    /// The route timeout's deadline, which also bounds the body, as in Envoy.
-    deadline: Option<Pin<Box<Sleep>>>,
+    /// The route timeout, which also bounds the body, as in Envoy.
+    expiry: Option<Expiry>,
     /// Told once, if the upstream fails mid-body (outlier detection hears of it).
     on_failure: Option<Box<dyn FnOnce() + Send>>,
 }
@@ -49,13 +53,13 @@ impl Relayed {
     pub fn new(
         inner: Incoming,
         lease: Lease,
-        deadline: Option<tokio::time::Instant>,
+        expiry: Option<Expiry>,
         on_failure: impl FnOnce() + Send + 'static,
     ) -> Self {
         Self {
             inner,
             lease: Some(lease),
-            deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+            expiry,
             on_failure: Some(Box::new(on_failure)),
         }
     }
@@ -70,10 +74,10 @@ impl hyper::body::Body for Relayed {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Cut>>> {
         let this = self.get_mut();
-        if let Some(deadline) = this.deadline.as_mut()
-            && deadline.as_mut().poll(cx).is_ready()
+        if let Some(expiry) = this.expiry.as_mut()
+            && expiry.as_mut().poll(cx).is_ready()
         {
-            this.deadline = None;
+            this.expiry = None;
             this.lease = None;
             return Poll::Ready(Some(Err(Cut::Timeout)));
         }

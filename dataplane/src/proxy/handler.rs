@@ -4,18 +4,19 @@ use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use waypoint_config::{Filter, PathMatch, RetryConfig, Route, RouteRule};
 
-use super::body::{self, Body, End, Relayed};
+use super::body::{self, Body, End, Expiry, Relayed};
+use super::replay::Replay;
 use super::upgrade::{self, TunnelEnd, Upgraded};
 use super::upstream::{ConnectFailure, Lease, NoResponse};
 use super::{Cluster, InFlight, Runtime, Shared};
@@ -26,9 +27,6 @@ use crate::outlier::Outcome;
 use crate::retry::{Attempt, RetryOn, RetryPolicy};
 use crate::rng::Rng;
 use crate::{host_match, route_match};
-
-/// Request bodies are buffered so that retries can replay them; beyond this, 413.
-const MAX_BUFFERED_BODY: usize = 16 << 20;
 
 /// Who is on the other end of a downstream connection, and where they meant to go.
 #[derive(Clone, Debug)]
@@ -139,7 +137,7 @@ fn header_str(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
         .map(str::to_owned)
 }
 
-fn authority(req: &Request<Incoming>) -> Option<String> {
+fn authority<B>(req: &Request<B>) -> Option<String> {
     req.uri()
         .authority()
         .map(|a| a.as_str().to_owned())
@@ -209,6 +207,8 @@ async fn handle(
 ) -> Response<Body> {
     let start_time = SystemTime::now();
     let started = Instant::now();
+    let req = req.map(Replay::new);
+    let request_body = req.body().clone();
     let (peer, local) = (downstream.peer, downstream.local);
     let routes = runtime
         .config
@@ -274,6 +274,7 @@ async fn handle(
                 }
             }
             entry.bytes_sent = sent;
+            entry.bytes_received = request_body.received();
             let log = move |mut entry: Entry| {
                 entry.duration_ms = started.elapsed().as_millis();
                 (shared.access_log)(&entry.render(shared.log_format));
@@ -341,9 +342,10 @@ async fn forward(
     runtime: &Runtime,
     (downstream, routes): (&Downstream, &[Route]),
     authority: Option<&str>,
-    req: Request<Incoming>,
+    req: Request<Replay>,
     entry: &mut Entry,
 ) -> Verdict {
+    let begun = tokio::time::Instant::now();
     let (peer, local) = (downstream.peer, downstream.local);
     if let Some(verdict) = misdirected(runtime, downstream, authority) {
         return verdict;
@@ -375,18 +377,6 @@ async fn forward(
         );
     };
     let (mut parts, body) = req.into_parts();
-    let Ok(body) = Limited::new(body, MAX_BUFFERED_BODY)
-        .collect()
-        .await
-        .map(http_body_util::Collected::to_bytes)
-    else {
-        return (
-            local_reply(StatusCode::PAYLOAD_TOO_LARGE, "payload too large"),
-            Flags::NONE,
-            "request_payload_too_large".into(),
-        );
-    };
-    entry.bytes_received = body.len() as u64;
     entry.request_id = Some(upstream_headers(
         &mut parts.headers,
         authority,
@@ -396,17 +386,25 @@ async fn forward(
     strip_hop_by_hop(&mut parts.headers);
     // The rule's filters, then the drawn backend's.
     let all_filters = || rule.iter().flat_map(|r| &r.filters).chain(backend_filters);
-    request_filters(
+    let mirrors = request_filters(
         runtime,
         &all_filters().collect::<Vec<_>>(),
         &mut parts,
-        &body,
         matched_prefix,
     );
     // A matched HTTPRoute rule's retry and timeout replace the route's.
     let mut policy = policy(rule.and_then(|r| r.retry.as_ref()).unwrap_or(&route.retry));
     policy.per_try_timeout = rule.and_then(|r| r.backend_timeout);
     let timeout = rule.and_then(|r| r.timeout).or(route.timeout);
+    // As Envoy's router: the body is kept only while a retry or a mirror may send it.
+    let metrics = Arc::clone(&runtime.metrics);
+    let abandoned_in = cluster_name.to_owned();
+    body.keep_for_resending(policy.num_retries > 0 || !mirrors.is_empty(), move || {
+        metrics.retry_or_shadow_abandoned(&abandoned_in);
+    });
+    for mirror in mirrors {
+        shadow(mirror, &parts, body.clone());
+    }
     // Hashed once per request: Envoy hashes at every pick, but from inputs that do not
     // change between attempts.
     let hashed = cluster.hash(&RequestParts {
@@ -422,18 +420,19 @@ async fn forward(
         parts: &parts,
         body: &body,
         hash: hashed.hash,
-        deadline: timeout.map(|t| tokio::time::Instant::now() + t),
+        timeout: timeout.map(|t| (t, begun)),
     };
     let attempts = attempts(cluster, &policy, &request, entry);
-    let mut verdict = match timeout {
+    let mut verdict = match request.expiry() {
         None => attempts.await,
-        Some(t) => tokio::time::timeout(t, attempts).await.unwrap_or_else(|_| {
-            (
+        Some(expiry) => tokio::select! {
+            verdict = attempts => verdict,
+            () = expiry => (
                 local_reply(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
                 Flags::UT,
                 "response_timeout".into(),
-            )
-        }),
+            ),
+        },
     };
     response_headers(verdict.0.headers_mut(), hashed.set_cookie, all_filters());
     verdict
@@ -500,12 +499,12 @@ struct Chosen<'a> {
 /// `direct_response` (no response flag, no upstream cluster): a rule whose backends
 /// all weigh 0, a draw that falls on an invalid backend, and no backend at all (no
 /// backends on the rule and no cluster on the route).
-fn choose_rule<'a>(
+fn choose_rule<'a, B>(
     runtime: &Runtime,
     downstream: &Downstream,
     index: usize,
     route: &'a Route,
-    req: &Request<Incoming>,
+    req: &Request<B>,
 ) -> Result<Chosen<'a>, Box<Verdict>> {
     let (rule, matched_prefix) = if route.rules.is_empty() {
         if route.cluster.is_empty() {
@@ -542,12 +541,12 @@ fn choose_rule<'a>(
 
 /// The rule of `route` a request matches and the `PathPrefix` it matched by, or
 /// the 404 or redirect it is answered.
-fn matching_rule<'a>(
+fn matching_rule<'a, B>(
     runtime: &Runtime,
     downstream: &Downstream,
     index: usize,
     route: &'a Route,
-    req: &Request<Incoming>,
+    req: &Request<B>,
 ) -> Result<(&'a RouteRule, Option<&'a str>), Box<Verdict>> {
     let uri = req.uri();
     let selected = runtime.matcher(&downstream.listener, index).and_then(|m| {
@@ -645,10 +644,42 @@ async fn upgraded(
 /// The request as every attempt sends it.
 struct Attempted<'a> {
     parts: &'a http::request::Parts,
-    body: &'a Bytes,
+    body: &'a Replay,
     hash: Option<u64>,
-    /// The route timeout's deadline; it bounds the streamed response body too.
-    deadline: Option<tokio::time::Instant>,
+    /// The route timeout and when the request began; the timeout bounds the streamed
+    /// response body too.
+    timeout: Option<(Duration, tokio::time::Instant)>,
+}
+
+impl Attempted<'_> {
+    /// When the route timeout runs out.
+    fn expiry(&self) -> Option<Expiry> {
+        let (after, begun) = self.timeout?;
+        Some(Box::pin(expiry(self.body.clone(), after, begun)))
+    }
+
+    /// Whether the retry policy may retry `attempt`. Envoy gives up its retry
+    /// state when the body outgrows the retry buffer: the attempt's result stands.
+    fn retried(&self, policy: &RetryPolicy, attempt: Attempt, retries: u32) -> bool {
+        self.body.resendable() && policy.should_retry(attempt, retries)
+    }
+
+    /// `URX` if the policy would have retried `attempt` but its retries are used up.
+    fn exhausted(&self, policy: &RetryPolicy, attempt: Attempt, retries: u32) -> Flags {
+        if self.body.resendable() && policy.exhausted(attempt, retries) {
+            Flags::URX
+        } else {
+            Flags::NONE
+        }
+    }
+}
+
+/// Envoy starts the route timeout, and each per-try timeout, once the downstream
+/// request is complete (a retry's at the retry, if later): a slow upload or a client
+/// stream does not count against them.
+async fn expiry(body: Replay, after: Duration, not_before: tokio::time::Instant) {
+    let from = body.ended().await.max(not_before);
+    tokio::time::sleep_until(from + after).await;
 }
 
 async fn attempts(
@@ -676,24 +707,24 @@ async fn attempts(
         entry.upstream_host = Some(cluster.endpoints[i].address.to_string());
         let sent = match policy.per_try_timeout {
             None => Some(send(cluster, i, parts, body).await),
-            Some(limit) => tokio::time::timeout(limit, send(cluster, i, parts, body))
-                .await
-                .ok(),
+            Some(limit) => tokio::select! {
+                sent = send(cluster, i, parts, body) => Some(sent),
+                () = expiry(body.clone(), limit, tokio::time::Instant::now()) => None,
+            },
         };
         _retry_slot = None;
         let Some((result, service_started)) = sent else {
             // Envoy's per-try timeout: a 504 for outlier detection, retried if the
             // policy allows, else answered 504 `UT`.
             cluster.report(i, Outcome::Timeout);
-            let slot = policy
-                .should_retry(Attempt::PerTryTimeout, retries)
+            let slot = request
+                .retried(policy, Attempt::PerTryTimeout, retries)
                 .then(|| cluster.upstream.try_retry())
                 .flatten();
             let Some(slot) = slot else {
-                let exhausted = policy.exhausted(Attempt::PerTryTimeout, retries);
                 return (
                     local_reply(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
-                    Flags::UT.with(if exhausted { Flags::URX } else { Flags::NONE }),
+                    Flags::UT.with(request.exhausted(policy, Attempt::PerTryTimeout, retries)),
                     "upstream_per_try_timeout".into(),
                 );
             };
@@ -715,19 +746,17 @@ async fn attempts(
                     status,
                     grpc_status,
                 };
-                let slot = policy
-                    .should_retry(attempt, retries)
+                let slot = request
+                    .retried(policy, attempt, retries)
                     .then(|| cluster.upstream.try_retry());
                 let Some(Some(slot)) = slot else {
                     entry.upstream_service_time_ms = Some(service_started.elapsed().as_millis());
                     let flag = if slot.is_some() {
                         Flags::UO
-                    } else if policy.exhausted(attempt, retries) {
-                        Flags::URX
                     } else {
-                        Flags::NONE
+                        request.exhausted(policy, attempt, retries)
                     };
-                    return relay(cluster, i, resp, lease, request.deadline, flag);
+                    return relay(cluster, i, resp, lease, request.expiry(), flag);
                 };
                 _retry_slot = Some(slot);
                 attempt
@@ -736,8 +765,9 @@ async fn attempts(
             Err(failure) => {
                 let (outcome, attempt) = failure.judged();
                 cluster.report(i, outcome);
-                if !policy.should_retry(attempt, retries) {
-                    return gave_up(policy, failure, retries, entry);
+                if !request.retried(policy, attempt, retries) {
+                    let extra = request.exhausted(policy, attempt, retries);
+                    return reset_reply(failure, extra, retries > 0, entry);
                 }
                 let Some(slot) = cluster.upstream.try_retry() else {
                     return reset_reply(failure, Flags::UO, retries > 0, entry);
@@ -759,14 +789,14 @@ fn relay(
     i: usize,
     resp: Response<Incoming>,
     lease: Lease,
-    deadline: Option<tokio::time::Instant>,
+    expiry: Option<Expiry>,
     flag: Flags,
 ) -> Verdict {
     let (mut head, incoming) = resp.into_parts();
     strip_hop_by_hop(&mut head.headers);
     let cluster = Arc::clone(cluster);
     let report = move || cluster.report(i, Outcome::Reset);
-    let relayed = Relayed::new(incoming, lease, deadline, report);
+    let relayed = Relayed::new(incoming, lease, expiry, report);
     (
         Response::from_parts(head, relayed.map_err(body::BoxError::from).boxed_unsync()),
         flag,
@@ -858,14 +888,14 @@ fn reset_body(reason: &str, was_retried: bool) -> Response<Body> {
 }
 
 /// A rule's and its drawn backend's request filters, in order: header modifiers
-/// and URL rewrites change the request; mirrors send a copy of it as it then is.
+/// and URL rewrites change the request; the clusters returned are to be sent a copy
+/// of it as it then is (mirrors drawn by their fraction).
 fn request_filters(
     runtime: &Runtime,
     filters: &[&Filter],
     parts: &mut http::request::Parts,
-    body: &Bytes,
     matched_prefix: Option<&str>,
-) {
+) -> Vec<Arc<Cluster>> {
     let all_filters = || filters.iter().copied();
     for f in all_filters() {
         match f {
@@ -889,19 +919,21 @@ fn request_filters(
             _ => {}
         }
     }
-    for f in all_filters() {
-        if let Filter::RequestMirror { cluster, fraction } = f
-            && filters::mirrored(*fraction, |n| Rng::from_entropy().next_u64() % n)
-            && let Some(mirror) = runtime.cluster(cluster)
-        {
-            shadow(Arc::clone(mirror), parts, body.clone());
-        }
-    }
+    all_filters()
+        .filter_map(|f| match f {
+            Filter::RequestMirror { cluster, fraction }
+                if filters::mirrored(*fraction, |n| Rng::from_entropy().next_u64() % n) =>
+            {
+                runtime.cluster(cluster).map(Arc::clone)
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// Sends a copy of the request to one endpoint of `cluster` and forgets the answer,
 /// as Envoy's request mirror does (host suffixed `-shadow`, no retries).
-fn shadow(cluster: Arc<Cluster>, parts: &http::request::Parts, body: Bytes) {
+fn shadow(cluster: Arc<Cluster>, parts: &http::request::Parts, body: Replay) {
     let Ok(mut copy) = Request::builder()
         .method(parts.method.clone())
         .uri(parts.uri.clone())
@@ -959,7 +991,7 @@ async fn send(
     cluster: &Cluster,
     i: usize,
     parts: &http::request::Parts,
-    body: &Bytes,
+    body: &Replay,
 ) -> (Result<(Response<Incoming>, Lease), NoResponse>, Instant) {
     let endpoint = &cluster.endpoints[i];
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -967,7 +999,7 @@ async fn send(
         return (Err(NoResponse::Reset), Instant::now());
     };
     let make = || {
-        let mut req = Request::new(Full::new(body.clone()));
+        let mut req = Request::new(body.reader());
         *req.method_mut() = parts.method.clone();
         *req.uri_mut() = uri.clone();
         *req.headers_mut() = parts.headers.clone();

@@ -9,6 +9,7 @@ pub mod connect;
 mod first_request;
 pub(crate) mod handler;
 pub mod https;
+mod replay;
 mod upgrade;
 mod upstream;
 

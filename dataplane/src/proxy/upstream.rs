@@ -17,9 +17,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
@@ -28,20 +26,21 @@ use tokio::sync::oneshot;
 mod h2;
 
 use super::connect::{self, Stream, Target};
+use super::replay::Reader;
 use crate::identity::MeshSlot;
 use crate::metrics::Metrics;
 use crate::outlier::Outcome;
 use crate::pool::{Acquire, ConnId, Counts, Handoff, Limits, Pool, Release, WaiterId};
 use crate::retry::Attempt;
 
-type Sender = SendRequest<Full<Bytes>>;
+type Sender = SendRequest<Reader>;
 
 /// What drives one upstream HTTP/1.1 connection. A tunnel is not shut down by
 /// hyper but closed with END_STREAM both ways (`waypoint_hbone::close`): a dropped
 /// open stream is a reset, and too many resets end the node tunnel's connection.
 enum Driver {
-    Tcp(http1::Connection<TokioIo<tokio::net::TcpStream>, Full<Bytes>>),
-    Tunnel(http1::Connection<hyper::upgrade::Upgraded, Full<Bytes>>),
+    Tcp(http1::Connection<TokioIo<tokio::net::TcpStream>, Reader>),
+    Tunnel(http1::Connection<hyper::upgrade::Upgraded, Reader>),
 }
 
 /// How many stale keep-alive connections one request may run into before giving up.
@@ -275,7 +274,7 @@ impl Upstream {
     pub async fn send(
         self: &Arc<Self>,
         host: usize,
-        make: impl Fn() -> Request<Full<Bytes>>,
+        make: impl Fn() -> Request<Reader>,
     ) -> Result<(Response<Incoming>, Lease), NoResponse> {
         if let Some(connections) = &self.http2 {
             return self.send_http2(connections, host, make()).await;
@@ -310,7 +309,7 @@ impl Upstream {
         self: &Arc<Self>,
         connections: &h2::Connections,
         host: usize,
-        req: Request<Full<Bytes>>,
+        req: Request<Reader>,
     ) -> Result<(Response<Incoming>, Lease), NoResponse> {
         if !self.lock().pool.begin_stream() {
             self.metrics.pending_overflow(&self.cluster);

@@ -7,18 +7,17 @@
 //! Circuit breaking counts streams against `max_requests` (Istio's
 //! `http2MaxRequests`); `max_pending_requests` and `max_connections` do not apply.
 
-use bytes::Bytes;
 use http::{HeaderValue, Request, Uri, header};
-use http_body_util::Full;
 use hyper::client::conn::http2::{self, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::Mutex;
 
 use super::super::connect::{self, Stream, Target};
+use super::super::replay::Reader;
 use super::{ConnectFailure, NoResponse};
 use crate::identity::MeshSlot;
 
-type Sender = SendRequest<Full<Bytes>>;
+type Sender = SendRequest<Reader>;
 
 /// Each endpoint's connection, if one is open.
 pub(super) struct Connections {
@@ -71,9 +70,7 @@ impl Connections {
 
 /// The HTTP/1-shaped request in HTTP/2 form: the target in absolute form, its
 /// authority from `host` (which HTTP/2 carries as `:authority`).
-pub(super) fn http2_form(
-    mut req: Request<Full<Bytes>>,
-) -> Result<Request<Full<Bytes>>, NoResponse> {
+pub(super) fn http2_form<B>(mut req: Request<B>) -> Result<Request<B>, NoResponse> {
     let authority = req
         .headers_mut()
         .remove(header::HOST)
