@@ -345,8 +345,37 @@ impl Pool {
         }
     }
 
-    /// An HTTP/2 stream, counted against `max_requests` only: its multiplexed
-    /// connection is kept outside this pool. `false`: overflow (503 `UO`).
+    /// An HTTP/2 stream waiting for its endpoint's connection to open, counted
+    /// against `max_pending_requests` as Envoy counts a stream no ready connection
+    /// takes at once. `false`: overflow (503 `UO`).
+    pub fn begin_pending_stream(&mut self) -> bool {
+        if self.counts.pending >= self.limits.max_pending_requests {
+            return false;
+        }
+        self.counts.pending += 1;
+        true
+    }
+
+    pub fn end_pending_stream(&mut self) {
+        dec(&mut self.counts.pending);
+    }
+
+    /// An HTTP/2 connection being opened: an endpoint's only one, so it is opened
+    /// even past `max_connections`, as Envoy opens one for a host that has none.
+    /// `true`: past the limit (`upstream_cx_overflow`).
+    pub fn open_http2(&mut self) -> bool {
+        let over = self.counts.connections >= self.limits.max_connections;
+        self.counts.connections += 1;
+        over
+    }
+
+    /// An HTTP/2 connection that failed to open or has closed.
+    pub fn closed_http2(&mut self) {
+        dec(&mut self.counts.connections);
+    }
+
+    /// An HTTP/2 stream, counted against `max_requests` (its multiplexed connection
+    /// is kept outside this pool). `false`: overflow (503 `UO`).
     pub fn begin_stream(&mut self) -> bool {
         if self.counts.requests >= self.limits.max_requests {
             return false;

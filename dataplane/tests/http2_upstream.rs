@@ -9,6 +9,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::HeaderMap;
@@ -166,4 +167,114 @@ async fn a_dead_http2_endpoint_is_a_connect_failure() {
         body.ends_with(b"reset reason: remote connection failure"),
         "{body:?}"
     );
+}
+
+/// An endpoint whose accept queue is full, so that a connect to it hangs (the
+/// kernel drops the SYNs) until the connect timeout; and what keeps it so.
+async fn unanswering_endpoint() -> (SocketAddr, Vec<Box<dyn std::any::Any + Send>>) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut held: Vec<Box<dyn std::any::Any + Send>> = vec![Box::new(listener)];
+    for _ in 0..3 {
+        let connect = tokio::net::TcpStream::connect(addr);
+        if let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_millis(200), connect).await {
+            held.push(Box::new(stream));
+        }
+    }
+    let probe = tokio::net::TcpStream::connect(addr);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), probe)
+            .await
+            .is_err(),
+        "the endpoint's accept queue did not fill: connects still complete"
+    );
+    (addr, held)
+}
+
+fn limited_proxy(endpoints: &[SocketAddr], pool: &str, connect_timeout: &str) -> Arc<Shared> {
+    let list: Vec<String> = endpoints
+        .iter()
+        .map(|e| format!("{{address: \"{e}\"}}"))
+        .collect();
+    let yaml = format!(
+        "listeners:
+- name: mesh
+  address: 127.0.0.1:0
+  routes:
+  - cluster: grpc
+    retry: {{attempts: 0, retryOn: []}}
+clusters:
+- name: grpc
+  protocol: HTTP/2
+  loadBalancer: ROUND_ROBIN
+  connectTimeout: {connect_timeout}
+  connectionPool: {pool}
+  endpoints: [{}]
+",
+        list.join(", ")
+    );
+    Shared::new(waypoint_config::Config::from_yaml(&yaml).unwrap())
+}
+
+fn counter(shared: &Shared, name: &str) -> String {
+    let text = shared.current().metrics.render();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}{{cluster_name=\"grpc\"}} ")))
+        .unwrap_or("0")
+        .to_owned()
+}
+
+/// As Envoy's HTTP/2 pool: a stream that finds no open connection waits for it as a
+/// pending request, and past `maxPendingRequests` it overflows (503 `UO`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_waiting_for_the_connection_count_against_max_pending_requests() {
+    let (backend, _held) = unanswering_endpoint().await;
+    let shared = limited_proxy(&[backend], "{maxPendingRequests: 1}", "3s");
+    let proxy = support::serve_first_listener(&shared).await;
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let first = tokio::spawn({
+        let client = client.clone();
+        async move { client.request(call(proxy, true)).await.unwrap() }
+    });
+    // Let the first stream start waiting for the connection, which cannot open
+    // before the 3 s connect timeout.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..2 {
+        let resp = client.request(call(proxy, true)).await.unwrap();
+        assert_eq!(resp.status(), 503);
+        assert_eq!(resp.headers()["x-envoy-overloaded"], "true");
+    }
+    let resp = first.await.unwrap();
+    assert_eq!(resp.status(), 503);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(
+        body.ends_with(b"reset reason: connection timeout"),
+        "{body:?}"
+    );
+    assert_eq!(
+        counter(&shared, "envoy_cluster_upstream_rq_pending_overflow"),
+        "2"
+    );
+}
+
+/// An endpoint without a connection gets one even past `maxConnections` (its
+/// streams could not go anywhere else); the overflow is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_endpoint_gets_its_connection_past_max_connections() {
+    let (a, accepted_a) = h2c_backend().await;
+    let (b, accepted_b) = h2c_backend().await;
+    let shared = limited_proxy(&[a, b], "{maxConnections: 1}", "10s");
+    let proxy = support::serve_first_listener(&shared).await;
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    for _ in 0..4 {
+        let resp = client.request(call(proxy, true)).await.unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    assert_eq!(accepted_a.load(Ordering::SeqCst), 1);
+    assert_eq!(accepted_b.load(Ordering::SeqCst), 1);
+    assert_eq!(counter(&shared, "envoy_cluster_upstream_cx_overflow"), "1");
 }

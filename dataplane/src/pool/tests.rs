@@ -271,7 +271,7 @@ fn retries_are_limited_while_in_flight() {
 }
 
 #[test]
-fn http2_streams_count_against_max_requests_only() {
+fn http2_streams_count_against_max_requests_once_their_connection_is_up() {
     let mut p = Pool::new(
         Limits {
             max_requests: 2,
@@ -288,4 +288,43 @@ fn http2_streams_count_against_max_requests_only() {
     p.end_stream();
     assert!(p.begin_stream());
     assert_eq!(p.counts().connections, 0);
+}
+
+#[test]
+fn http2_streams_waiting_for_their_connection_count_against_max_pending_requests() {
+    let mut p = Pool::new(
+        Limits {
+            max_pending_requests: 1,
+            ..Limits::default()
+        },
+        1,
+    );
+    assert!(p.begin_pending_stream());
+    assert!(
+        !p.begin_pending_stream(),
+        "the second waiting stream overflows"
+    );
+    assert_eq!(p.counts().pending, 1);
+    p.end_pending_stream();
+    assert!(p.begin_pending_stream());
+}
+
+#[test]
+fn http2_connections_open_past_max_connections_but_count_the_overflow() {
+    let mut p = Pool::new(
+        Limits {
+            max_connections: 1,
+            ..Limits::default()
+        },
+        2,
+    );
+    assert!(!p.open_http2(), "the first connection is within the limit");
+    assert!(
+        p.open_http2(),
+        "the second endpoint's is past it, and opened"
+    );
+    assert_eq!(p.counts().connections, 2);
+    p.closed_http2();
+    p.closed_http2();
+    assert!(!p.open_http2());
 }

@@ -207,6 +207,15 @@ impl Drop for RetryPermit {
     }
 }
 
+/// An HTTP/2 stream waiting for its connection, counted until it has one or gives up.
+struct PendingStream<'a>(&'a Upstream);
+
+impl Drop for PendingStream<'_> {
+    fn drop(&mut self) {
+        self.0.lock().pool.end_pending_stream();
+    }
+}
+
 /// Takes a waiter out of the pool if its request goes away while waiting.
 struct WaitGuard<'a> {
     upstream: &'a Upstream,
@@ -311,6 +320,10 @@ impl Upstream {
         host: usize,
         req: Request<Reader>,
     ) -> Result<(Response<Incoming>, Lease), NoResponse> {
+        let mut sender = match connections.ready(host) {
+            Some(sender) => sender,
+            None => self.connection_http2(connections, host).await?,
+        };
         if !self.lock().pool.begin_stream() {
             self.metrics.pending_overflow(&self.cluster);
             return Err(NoResponse::Overflow);
@@ -324,14 +337,6 @@ impl Upstream {
             done: false,
             stream: true,
         };
-        let target = self.targets[host];
-        let mut sender = connections
-            .sender(host, target, &self.mesh, self.connect_timeout)
-            .await
-            .map_err(|why| {
-                self.metrics.connect_failed(&self.cluster);
-                NoResponse::ConnectFailure(why)
-            })?;
         let req = h2::http2_form(req)?;
         if sender.ready().await.is_err() {
             return Err(NoResponse::Reset);
@@ -343,6 +348,39 @@ impl Upstream {
                 Err(NoResponse::Reset)
             }
         }
+    }
+
+    /// Waits, as a pending stream, for `host`'s HTTP/2 connection, opening it if no
+    /// one else is.
+    async fn connection_http2(
+        &self,
+        connections: &h2::Connections,
+        host: usize,
+    ) -> Result<h2::Sender, NoResponse> {
+        if !self.lock().pool.begin_pending_stream() {
+            self.metrics.pending_overflow(&self.cluster);
+            return Err(NoResponse::Overflow);
+        }
+        let _pending = PendingStream(self);
+        let opening = || {
+            if self.lock().pool.open_http2() {
+                self.metrics.connection_overflow(&self.cluster);
+            }
+        };
+        let me = Weak::clone(&self.me);
+        let closed = move || {
+            if let Some(upstream) = me.upgrade() {
+                upstream.lock().pool.closed_http2();
+            }
+        };
+        let how = (self.targets[host], &*self.mesh, self.connect_timeout);
+        connections
+            .sender(host, how, opening, closed)
+            .await
+            .map_err(|why| {
+                self.metrics.connect_failed(&self.cluster);
+                NoResponse::ConnectFailure(why)
+            })
     }
 
     async fn lease(self: &Arc<Self>, host: usize) -> Result<Lease, NoResponse> {

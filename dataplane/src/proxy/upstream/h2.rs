@@ -4,8 +4,11 @@
 //! connection queue behind whoever is opening it; each failed connect fails the
 //! requests that waited for it, and each is reported as a connect failure.
 //!
-//! Circuit breaking counts streams against `max_requests` (Istio's
-//! `http2MaxRequests`); `max_pending_requests` and `max_connections` do not apply.
+//! Circuit breaking, as Envoy's HTTP/2 pool does it: a stream counts against
+//! `max_requests` (Istio's `http2MaxRequests`); a stream waiting for its endpoint's
+//! connection to open counts against `max_pending_requests`; and a connection is
+//! opened for an endpoint without one even past `max_connections`, which counts
+//! `upstream_cx_overflow` (see `super::Upstream::send_http2`).
 
 use http::{HeaderValue, Request, Uri, header};
 use hyper::client::conn::http2::{self, SendRequest};
@@ -17,7 +20,7 @@ use super::super::replay::Reader;
 use super::{ConnectFailure, NoResponse};
 use crate::identity::MeshSlot;
 
-type Sender = SendRequest<Reader>;
+pub(super) type Sender = SendRequest<Reader>;
 
 /// Each endpoint's connection, if one is open.
 pub(super) struct Connections {
@@ -31,33 +34,43 @@ impl Connections {
         }
     }
 
-    /// A sender on `target`'s connection, opening one if there is none.
+    /// A sender on `host`'s connection if it is open, without waiting.
+    pub(super) fn ready(&self, host: usize) -> Option<Sender> {
+        let slot = self.slots[host].try_lock().ok()?;
+        slot.as_ref().filter(|s| !s.is_closed()).cloned()
+    }
+
+    /// A sender on `target`'s connection, opening one if there is none. `opening`
+    /// is called before a connection is opened; `closed` once it has failed to open
+    /// or, later, has closed.
     pub(super) async fn sender(
         &self,
         host: usize,
-        target: Target,
-        mesh: &MeshSlot,
-        timeout: std::time::Duration,
+        (target, mesh, timeout): (Target, &MeshSlot, std::time::Duration),
+        opening: impl FnOnce(),
+        closed: impl FnOnce() + Send + 'static,
     ) -> Result<Sender, ConnectFailure> {
         let mut slot = self.slots[host].lock().await;
         if let Some(sender) = slot.as_ref().filter(|s| !s.is_closed()) {
             return Ok(sender.clone());
         }
         *slot = None;
+        opening();
+        let on_close = OnClose(Some(Box::new(closed)));
         let stream = connect::open(target, mesh, timeout).await.map_err(|e| {
             tracing::debug!(error = %e, "upstream connect failed");
             ConnectFailure::of(&e)
         })?;
         let builder = http2::Builder::new(TokioExecutor::new());
         let handshake = match stream {
-            Stream::Tcp(s) => builder.handshake(TokioIo::new(s)).await.map(|(tx, conn)| {
-                tokio::spawn(conn);
-                tx
-            }),
-            Stream::Tunnel(t) => builder.handshake(t).await.map(|(tx, conn)| {
-                tokio::spawn(conn);
-                tx
-            }),
+            Stream::Tcp(s) => builder
+                .handshake(TokioIo::new(s))
+                .await
+                .map(|(tx, conn)| drive(tx, conn, on_close)),
+            Stream::Tunnel(t) => builder
+                .handshake(t)
+                .await
+                .map(|(tx, conn)| drive(tx, conn, on_close)),
         };
         let sender = handshake.map_err(|e| {
             tracing::debug!(error = %e, "upstream HTTP/2 handshake failed");
@@ -65,6 +78,30 @@ impl Connections {
         })?;
         *slot = Some(sender.clone());
         Ok(sender)
+    }
+}
+
+/// Runs a connection until it ends, then tells whoever counts connections.
+fn drive<C>(sender: Sender, conn: C, on_close: OnClose) -> Sender
+where
+    C: Future + Send + 'static,
+{
+    tokio::spawn(async move {
+        let _on_close = on_close;
+        let _ = conn.await;
+    });
+    sender
+}
+
+/// Calls its function when dropped: when a connection failed to open, or when its
+/// driver ended.
+struct OnClose(Option<Box<dyn FnOnce() + Send>>);
+
+impl Drop for OnClose {
+    fn drop(&mut self) {
+        if let Some(closed) = self.0.take() {
+            closed();
+        }
     }
 }
 
