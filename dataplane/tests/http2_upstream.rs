@@ -278,3 +278,34 @@ async fn each_endpoint_gets_its_connection_past_max_connections() {
     assert_eq!(accepted_b.load(Ordering::SeqCst), 1);
     assert_eq!(counter(&shared, "envoy_cluster_upstream_cx_overflow"), "1");
 }
+
+/// HTTP/1.1 cannot carry the trailers after a body of known length: the client gets
+/// the whole body, and the line says the response completed (not `DC`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http1_client_of_a_grpc_upstream_is_logged_complete() {
+    let (backend, _) = h2c_backend().await;
+    let (shared, log) = support::logged(&format!(
+        "listeners:
+- name: mesh
+  address: 127.0.0.1:0
+  routes:
+  - cluster: grpc
+clusters:
+- name: grpc
+  protocol: HTTP/2
+  endpoints: [{{address: \"{backend}\"}}]
+"
+    ));
+    let proxy = support::serve_first_listener(&shared).await;
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let resp = client.request(call(proxy, true)).await.unwrap();
+    assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "pong");
+    let line = loop {
+        if let Some(line) = log.lock().unwrap().first().cloned() {
+            break line;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(line.contains("\" 200 - via_upstream - "), "{line}");
+}

@@ -137,12 +137,15 @@ type Done = Box<dyn FnOnce(End, u64) + Send>;
 pub struct Logged {
     inner: Body,
     sent: u64,
+    /// The body's length, when known from the start.
+    length: Option<u64>,
     done: Option<Done>,
 }
 
 impl Logged {
     pub fn new(inner: Body, done: impl FnOnce(End, u64) + Send + 'static) -> Self {
         Self {
+            length: inner.size_hint().exact(),
             inner,
             sent: 0,
             done: Some(Box::new(done)),
@@ -194,8 +197,10 @@ impl hyper::body::Body for Logged {
 impl Drop for Logged {
     fn drop(&mut self) {
         if self.done.is_some() {
-            // hyper does not poll a body it knows is empty, nor one of a HEAD reply.
-            let how = if self.inner.is_end_stream() {
+            // hyper does not poll a body it knows is empty, nor one of a HEAD reply,
+            // nor, on HTTP/1.1, the trailers after a body of known length (which it
+            // cannot send): the response went down whole.
+            let how = if self.inner.is_end_stream() || self.length == Some(self.sent) {
                 End::Complete
             } else {
                 End::DownstreamGone
