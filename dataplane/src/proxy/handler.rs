@@ -397,11 +397,13 @@ async fn forward(
     policy.per_try_timeout = rule.and_then(|r| r.backend_timeout);
     let timeout = rule.and_then(|r| r.timeout).or(route.timeout);
     // As Envoy's router: the body is kept only while a retry or a mirror may send it.
-    let metrics = Arc::clone(&runtime.metrics);
-    let abandoned_in = cluster_name.to_owned();
-    body.keep_for_resending(policy.num_retries > 0 || !mirrors.is_empty(), move || {
-        metrics.retry_or_shadow_abandoned(&abandoned_in);
-    });
+    if !body.is_empty() {
+        let metrics = Arc::clone(&runtime.metrics);
+        let abandoned_in = cluster_name.to_owned();
+        body.keep_for_resending(policy.num_retries > 0 || !mirrors.is_empty(), move || {
+            metrics.retry_or_shadow_abandoned(&abandoned_in);
+        });
+    }
     for mirror in mirrors {
         shadow(mirror, &parts, body.clone());
     }

@@ -42,7 +42,10 @@ pub enum ReplayError {
 /// One downstream request body, readable from the start by any number of readers.
 #[derive(Clone)]
 pub struct Replay {
-    shared: Arc<Shared>,
+    /// `None`: the body was empty from the start (most requests), so there is
+    /// nothing to share.
+    shared: Option<Arc<Shared>>,
+    created: Instant,
 }
 
 struct Shared {
@@ -118,8 +121,14 @@ impl Replay {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
+        let created = Instant::now();
+        if body.is_end_stream() {
+            return Self {
+                shared: None,
+                created,
+            };
+        }
         let hint = body.size_hint();
-        let done = body.is_end_stream();
         let state = State {
             source: body.map_err(Into::into).boxed_unsync(),
             kept: Vec::new(),
@@ -129,30 +138,27 @@ impl Replay {
             on_abandon: None,
             received: 0,
             trailers: None,
-            end: done.then_some(Ending::Complete),
-            ended_at: done.then(Instant::now),
+            end: None,
+            ended_at: None,
             waiting: Vec::new(),
         };
         Self {
-            shared: Arc::new(Shared {
+            shared: Some(Arc::new(Shared {
                 state: Mutex::new(state),
                 ended: Notify::new(),
                 hint,
-            }),
+            })),
+            created,
         }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.shared
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Whether to keep the body for sending again (no retry and no mirror: don't),
     /// and what to do when it outgrows the buffer.
     pub fn keep_for_resending(&self, keep: bool, on_abandon: impl FnOnce() + Send + 'static) {
-        let mut state = self.lock();
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        let mut state = shared.lock();
         if keep {
             state.on_abandon = Some(Box::new(on_abandon));
         } else {
@@ -169,32 +175,46 @@ impl Replay {
         }
     }
 
+    /// Whether the body was empty from the start (nothing to keep or wait for).
+    pub fn is_empty(&self) -> bool {
+        self.shared.is_none()
+    }
+
     /// Whether a new reader would get the whole body.
     pub fn resendable(&self) -> bool {
-        self.lock().first == 0
+        self.shared.as_ref().is_none_or(|s| s.lock().first == 0)
     }
 
     /// Body bytes read from downstream so far.
     pub fn received(&self) -> u64 {
-        self.lock().received
+        self.shared.as_ref().map_or(0, |s| s.lock().received)
     }
 
     /// When the downstream body ended or failed; waits for it.
     pub async fn ended(&self) -> Instant {
+        let Some(shared) = &self.shared else {
+            return self.created;
+        };
         loop {
             // Made before looking, so that an end in between is not missed.
-            let told = self.shared.ended.notified();
-            if let Some(at) = self.lock().ended_at {
+            let told = shared.ended.notified();
+            if let Some(at) = shared.lock().ended_at {
                 return at;
             }
             told.await;
         }
     }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 
     fn finish(&self, state: &mut State, how: Ending) {
         state.end = Some(how);
         state.ended_at = Some(Instant::now());
-        self.shared.ended.notify_waiters();
+        self.ended.notify_waiters();
     }
 }
 
@@ -219,7 +239,10 @@ impl Body for Reader {
             next,
             trailers_sent,
         } = self.get_mut();
-        let mut state = replay.lock();
+        let Some(shared) = replay.shared.as_deref() else {
+            return Poll::Ready(None);
+        };
+        let mut state = shared.lock();
         if *next < state.first {
             return Poll::Ready(Some(Err(ReplayError::NotKept.into())));
         }
@@ -264,16 +287,16 @@ impl Body for Reader {
                     };
                     state.trailers = Some(trailers.clone());
                     *trailers_sent = true;
-                    replay.finish(&mut state, Ending::Complete);
+                    shared.finish(&mut state, Ending::Complete);
                     Some(Ok(Frame::trailers(trailers)))
                 }
             },
             Poll::Ready(None) => {
-                replay.finish(&mut state, Ending::Complete);
+                shared.finish(&mut state, Ending::Complete);
                 None
             }
             Poll::Ready(Some(Err(e))) => {
-                replay.finish(&mut state, Ending::Failed(e.to_string()));
+                shared.finish(&mut state, Ending::Failed(e.to_string()));
                 Some(Err(e))
             }
         };
@@ -284,17 +307,24 @@ impl Body for Reader {
     }
 
     fn is_end_stream(&self) -> bool {
-        let state = self.replay.lock();
+        let Some(shared) = &self.replay.shared else {
+            return true;
+        };
+        let state = shared.lock();
         matches!(state.end, Some(Ending::Complete))
             && self.next == state.next()
             && (self.trailers_sent || state.trailers.is_none())
     }
 
     fn size_hint(&self) -> SizeHint {
-        if self.next == 0 && !self.trailers_sent {
-            self.replay.shared.hint
+        if let Some(shared) = &self.replay.shared {
+            if self.next == 0 && !self.trailers_sent {
+                shared.hint
+            } else {
+                SizeHint::default()
+            }
         } else {
-            SizeHint::default()
+            SizeHint::with_exact(0)
         }
     }
 }
@@ -303,8 +333,10 @@ impl Drop for Reader {
     /// The downstream body may hold only this reader's waker: wake the others so one
     /// of them takes over reading.
     fn drop(&mut self) {
-        let woken = std::mem::take(&mut self.replay.lock().waiting);
-        woken.into_iter().for_each(Waker::wake);
+        if let Some(shared) = &self.replay.shared {
+            let woken = std::mem::take(&mut shared.lock().waiting);
+            woken.into_iter().for_each(Waker::wake);
+        }
     }
 }
 

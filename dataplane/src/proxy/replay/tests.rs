@@ -125,6 +125,7 @@ async fn nothing_is_kept_when_nothing_would_resend_it() {
 #[tokio::test]
 async fn an_empty_body_has_ended_before_anyone_reads_it() {
     let replay = Replay::new(Empty::<Bytes>::new());
+    assert!(replay.is_empty() && replay.resendable());
     let reader = replay.reader();
     assert!(reader.is_end_stream());
     let ended = replay.ended().await;
