@@ -135,36 +135,118 @@ clusters: [{{name: c, loadBalancer: {lb}, endpoints: [{{address: \"{backend}\"}}
     assert_eq!(load.await.unwrap(), 0);
 }
 
-/// A client that sends part of a request head and then nothing is answered 408 and
-/// closed once the listener's `requestHeadersTimeout` passes (1 s here), as Envoy's
-/// `request_headers_timeout` does; a prompt client is not affected.
+const SLOW_HEADS: &str = "listeners: [{name: plain, address: \"127.0.0.1:0\", requestHeadersTimeout: 1s, routes: []}]\nclusters: []\n";
+
+/// Envoy 1.40's answer to a head that did not arrive in time, as it sent it (less its
+/// `date` and `server` headers).
+const ENVOY_408: &str = "HTTP/1.1 408 Request Timeout\r\ncontent-length: 22\r\n\
+content-type: text/plain\r\nconnection: close\r\n\r\nrequest header timeout";
+
+/// Reads one response whose body is empty (a 404 here): up to its blank line.
+async fn read_head(s: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !out.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("no response within 5 s")
+            .unwrap();
+        assert!(n > 0, "closed before a response");
+        out.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether the server closes `s` (or sends anything) within `d`.
+async fn hears_within(s: &mut TcpStream, d: Duration) -> bool {
+    let mut buf = [0u8; 64];
+    tokio::time::timeout(d, s.read(&mut buf)).await.is_ok()
+}
+
+/// As Envoy 1.40's `request_headers_timeout` (checked against the binary): it runs
+/// from the first byte of each request head, the first on a connection and each
+/// later one on a keep-alive connection, to the head's end. A head not complete in
+/// time (1 s here) gets Envoy's 408 and the connection closes; the access log has a
+/// line for it, as Envoy's.
 #[tokio::test]
 async fn slow_request_headers_get_408_and_close() {
-    let addr = start_with(
-        "listeners: [{name: plain, address: \"127.0.0.1:0\", requestHeadersTimeout: 1s, routes: []}]\nclusters: []\n",
-    )
-    .await;
+    let (shared, log) = support::logged(SLOW_HEADS);
+    let addr = support::serve_first_listener(&shared).await;
 
     let (reply, closed) = exchange(addr, b"GET / HTTP/1.1\r\nhost: slow.example\r\n").await;
-    assert!(reply.starts_with("HTTP/1.1 408 "), "{reply}");
+    assert_eq!(reply, ENVOY_408);
     assert!(closed);
+    let line = log
+        .lock()
+        .unwrap()
+        .first()
+        .cloned()
+        .expect("no access-log line");
+    assert!(
+        line.contains("\"- - HTTP/1.1\" 408 - request_header_timeout - \"-\" 0 22 1000 - "),
+        "{line}"
+    );
 
-    // Nothing sent at all: the same.
-    let (reply, closed) = exchange(addr, b"").await;
-    assert!(reply.starts_with("HTTP/1.1 408 "), "{reply}");
-    assert!(closed);
-
-    // A whole head in time is served (404: no routes), and the connection stays.
+    // On a keep-alive connection: a whole head is served (404: no routes), then a
+    // second head that stops half-way gets the 408.
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nhost: a.example\r\n\r\n")
         .await
         .unwrap();
-    let mut buf = [0u8; 1024];
-    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+    assert!(read_head(&mut s).await.starts_with("HTTP/1.1 404 "));
+    s.write_all(b"GET / HTTP/1.1\r\nhost: a.ex").await.unwrap();
+    let mut rest = String::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut rest))
         .await
-        .unwrap()
+        .expect("not closed within 10 s")
         .unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 404 "));
+    assert_eq!(rest, ENVOY_408);
+}
+
+/// What the head timeout leaves alone, as Envoy does: a connection that has sent
+/// nothing yet, one idle between requests, a head sent in pieces that ends in time,
+/// and an HTTP/2 connection without streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_not_timed_as_slow_heads() {
+    let addr = start_with(SLOW_HEADS).await;
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nhost: a.example\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_head(&mut idle).await.starts_with("HTTP/1.1 404 "));
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let get = || {
+        http::Request::builder()
+            .uri(format!("http://{addr}/"))
+            .body(http_body_util::Empty::new())
+            .unwrap()
+    };
+    assert_eq!(h2.request(get()).await.unwrap().status(), 404);
+    // Three times the timeout: nothing is said to the silent or the idle connection.
+    let (silent_heard, idle_heard) = tokio::join!(
+        hears_within(&mut silent, Duration::from_secs(3)),
+        hears_within(&mut idle, Duration::from_secs(3)),
+    );
+    assert!(
+        !silent_heard,
+        "a connection that sent nothing was answered or closed"
+    );
+    assert!(
+        !idle_heard,
+        "a keep-alive connection idle between requests was closed"
+    );
+    // Both still serve, the second head in two pieces 0.5 s apart.
+    for s in [&mut silent, &mut idle] {
+        s.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        s.write_all(b"host: a.example\r\n\r\n").await.unwrap();
+        assert!(read_head(s).await.starts_with("HTTP/1.1 404 "));
+    }
+    // The HTTP/2 connection idled without streams; it still carries them.
+    assert_eq!(h2.request(get()).await.unwrap().status(), 404);
 }
 
 /// HTTP/2 rapid reset (CVE-2023-44487): a client that opens streams and resets

@@ -159,6 +159,7 @@ impl Tunnel {
             // What travels inside the tunnel is plain HTTP.
             scheme: "http",
             server_name: None,
+            head_clock: None,
         };
         tokio::spawn(async move {
             match upgrade.await {

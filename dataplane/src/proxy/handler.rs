@@ -16,6 +16,7 @@ use tokio::net::TcpStream;
 use waypoint_config::{Filter, PathMatch, RetryConfig, Route, RouteRule};
 
 use super::body::{self, Body, End, Expiry, Relayed};
+use super::head_timeout;
 use super::replay::Replay;
 use super::upgrade::{self, TunnelEnd, Upgraded};
 use super::upstream::{ConnectFailure, Lease, NoResponse};
@@ -44,6 +45,9 @@ pub struct Downstream {
     /// On an `HTTPS` listener: the server name (SNI) the client asked for, logged
     /// as Envoy's `%REQUESTED_SERVER_NAME%`.
     pub server_name: Option<Arc<str>>,
+    /// On a plain or `HTTPS` listener: told where the connection is between its
+    /// requests, for the request-headers timeout.
+    pub head_clock: Option<Arc<head_timeout::Clock>>,
 }
 
 /// Serves HTTP/1.1 or HTTP/2 (sniffed from the first bytes) on one connection: a TCP
@@ -85,12 +89,7 @@ pub async fn serve_tcp(
     let local = stream.local_addr().ok();
     // As Envoy does on every connection: small responses must not wait for Nagle.
     let _ = stream.set_nodelay(true);
-    let timeout = shared.current().request_headers_timeout(&listener);
-    let Some(stream) = super::first_request::read(stream, timeout).await else {
-        tracing::debug!(%peer, %listener, "no request headers in time: 408");
-        return;
-    };
-    let downstream = Downstream {
+    let mut downstream = Downstream {
         listener,
         peer,
         local,
@@ -98,8 +97,44 @@ pub async fn serve_tcp(
         source_principal: None,
         scheme: "http",
         server_name: None,
+        head_clock: None,
     };
+    let stream = timed_heads(&shared, stream, &mut downstream);
     serve_connection(shared, TokioIo::new(stream), downstream).await;
+}
+
+/// Times the request heads of an HTTP/1.1 connection (Envoy's
+/// `request_headers_timeout`) and logs one that runs out as Envoy logs it.
+pub(super) fn timed_heads<S>(
+    shared: &Arc<Shared>,
+    io: S,
+    downstream: &mut Downstream,
+) -> head_timeout::Timed<S> {
+    let timeout = shared
+        .current()
+        .request_headers_timeout(&downstream.listener);
+    let clock = Arc::new(head_timeout::Clock::default());
+    downstream.head_clock = Some(Arc::clone(&clock));
+    let shared = Arc::clone(shared);
+    let d = downstream.clone();
+    head_timeout::Timed::new(io, clock, timeout, move || {
+        tracing::debug!(peer = %d.peer, listener = %d.listener, "no request headers in time: 408");
+        let entry = Entry {
+            start_time: SystemTime::now().checked_sub(timeout),
+            method: "-".to_owned(),
+            path: "-".to_owned(),
+            protocol: "HTTP/1.1",
+            response_code: 408,
+            response_code_details: "request_header_timeout".into(),
+            bytes_sent: head_timeout::TIMED_OUT_BODY_BYTES,
+            duration_ms: timeout.as_millis(),
+            downstream_local_address: d.local.map(|a| a.to_string()),
+            downstream_remote_address: Some(d.peer.to_string()),
+            requested_server_name: d.server_name.as_deref().map(str::to_owned),
+            ..Entry::default()
+        };
+        (shared.access_log)(&entry.render(shared.log_format));
+    })
 }
 
 fn policy(r: &RetryConfig) -> RetryPolicy {
@@ -207,6 +242,10 @@ async fn handle(
 ) -> Response<Body> {
     let start_time = SystemTime::now();
     let started = Instant::now();
+    let head_clock = downstream.head_clock.clone();
+    if let Some(clock) = &head_clock {
+        clock.serving();
+    }
     let req = req.map(Replay::new);
     let request_body = req.body().clone();
     let (peer, local) = (downstream.peer, downstream.local);
@@ -256,23 +295,7 @@ async fn handle(
     resp.map(move |body| {
         body::Logged::new(body, move |end, sent| {
             let _in_flight = in_flight;
-            match end {
-                End::Complete => {}
-                // The stream was cut after the headers went down: Envoy's flags
-                // for an upstream that closed, or a route timeout, mid-response.
-                End::Failed { timeout: true } => {
-                    entry.response_flags = entry.response_flags.with(Flags::UT);
-                    entry.response_code_details = "response_timeout".into();
-                }
-                End::Failed { timeout: false } => {
-                    entry.response_flags = entry.response_flags.with(Flags::UC);
-                    entry.response_code_details =
-                        "upstream_reset_after_response_started{connection_termination}".into();
-                }
-                End::DownstreamGone => {
-                    entry.response_flags = entry.response_flags.with(Flags::DC);
-                }
-            }
+            ended(&mut entry, end);
             entry.bytes_sent = sent;
             entry.bytes_received = request_body.received();
             let log = move |mut entry: Entry| {
@@ -281,7 +304,10 @@ async fn handle(
                 record_metrics(&runtime, &entry, source_principal.as_deref());
             };
             match tunnel {
-                None => log(entry),
+                None => {
+                    between_requests(head_clock, &request_body);
+                    log(entry);
+                }
                 // An upgraded connection is logged when its tunnel closes, with the
                 // bytes it carried.
                 Some(end) => {
@@ -306,6 +332,44 @@ async fn handle(
         })
         .boxed_unsync()
     })
+}
+
+/// Envoy's flags for a response stream cut after its headers went down: an upstream
+/// that closed, or the route timeout, mid-response; or a client that went away.
+fn ended(entry: &mut Entry, end: End) {
+    match end {
+        End::Complete => {}
+        End::Failed { timeout: true } => {
+            entry.response_flags = entry.response_flags.with(Flags::UT);
+            entry.response_code_details = "response_timeout".into();
+        }
+        End::Failed { timeout: false } => {
+            entry.response_flags = entry.response_flags.with(Flags::UC);
+            entry.response_code_details =
+                "upstream_reset_after_response_started{connection_termination}".into();
+        }
+        End::DownstreamGone => {
+            entry.response_flags = entry.response_flags.with(Flags::DC);
+        }
+    }
+}
+
+/// Tells the connection's head clock that this exchange is over once the request
+/// body has ended too: until then, bytes read are the body's, not a new head's. (An
+/// upgraded connection never is: what it carries are not heads.)
+fn between_requests(clock: Option<Arc<head_timeout::Clock>>, body: &Replay) {
+    let Some(clock) = clock else {
+        return;
+    };
+    if body.has_ended() {
+        clock.between_requests();
+    } else {
+        let body = body.clone();
+        tokio::spawn(async move {
+            body.ended().await;
+            clock.between_requests();
+        });
+    }
 }
 
 /// Istio's request metrics for one request, labelled from what the access log knows.

@@ -117,12 +117,7 @@ async fn connection(shared: Arc<Shared>, listener: Arc<str>, tcp: TcpStream, pee
         }
     };
     let server_name = stream.get_ref().1.server_name().map(Arc::from);
-    let timeout = shared.current().request_headers_timeout(&listener);
-    let Some(stream) = super::first_request::read(stream, timeout).await else {
-        tracing::debug!(%peer, %listener, "no request headers in time: 408");
-        return;
-    };
-    let downstream = Downstream {
+    let mut downstream = Downstream {
         listener,
         peer,
         local,
@@ -130,6 +125,8 @@ async fn connection(shared: Arc<Shared>, listener: Arc<str>, tcp: TcpStream, pee
         source_principal: None,
         scheme: "https",
         server_name,
+        head_clock: None,
     };
+    let stream = super::handler::timed_heads(&shared, stream, &mut downstream);
     serve_connection(shared, TokioIo::new(stream), downstream).await;
 }

@@ -6,8 +6,8 @@
 mod body;
 mod cluster;
 pub mod connect;
-mod first_request;
 pub(crate) mod handler;
+mod head_timeout;
 pub mod https;
 mod replay;
 mod upgrade;

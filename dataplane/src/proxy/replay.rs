@@ -180,6 +180,13 @@ impl Replay {
         self.shared.is_none()
     }
 
+    /// Whether the downstream body has ended (or failed).
+    pub fn has_ended(&self) -> bool {
+        self.shared
+            .as_ref()
+            .is_none_or(|s| s.lock().ended_at.is_some())
+    }
+
     /// Whether a new reader would get the whole body.
     pub fn resendable(&self) -> bool {
         self.shared.as_ref().is_none_or(|s| s.lock().first == 0)
