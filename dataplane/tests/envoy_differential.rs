@@ -107,31 +107,26 @@ fn envoy_config(
     retries: Retries,
     connect_timeout: Duration,
 ) -> String {
-    let retry = match retries {
+    let retry_on = match retries {
         Retries::IstioDefault => {
-            "
-                  retry_policy:
-                    retry_on: connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes
-                    num_retries: 2
-                    retry_host_predicate:
-                    - name: envoy.retry_host_predicates.previous_hosts
-                      typed_config:
-                        \"@type\": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate
-                    host_selection_retry_max_attempts: 5"
+            Some("connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes")
         }
-        Retries::FiveXx => {
-            "
-                  retry_policy:
-                    retry_on: 5xx
-                    num_retries: 2
-                    retry_host_predicate:
-                    - name: envoy.retry_host_predicates.previous_hosts
-                      typed_config:
-                        \"@type\": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate
-                    host_selection_retry_max_attempts: 5"
-        }
-        Retries::Off => "",
+        Retries::FiveXx => Some("5xx"),
+        Retries::Off => None,
     };
+    let retry = retry_on.map_or_else(String::new, |retry_on| {
+        format!(
+            "
+                  retry_policy:
+                    retry_on: {retry_on}
+                    num_retries: 2
+                    retry_host_predicate:
+                    - name: envoy.retry_host_predicates.previous_hosts
+                      typed_config:
+                        \"@type\": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate
+                    host_selection_retry_max_attempts: 5"
+        )
+    });
     let mut lb_endpoints = String::new();
     for (addr, _) in endpoints {
         let _ = write!(
@@ -576,30 +571,7 @@ async fn failing_endpoint(failure: Failure) -> (SocketAddr, Vec<Box<dyn std::any
             });
             (addr, vec![Box::new(AbortOnDrop(task))])
         }
-        Failure::Unanswered => {
-            let socket = tokio::net::TcpSocket::new_v4().unwrap();
-            socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-            let listener = socket.listen(0).unwrap();
-            let addr = listener.local_addr().unwrap();
-            // Fill the accept queue; from then on the kernel drops new SYNs.
-            let mut held: Vec<Box<dyn std::any::Any + Send>> = vec![Box::new(listener)];
-            for _ in 0..3 {
-                let connect = tokio::net::TcpStream::connect(addr);
-                if let Ok(Ok(stream)) =
-                    tokio::time::timeout(Duration::from_millis(200), connect).await
-                {
-                    held.push(Box::new(stream));
-                }
-            }
-            let probe = tokio::net::TcpStream::connect(addr);
-            assert!(
-                tokio::time::timeout(Duration::from_millis(300), probe)
-                    .await
-                    .is_err(),
-                "the endpoint's accept queue did not fill: connects still complete"
-            );
-            (addr, held)
-        }
+        Failure::Unanswered => support::unanswering_endpoint().await,
     }
 }
 

@@ -67,8 +67,9 @@ async fn h2c_backend() -> (SocketAddr, Arc<AtomicUsize>) {
     (addr, accepted)
 }
 
-async fn proxy_to(backend: SocketAddr) -> SocketAddr {
-    let yaml = format!(
+/// A waypoint whose one route goes to `backend` in HTTP/2.
+fn grpc_waypoint(backend: SocketAddr) -> String {
+    format!(
         "listeners:
 - name: mesh
   address: 127.0.0.1:0
@@ -79,7 +80,11 @@ clusters:
   protocol: HTTP/2
   endpoints: [{{address: \"{backend}\"}}]
 "
-    );
+    )
+}
+
+async fn proxy_to(backend: SocketAddr) -> SocketAddr {
+    let yaml = grpc_waypoint(backend);
     let shared = Shared::new(waypoint_config::Config::from_yaml(&yaml).unwrap());
     support::serve_first_listener(&shared).await
 }
@@ -169,30 +174,6 @@ async fn a_dead_http2_endpoint_is_a_connect_failure() {
     );
 }
 
-/// An endpoint whose accept queue is full, so that a connect to it hangs (the
-/// kernel drops the SYNs) until the connect timeout; and what keeps it so.
-async fn unanswering_endpoint() -> (SocketAddr, Vec<Box<dyn std::any::Any + Send>>) {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let listener = socket.listen(0).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut held: Vec<Box<dyn std::any::Any + Send>> = vec![Box::new(listener)];
-    for _ in 0..3 {
-        let connect = tokio::net::TcpStream::connect(addr);
-        if let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_millis(200), connect).await {
-            held.push(Box::new(stream));
-        }
-    }
-    let probe = tokio::net::TcpStream::connect(addr);
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), probe)
-            .await
-            .is_err(),
-        "the endpoint's accept queue did not fill: connects still complete"
-    );
-    (addr, held)
-}
-
 fn limited_proxy(endpoints: &[SocketAddr], pool: &str, connect_timeout: &str) -> Arc<Shared> {
     let list: Vec<String> = endpoints
         .iter()
@@ -230,7 +211,7 @@ fn counter(shared: &Shared, name: &str) -> String {
 /// pending request, and past `maxPendingRequests` it overflows (503 `UO`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_waiting_for_the_connection_count_against_max_pending_requests() {
-    let (backend, _held) = unanswering_endpoint().await;
+    let (backend, _held) = support::unanswering_endpoint().await;
     let shared = limited_proxy(&[backend], "{maxPendingRequests: 1}", "3s");
     let proxy = support::serve_first_listener(&shared).await;
     let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
@@ -284,18 +265,7 @@ async fn each_endpoint_gets_its_connection_past_max_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http1_client_of_a_grpc_upstream_is_logged_complete() {
     let (backend, _) = h2c_backend().await;
-    let (shared, log) = support::logged(&format!(
-        "listeners:
-- name: mesh
-  address: 127.0.0.1:0
-  routes:
-  - cluster: grpc
-clusters:
-- name: grpc
-  protocol: HTTP/2
-  endpoints: [{{address: \"{backend}\"}}]
-"
-    ));
+    let (shared, log) = support::logged(&grpc_waypoint(backend));
     let proxy = support::serve_first_listener(&shared).await;
     let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .build_http::<Full<Bytes>>();

@@ -17,7 +17,6 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -30,21 +29,7 @@ use tokio::sync::mpsc;
 use waypoint_dataplane::proxy::Shared;
 
 mod support;
-
-/// A request body the test feeds frame by frame; it ends when the sender is dropped.
-struct Fed(mpsc::Receiver<Frame<Bytes>>);
-
-impl hyper::body::Body for Fed {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.0.poll_recv(cx).map(|f| f.map(Ok))
-    }
-}
+use support::Fed;
 
 /// Serves HTTP/1.1 and h2c on a loopback port, each request answered by `answer`.
 async fn backend<F, Fut>(answer: F) -> SocketAddr

@@ -7,9 +7,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,25 +18,11 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 mod support;
-
-/// A response body fed frame by frame from the test.
-struct Fed(mpsc::Receiver<Bytes>);
-
-impl hyper::body::Body for Fed {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
-    }
-}
+use support::Fed;
 
 /// A backend that answers one request at a time with a body the test feeds through
 /// the returned sender (a new sender for each request).
-async fn fed_backend() -> (SocketAddr, mpsc::Receiver<mpsc::Sender<Bytes>>) {
+async fn fed_backend() -> (SocketAddr, mpsc::Receiver<mpsc::Sender<Frame<Bytes>>>) {
     let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = socket.local_addr().unwrap();
     let (feeds, feeders) = mpsc::channel(4);
@@ -122,7 +106,7 @@ async fn next_data(body: &mut hyper::body::Incoming) -> Option<Bytes> {
 async fn streaming(
     route_timeout: &str,
     first: &'static [u8],
-) -> (Proxy, mpsc::Sender<Bytes>, hyper::body::Incoming) {
+) -> (Proxy, mpsc::Sender<Frame<Bytes>>, hyper::body::Incoming) {
     let (backend, mut feeders) = fed_backend().await;
     let p = proxy(backend, route_timeout).await;
     let get = tokio::spawn(async move {
@@ -130,7 +114,9 @@ async fn streaming(
         (p, resp)
     });
     let feed = feeders.recv().await.unwrap();
-    feed.send(Bytes::from_static(first)).await.unwrap();
+    feed.send(Frame::data(Bytes::from_static(first)))
+        .await
+        .unwrap();
     // A proxy that buffered the body would send no head until the body ended.
     let (p, resp) = tokio::time::timeout(Duration::from_secs(5), get)
         .await
@@ -150,7 +136,9 @@ async fn a_body_reaches_the_client_as_the_upstream_sends_it() {
         p.log.lock().unwrap().is_empty(),
         "logged before the stream ended"
     );
-    feed.send(Bytes::from_static(b"second")).await.unwrap();
+    feed.send(Frame::data(Bytes::from_static(b"second")))
+        .await
+        .unwrap();
     drop(feed);
     let remainder = body.collect().await.unwrap().to_bytes();
     assert_eq!(remainder, "second");
@@ -189,7 +177,7 @@ async fn a_client_that_leaves_mid_body_is_logged_dc() {
         if !p.log.lock().unwrap().is_empty() {
             break;
         }
-        let _ = feed.send(Bytes::from_static(b"more")).await;
+        let _ = feed.send(Frame::data(Bytes::from_static(b"more"))).await;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let line = p.line().await;

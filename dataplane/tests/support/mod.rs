@@ -166,3 +166,43 @@ pub async fn serve_first_listener(shared: &Arc<Shared>) -> SocketAddr {
     tokio::spawn(proxy::serve(Arc::clone(shared), socket, name));
     addr
 }
+
+/// An endpoint whose accept queue is full, so that a connect to it hangs (the kernel
+/// drops the SYNs) until the connect timeout; and what keeps it so.
+pub async fn unanswering_endpoint() -> (SocketAddr, Vec<Box<dyn std::any::Any + Send>>) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Fill the accept queue; from then on the kernel drops new SYNs.
+    let mut held: Vec<Box<dyn std::any::Any + Send>> = vec![Box::new(listener)];
+    for _ in 0..3 {
+        let connect = tokio::net::TcpStream::connect(addr);
+        if let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_millis(200), connect).await {
+            held.push(Box::new(stream));
+        }
+    }
+    let probe = tokio::net::TcpStream::connect(addr);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), probe)
+            .await
+            .is_err(),
+        "the endpoint's accept queue did not fill: connects still complete"
+    );
+    (addr, held)
+}
+
+/// A body the test feeds frame by frame; it ends when the sender is dropped.
+pub struct Fed(pub tokio::sync::mpsc::Receiver<hyper::body::Frame<bytes::Bytes>>);
+
+impl hyper::body::Body for Fed {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        self.0.poll_recv(cx).map(|f| f.map(Ok))
+    }
+}
