@@ -150,6 +150,7 @@ static_resources:
         typed_config:
           \"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: mesh
+          request_headers_timeout: 1s
           upgrade_configs: [{{upgrade_type: websocket}}]
           access_log:
           - name: envoy.access_loggers.stdout
@@ -231,6 +232,10 @@ impl Proxy {
             assert!(yaml.contains(istio));
             yaml = yaml.replace(istio, "retryOn: [5xx]");
         }
+        // As the Envoy config: 1 s for a request head.
+        let listener = "- name: mesh\n";
+        assert!(yaml.contains(listener));
+        yaml = yaml.replacen(listener, "- name: mesh\n  requestHeadersTimeout: 1s\n", 1);
         let (shared, log) = support::logged(&yaml);
         let addr = support::serve_first_listener(&shared).await;
         Self::Ours { shared, addr, log }
@@ -923,4 +928,81 @@ async fn uploads_are_retried_within_the_buffer_as_envoy_retries_them() {
             "a {size}-byte upload"
         );
     }
+}
+
+/// What a client that stops half-way through a request head gets, and the
+/// access-log line: on a new connection, and on a keep-alive connection after a
+/// response.
+#[derive(Debug, PartialEq, Eq)]
+struct SlowHead {
+    /// The reply up to the close, without the headers that vary (`date`, `server`).
+    first: String,
+    after_keep_alive: String,
+    log: Vec<String>,
+}
+
+/// Reads to the close and drops the `date` and `server` lines.
+async fn reply_until_close(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut out))
+        .await
+        .expect("not closed within 10 s")
+        .unwrap();
+    out.split("\r\n")
+        .filter(|l| !l.starts_with("date:") && !l.starts_with("server:"))
+        .collect::<Vec<_>>()
+        .join("\r\n")
+}
+
+async fn slow_head(envoy: bool, endpoint: SocketAddr) -> SlowHead {
+    use tokio::io::AsyncWriteExt;
+    let endpoints = [(endpoint, "in-ambient-abc12")];
+    let proxy = if envoy {
+        Proxy::envoy(&endpoints, Retries::Off, TEN_SECONDS, "slow-head").await
+    } else {
+        Proxy::ours(&endpoints, Retries::Off, TEN_SECONDS).await
+    };
+    let mut s = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
+    s.write_all(b"GET /status HTTP/1.1\r\nhost: in-ambient:8000\r\nuser-agent: slow")
+        .await
+        .unwrap();
+    let first = reply_until_close(&mut s).await;
+    let log = stable_fields(&proxy.log_line(0).await);
+    let mut s = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
+    s.write_all(b"GET /status HTTP/1.1\r\nhost: in-ambient:8000\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_head(&mut s).await.starts_with("HTTP/1.1 200 "));
+    // The pod's answer is small; wait for it to be read before the next head.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.write_all(b"GET /status HTTP/1.1\r\nhost: in-am")
+        .await
+        .unwrap();
+    let after_keep_alive = reply_until_close(&mut s).await;
+    let after_keep_alive = after_keep_alive
+        .split_once("HTTP/1.1 408")
+        .map_or(after_keep_alive.clone(), |(_, rest)| {
+            format!("HTTP/1.1 408{rest}")
+        });
+    SlowHead {
+        first,
+        after_keep_alive,
+        log,
+    }
+}
+
+/// Envoy's `request_headers_timeout` (1 s in both configs): the same 408, bytes and
+/// access-log line, for a first head and for a head after a keep-alive response.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_request_heads_match_envoy() {
+    envoy_binary();
+    let (endpoint, _held) = failing_endpoint(Failure::None).await;
+    let (envoy, ours) = tokio::join!(slow_head(true, endpoint), slow_head(false, endpoint));
+    assert_eq!(ours, envoy);
+    assert!(
+        ours.first.starts_with("HTTP/1.1 408 Request Timeout"),
+        "{ours:?}"
+    );
+    assert!(ours.first.ends_with("request header timeout"), "{ours:?}");
 }
