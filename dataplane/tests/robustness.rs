@@ -4,6 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test harness
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -70,16 +72,27 @@ async fn a_header_block_over_the_limit_gets_431_and_close() {
 
 /// A backend answering 200 "ok" to everything.
 async fn ok_backend() -> SocketAddr {
+    counting_ok_backend().await.0
+}
+
+/// [`ok_backend`], and how many requests it has answered.
+async fn counting_ok_backend() -> (SocketAddr, Arc<AtomicUsize>) {
     let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = socket.local_addr().unwrap();
+    let answered = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&answered);
     tokio::spawn(async move {
         loop {
             let (stream, _) = socket.accept().await.unwrap();
+            let count = Arc::clone(&count);
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(|_req| async {
-                    Ok::<_, std::convert::Infallible>(http::Response::new(
-                        http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
-                    ))
+                let svc = hyper::service::service_fn(move |_req| {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    async {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
+                        ))
+                    }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(
                     hyper_util::rt::TokioExecutor::new(),
@@ -89,7 +102,7 @@ async fn ok_backend() -> SocketAddr {
             });
         }
     });
-    addr
+    (addr, answered)
 }
 
 #[tokio::test]
@@ -109,7 +122,7 @@ clusters: [{{name: c, loadBalancer: {lb}, endpoints: [{{address: \"{backend}\"}}
     let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = socket.local_addr().unwrap();
     tokio::spawn(proxy::serve(
-        std::sync::Arc::clone(&shared),
+        Arc::clone(&shared),
         socket,
         "plain".into(),
     ));
@@ -250,11 +263,13 @@ async fn idle_connections_are_not_timed_as_slow_heads() {
 }
 
 /// HTTP/2 rapid reset (CVE-2023-44487): a client that opens streams and resets
-/// them at once is cut off (GOAWAY) after a bounded number, and the streams it
-/// reset cost the upstream almost nothing.
+/// them at once is cut off (GOAWAY), and the streams it reset cost the upstream
+/// little. How many streams the client got into its socket before the cut reached
+/// it depends on scheduling (184 to 1,562 seen); what the upstream was sent is the
+/// bound that matters (0 or 1 of them in ten runs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_rapid_reset_is_cut_off() {
-    let backend = ok_backend().await;
+    let (backend, answered) = counting_ok_backend().await;
     let addr = start_with(&format!(
         "listeners: [{{name: plain, address: \"127.0.0.1:0\", routes: [{{cluster: ok}}]}}]\n\
          clusters: [{{name: ok, endpoints: [{{address: \"{backend}\"}}]}}]\n"
@@ -289,5 +304,10 @@ async fn http2_rapid_reset_is_cut_off() {
         cut.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) || cut.is_io(),
         "{cut:?} after {opened} streams"
     );
-    assert!(opened < 1_000, "{opened} streams before the cut");
+    let answered = answered.load(Ordering::SeqCst);
+    eprintln!("rapid reset: {opened} streams opened, {answered} reached the upstream");
+    assert!(
+        answered < 50,
+        "{answered} of {opened} reset streams reached the upstream"
+    );
 }
