@@ -64,12 +64,12 @@ pub async fn relay(shared: Arc<Shared>, upgrade: OnUpgrade, upstream: Upstream, 
     let ep = &cluster.endpoints[endpoint];
     ep.begin();
     let upstream_local = match &stream {
-        Stream::Tcp(s) => s.local_addr().ok(),
+        Stream::Tcp(s) => s.inner().local_addr().ok(),
         Stream::Tunnel(_) => None,
     };
     let (received, sent, flags) = match upgrade.await {
         Ok(tunnel) => match stream {
-            Stream::Tcp(s) => pump_both(TokioIo::new(tunnel), s).await,
+            Stream::Tcp(s) => pump_both(TokioIo::new(tunnel), s.into_inner()).await,
             Stream::Tunnel(t) => pump_both(TokioIo::new(tunnel), TokioIo::new(t)).await,
         },
         Err(e) => {

@@ -4,10 +4,15 @@
 //! certificate, so the destination sees the waypoint as the source
 //! (waypoint-contract §5, "Hop by hop through a waypoint", step 8).
 
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::identity::MeshSlot;
@@ -33,11 +38,70 @@ impl Target {
     }
 }
 
-/// A connected endpoint.
+/// A connected endpoint: one I/O type for hyper whichever way it was reached, so
+/// that each client (the HTTP/1 pool, HTTP/2, WebSocket upgrades) shakes hands once.
 pub enum Stream {
-    Tcp(TcpStream),
+    Tcp(TokioIo<TcpStream>),
     /// An HBONE CONNECT stream, already answered 200.
     Tunnel(Upgraded),
+}
+
+impl Read for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Tunnel(t) => Pin::new(t).poll_read(cx, buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Tunnel(t) => Pin::new(t).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Self::Tunnel(t) => Pin::new(t).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Tunnel(t) => Pin::new(t).poll_shutdown(cx),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Self::Tcp(s) => s.is_write_vectored(),
+            Self::Tunnel(t) => t.is_write_vectored(),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Self::Tunnel(t) => Pin::new(t).poll_write_vectored(cx, bufs),
+        }
+    }
 }
 
 /// Why no stream was opened. Every case is a connect failure to the caller: the
@@ -52,7 +116,7 @@ pub enum Error {
     #[error("connecting to upstream {address}: {source}")]
     Tcp {
         address: SocketAddr,
-        source: std::io::Error,
+        source: io::Error,
     },
     #[error(
         "upstream {address} is HBONE but this dataplane has no mesh credentials (pass --identity-dir or --ca-address)"
@@ -76,7 +140,7 @@ pub async fn open(target: Target, mesh: &MeshSlot, timeout: Duration) -> Result<
                 .await
                 .map_err(|source| Error::Tcp { address, source })?;
             let _ = stream.set_nodelay(true);
-            return Ok(Stream::Tcp(stream));
+            return Ok(Stream::Tcp(TokioIo::new(stream)));
         }
         let tls = mesh.get().ok_or(Error::NoCredentials { address })?;
         let (node, authority) = target.tunnel();

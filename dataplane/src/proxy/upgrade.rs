@@ -20,7 +20,6 @@ use tokio::sync::oneshot;
 
 use super::body;
 use super::cluster::Cluster;
-use super::connect::Stream;
 use super::upstream::{ConnectFailure, NoResponse};
 use crate::access_log::Entry;
 use crate::outlier::Outcome;
@@ -138,17 +137,10 @@ async fn attempt(
         .open(i)
         .await
         .map_err(|e| NoResponse::ConnectFailure(ConnectFailure::of(&e)))?;
-    let handshake = match stream {
-        Stream::Tcp(s) => http1::handshake(TokioIo::new(s)).await.map(|(tx, conn)| {
-            tokio::spawn(conn.with_upgrades());
-            tx
-        }),
-        Stream::Tunnel(t) => http1::handshake(t).await.map(|(tx, conn)| {
-            tokio::spawn(conn.with_upgrades());
-            tx
-        }),
-    };
-    let mut sender = handshake.map_err(|_| NoResponse::ConnectFailure(ConnectFailure::Other))?;
+    let (mut sender, conn) = http1::handshake(stream)
+        .await
+        .map_err(|_| NoResponse::ConnectFailure(ConnectFailure::Other))?;
+    tokio::spawn(conn.with_upgrades());
     sender.send_request(req).await.map_err(|e| {
         tracing::debug!(error = %e, "WebSocket upgrade request failed");
         NoResponse::Reset

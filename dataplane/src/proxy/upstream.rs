@@ -20,7 +20,6 @@ use std::time::Duration;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
 use tokio::sync::oneshot;
 
 mod h2;
@@ -34,14 +33,6 @@ use crate::pool::{Acquire, ConnId, Counts, Handoff, Limits, Pool, Release, Waite
 use crate::retry::Attempt;
 
 type Sender = SendRequest<Reader>;
-
-/// What drives one upstream HTTP/1.1 connection. A tunnel is not shut down by
-/// hyper but closed with END_STREAM both ways (`waypoint_hbone::close`): a dropped
-/// open stream is a reset, and too many resets end the node tunnel's connection.
-enum Driver {
-    Tcp(http1::Connection<TokioIo<tokio::net::TcpStream>, Reader>),
-    Tunnel(http1::Connection<hyper::upgrade::Upgraded, Reader>),
-}
 
 /// How many stale keep-alive connections one request may run into before giving up.
 const STALE_CONNECTIONS: usize = 4;
@@ -556,14 +547,7 @@ impl Upstream {
         tokio::spawn(async move {
             let addr = target.address;
             let handshake = match connect::open(target, &mesh, timeout).await {
-                Ok(Stream::Tcp(stream)) => Ok(http1::handshake(TokioIo::new(stream))
-                    .await
-                    .ok()
-                    .map(|(sender, conn)| (sender, Driver::Tcp(conn)))),
-                Ok(Stream::Tunnel(tunnel)) => Ok(http1::handshake(tunnel)
-                    .await
-                    .ok()
-                    .map(|(sender, conn)| (sender, Driver::Tunnel(conn)))),
+                Ok(stream) => Ok(http1::handshake::<_, Reader>(stream).await.ok()),
                 Err(e) => {
                     tracing::debug!(error = %e, %addr, "upstream connect failed");
                     Err(ConnectFailure::of(&e))
@@ -579,22 +563,27 @@ impl Upstream {
             };
             let weak = Arc::downgrade(&upstream);
             tokio::spawn(async move {
-                let tunnel = match driver {
-                    Driver::Tcp(connection) => connection.await.map(|()| None),
-                    Driver::Tunnel(connection) => {
-                        connection.without_shutdown().await.map(|p| Some(p.io))
-                    }
-                };
-                let tunnel = tunnel.unwrap_or_else(|e| {
-                    tracing::debug!(error = %e, %addr, "upstream connection ended with an error");
-                    None
-                });
+                let io = driver.without_shutdown().await.map(|p| p.io);
+                let io = io
+                    .inspect_err(|e| {
+                        tracing::debug!(error = %e, %addr, "upstream connection ended with an error");
+                    })
+                    .ok();
                 if let Some(upstream) = weak.upgrade() {
                     upstream.closed(host, conn);
                 }
-                // After the pool knows: the clean close waits for the peer's side.
-                if let Some(tunnel) = tunnel {
-                    waypoint_hbone::close(tunnel).await;
+                // After the pool knows. A TCP connection is shut down as hyper would.
+                // A tunnel is closed with END_STREAM both ways, waiting for the
+                // peer's side: a dropped open stream is a reset, and too many resets
+                // end the node tunnel's connection.
+                match io {
+                    Some(Stream::Tcp(tcp)) => {
+                        let _ = tokio::io::AsyncWriteExt::shutdown(&mut tcp.into_inner()).await;
+                    }
+                    Some(Stream::Tunnel(tunnel)) => {
+                        let _ = waypoint_hbone::close(tunnel).await;
+                    }
+                    None => {}
                 }
             });
             upstream.connected(host, conn, sender);

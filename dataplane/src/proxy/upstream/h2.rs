@@ -12,10 +12,10 @@
 
 use http::{HeaderValue, Request, Uri, header};
 use hyper::client::conn::http2::{self, SendRequest};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use tokio::sync::Mutex;
 
-use super::super::connect::{self, Stream, Target};
+use super::super::connect::{self, Target};
 use super::super::replay::Reader;
 use super::{ConnectFailure, NoResponse};
 use crate::identity::MeshSlot;
@@ -62,35 +62,17 @@ impl Connections {
             ConnectFailure::of(&e)
         })?;
         let builder = http2::Builder::new(TokioExecutor::new());
-        let handshake = match stream {
-            Stream::Tcp(s) => builder
-                .handshake(TokioIo::new(s))
-                .await
-                .map(|(tx, conn)| drive(tx, conn, on_close)),
-            Stream::Tunnel(t) => builder
-                .handshake(t)
-                .await
-                .map(|(tx, conn)| drive(tx, conn, on_close)),
-        };
-        let sender = handshake.map_err(|e| {
+        let (sender, conn) = builder.handshake(stream).await.map_err(|e| {
             tracing::debug!(error = %e, "upstream HTTP/2 handshake failed");
             ConnectFailure::Other
         })?;
+        tokio::spawn(async move {
+            let _on_close = on_close;
+            let _ = conn.await;
+        });
         *slot = Some(sender.clone());
         Ok(sender)
     }
-}
-
-/// Runs a connection until it ends, then tells whoever counts connections.
-fn drive<C>(sender: Sender, conn: C, on_close: OnClose) -> Sender
-where
-    C: Future + Send + 'static,
-{
-    tokio::spawn(async move {
-        let _on_close = on_close;
-        let _ = conn.await;
-    });
-    sender
 }
 
 /// Calls its function when dropped: when a connection failed to open, or when its
