@@ -121,11 +121,7 @@ clusters: [{{name: c, loadBalancer: {lb}, endpoints: [{{address: \"{backend}\"}}
     );
     let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = socket.local_addr().unwrap();
-    tokio::spawn(proxy::serve(
-        Arc::clone(&shared),
-        socket,
-        "plain".into(),
-    ));
+    tokio::spawn(proxy::serve(Arc::clone(&shared), socket, "plain".into()));
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<http_body_util::Empty<bytes::Bytes>>();
     let load = tokio::spawn(async move {
