@@ -5,6 +5,8 @@
 use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::text::{push_padded, push_u64};
+
 /// Envoy's response flags (`%RESPONSE_FLAGS%`), a set printed as Envoy 1.40 prints
 /// it: comma-separated, last `CoreResponseFlag` first (`URX,UF`, `UO,UF`, as the
 /// differential test sees), `-` when empty.
@@ -150,56 +152,103 @@ impl Entry {
     /// Istio's `EnvoyTextLogFormat`, without the trailing newline.
     pub fn to_istio_text(&self) -> String {
         let mut line = String::with_capacity(320);
-        let start = self
-            .start_time
-            .map_or_else(|| "-".to_owned(), rfc3339_millis);
-        let service_time = self
-            .upstream_service_time_ms
-            .map_or_else(|| "-".to_owned(), |ms| ms.to_string());
-        // Writing to a String cannot fail.
-        let _ = write!(
-            line,
-            "[{start}] \"{} {} {}\" {} {} {} - \"{}\" {} {} {} {service_time} \"{}\" \"{}\" \"{}\" \"{}\" \"{}\" {} {} {} {} {} {}",
-            self.method,
-            self.path,
-            self.protocol,
-            self.response_code,
-            self.response_flags,
-            or_dash(Some(&self.response_code_details)),
-            or_dash(self.upstream_transport_failure_reason.as_deref()),
+        let field = |line: &mut String, v: Option<&str>| line.push_str(or_dash(v));
+        let quoted = |line: &mut String, v: Option<&str>| {
+            line.push('"');
+            line.push_str(or_dash(v));
+            line.push('"');
+        };
+        line.push('[');
+        match self.start_time {
+            Some(t) => push_rfc3339_millis(&mut line, t),
+            None => line.push('-'),
+        }
+        line.push_str("] \"");
+        line.push_str(&self.method);
+        line.push(' ');
+        line.push_str(&self.path);
+        line.push(' ');
+        line.push_str(self.protocol);
+        line.push_str("\" ");
+        push_u64(&mut line, u64::from(self.response_code));
+        line.push(' ');
+        if self.response_flags.is_empty() {
+            line.push('-');
+        } else {
+            // Writing to a String cannot fail.
+            let _ = write!(line, "{}", self.response_flags);
+        }
+        line.push(' ');
+        field(&mut line, Some(&self.response_code_details));
+        line.push_str(" - ");
+        quoted(&mut line, self.upstream_transport_failure_reason.as_deref());
+        for n in [
             self.bytes_received,
             self.bytes_sent,
-            self.duration_ms,
-            or_dash(self.x_forwarded_for.as_deref()),
-            or_dash(self.user_agent.as_deref()),
-            or_dash(self.request_id.as_deref()),
-            or_dash(self.authority.as_deref()),
-            or_dash(self.upstream_host.as_deref()),
-            or_dash(self.upstream_cluster.as_deref()),
-            or_dash(self.upstream_local_address.as_deref()),
-            or_dash(self.downstream_local_address.as_deref()),
-            or_dash(self.downstream_remote_address.as_deref()),
-            or_dash(self.requested_server_name.as_deref()),
-            or_dash(self.route_name.as_deref()),
-        );
+            saturating(self.duration_ms),
+        ] {
+            line.push(' ');
+            push_u64(&mut line, n);
+        }
+        line.push(' ');
+        match self.upstream_service_time_ms {
+            Some(ms) => push_u64(&mut line, saturating(ms)),
+            None => line.push('-'),
+        }
+        for v in [
+            self.x_forwarded_for.as_deref(),
+            self.user_agent.as_deref(),
+            self.request_id.as_deref(),
+            self.authority.as_deref(),
+            self.upstream_host.as_deref(),
+        ] {
+            line.push(' ');
+            quoted(&mut line, v);
+        }
+        for v in [
+            self.upstream_cluster.as_deref(),
+            self.upstream_local_address.as_deref(),
+            self.downstream_local_address.as_deref(),
+            self.downstream_remote_address.as_deref(),
+            self.requested_server_name.as_deref(),
+            self.route_name.as_deref(),
+        ] {
+            line.push(' ');
+            field(&mut line, v);
+        }
         line
     }
 }
 
+fn saturating(ms: u128) -> u64 {
+    u64::try_from(ms).unwrap_or(u64::MAX)
+}
+
 /// `2025-03-06T17:15:23.456Z`: UTC with milliseconds, as Envoy's `%START_TIME%`.
 pub fn rfc3339_millis(t: SystemTime) -> String {
+    let mut out = String::with_capacity(24);
+    push_rfc3339_millis(&mut out, t);
+    out
+}
+
+fn push_rfc3339_millis(out: &mut String, t: SystemTime) {
     let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
     let days = i64::try_from(secs / 86_400).unwrap_or(0);
     let rem = secs % 86_400;
     let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60,
-        since.subsec_millis()
-    )
+    push_padded(out, u64::try_from(y).unwrap_or(0), 4);
+    for (sep, n) in [('-', u64::from(m)), ('-', u64::from(d)), ('T', rem / 3600)] {
+        out.push(sep);
+        push_padded(out, n, 2);
+    }
+    for (sep, n) in [(':', (rem % 3600) / 60), (':', rem % 60)] {
+        out.push(sep);
+        push_padded(out, n, 2);
+    }
+    out.push('.');
+    push_padded(out, u64::from(since.subsec_millis()), 3);
+    out.push('Z');
 }
 
 /// Howard Hinnant's days-to-civil conversion (proleptic Gregorian calendar).

@@ -20,6 +20,7 @@ pub mod proxy;
 pub mod retry;
 pub mod rng;
 pub mod route_match;
+pub mod text;
 pub mod xxhash;
 
 /// Writes one line to stdout (access log and outlier events), where `kubectl logs`

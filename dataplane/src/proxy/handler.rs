@@ -27,6 +27,7 @@ use crate::hash_policy::RequestParts;
 use crate::outlier::Outcome;
 use crate::retry::{Attempt, RetryOn, RetryPolicy};
 use crate::rng::Rng;
+use crate::text;
 use crate::{host_match, route_match};
 
 /// Who is on the other end of a downstream connection, and where they meant to go.
@@ -200,16 +201,21 @@ fn local_reply(status: StatusCode, body: &'static str) -> Response<Body> {
 /// Headers that describe one hop and are not forwarded (RFC 9110 §7.6.1), except
 /// `te: trailers`, which gRPC needs end to end and HTTP/2 allows.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    const HOP_BY_HOP: [HeaderName; 7] = [
+        header::CONNECTION,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+        header::TRANSFER_ENCODING,
+        header::TE,
+        header::UPGRADE,
+        header::TRAILER,
+    ];
+    // One pass over the few headers a request has, instead of seven lookups.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     let trailers = headers.get(header::TE) == Some(&HeaderValue::from_static("trailers"));
-    for name in [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "transfer-encoding",
-        "te",
-        "upgrade",
-        "trailer",
-    ] {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
     if trailers {
@@ -221,14 +227,17 @@ fn request_id() -> String {
     let mut rng = Rng::from_entropy();
     let (a, b) = (rng.next_u64(), rng.next_u64());
     // UUIDv4 layout: version nibble 4, variant bits 10.
-    format!(
-        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
-        a >> 32,
-        (a >> 16) & 0xffff,
-        a & 0x0fff,
-        0x8000 | ((b >> 48) & 0x3fff),
-        b & 0xffff_ffff_ffff
-    )
+    let mut id = String::with_capacity(36);
+    text::push_hex(&mut id, a >> 32, 8);
+    id.push('-');
+    text::push_hex(&mut id, a >> 16, 4);
+    id.push_str("-4");
+    text::push_hex(&mut id, a, 3);
+    id.push('-');
+    text::push_hex(&mut id, 0x8000 | ((b >> 48) & 0x3fff), 4);
+    id.push('-');
+    text::push_hex(&mut id, b, 12);
+    id
 }
 
 /// One request: routed, forwarded, and logged when its response stream ends, as
@@ -272,8 +281,8 @@ async fn handle(
         user_agent: header_str(req.headers(), &header::USER_AGENT),
         x_forwarded_for: header_str(req.headers(), &HeaderName::from_static("x-forwarded-for")),
         authority: authority.clone(),
-        downstream_local_address: local.map(|a| a.to_string()),
-        downstream_remote_address: Some(peer.to_string()),
+        downstream_local_address: local.as_ref().map(text::socket_addr),
+        downstream_remote_address: Some(text::socket_addr(&peer)),
         requested_server_name: downstream.server_name.as_deref().map(str::to_owned),
         ..Entry::default()
     };
@@ -378,7 +387,10 @@ fn record_metrics(runtime: &Runtime, entry: &Entry, source_principal: Option<&st
     let workload = cluster
         .and_then(|c| runtime.cluster(c))
         .zip(entry.upstream_host.as_deref())
-        .and_then(|(c, host)| c.endpoints.iter().find(|e| e.address.to_string() == host))
+        .and_then(|(c, host)| {
+            let host = host.parse::<SocketAddr>().ok()?;
+            c.endpoints.iter().find(|e| e.address == host)
+        })
         .and_then(|e| e.workload.as_deref())
         .map_or("unknown", crate::metrics::workload_of);
     let labels = crate::metrics::RequestLabels {
@@ -671,13 +683,14 @@ fn upstream_headers(
     authority: Option<&str>,
     scheme: &'static str,
 ) -> String {
-    let rid =
-        header_str(headers, &HeaderName::from_static("x-request-id")).unwrap_or_else(request_id);
+    const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+    const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+    let rid = header_str(headers, &X_REQUEST_ID).unwrap_or_else(request_id);
     if let Ok(v) = HeaderValue::from_str(&rid) {
-        headers.insert("x-request-id", v);
+        headers.insert(X_REQUEST_ID, v);
     }
-    if !headers.contains_key("x-forwarded-proto") {
-        headers.insert("x-forwarded-proto", HeaderValue::from_static(scheme));
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
     }
     if headers.get(header::HOST).is_none()
         && let Some(a) = authority.and_then(|a| HeaderValue::from_str(a).ok())
@@ -770,7 +783,7 @@ async fn attempts(
             );
         };
         tried.push(i);
-        entry.upstream_host = Some(cluster.endpoints[i].address.to_string());
+        entry.upstream_host = Some(text::socket_addr(&cluster.endpoints[i].address));
         let sent = match policy.per_try_timeout {
             None => Some(send(cluster, i, parts, body).await),
             Some(limit) => tokio::select! {
