@@ -413,6 +413,24 @@ async fn idle_upstream_connections_close_after_the_idle_timeout() {
     );
 }
 
+/// The idle timeout counts from when the connection last went idle, not from when
+/// it opened: one used every 100 ms under a 1 s timeout stays open for 2.5 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_in_steady_use_outlives_the_idle_timeout() {
+    let b = backend("one", false).await;
+    let p = proxy(&[&b], "  connectionPool: {idleTimeout: 1s}", DEFAULT_RETRY).await;
+    let c = client();
+    for _ in 0..25 {
+        assert_eq!(get(&c, p.addr, &[]).await.status, 200);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        b.accepted.load(Ordering::SeqCst),
+        1,
+        "one upstream connection served every request"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_beyond_max_retries_is_not_made_and_flagged_uo() {
     // Every answer is a 503 that the route retries once; one retry may be in flight.
