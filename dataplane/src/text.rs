@@ -18,8 +18,11 @@ pub fn push_u64(out: &mut String, n: u64) {
             break;
         }
     }
-    // Only ASCII digits were written.
-    out.push_str(std::str::from_utf8(&digits[i..]).unwrap_or_default());
+    // A byte at a time: the numbers here are a few digits long, where a `push_str`
+    // costs more in its copy call than the digits do.
+    for &d in &digits[i..] {
+        out.push(char::from(d));
+    }
 }
 
 /// Appends `n` in decimal, zero-padded to at least `width` digits.
