@@ -6,9 +6,21 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
+/// One worker runs on a current-thread runtime (`main.rs`), more on the multi-thread
+/// one; both must drain.
 #[test]
-fn sigterm_drains_and_exits_zero() {
-    let dir = std::env::temp_dir().join(format!("waypoint-process-{}", std::process::id()));
+fn sigterm_drains_and_exits_zero_on_one_worker() {
+    sigterm_drains_and_exits_zero("1");
+}
+
+#[test]
+fn sigterm_drains_and_exits_zero_on_two_workers() {
+    sigterm_drains_and_exits_zero("2");
+}
+
+fn sigterm_drains_and_exits_zero(workers: &str) {
+    let dir =
+        std::env::temp_dir().join(format!("waypoint-process-{}-{workers}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("config.yaml");
     std::fs::write(
@@ -25,16 +37,30 @@ fn sigterm_drains_and_exits_zero() {
             "127.0.0.1:0",
         ])
         .env("RUST_LOG", "info")
+        .env("TOKIO_WORKER_THREADS", workers)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     // Wait until it serves, then send SIGTERM.
+    let mut started = Vec::new();
     for line in lines.by_ref() {
-        if line.unwrap().contains("serving") {
+        let line = line.unwrap();
+        let serving = line.contains("serving");
+        started.push(line);
+        if serving {
             break;
         }
     }
+    let flavor = if workers == "1" {
+        "runtime=CurrentThread"
+    } else {
+        "runtime=MultiThread"
+    };
+    assert!(
+        started.iter().any(|l| l.contains(flavor)),
+        "{flavor}: {started:?}"
+    );
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
