@@ -64,7 +64,11 @@ where
         let downstream = Arc::clone(&downstream);
         let shared = Arc::clone(&shared);
         let in_flight = shared.begin();
-        async move {
+        // Boxed: hyper keeps room for the service's future in every connection for
+        // its whole life, so an unboxed one made each idle keep-alive connection
+        // carry a request's worth of future. Boxed, that memory is held only while
+        // a request is served.
+        Box::pin(async move {
             let mut resp = handle(runtime, &downstream, req, &shared, in_flight).await;
             if shared.is_draining() {
                 // Tell keep-alive clients to reconnect elsewhere while we drain.
@@ -72,7 +76,7 @@ where
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             Ok::<_, Infallible>(resp)
-        }
+        })
     });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     if let Err(e) = builder.serve_connection_with_upgrades(io, service).await {
@@ -492,7 +496,9 @@ async fn forward(
         local,
     });
     if websocket {
-        return upgraded(cluster, &policy, parts, hashed.hash, entry).await;
+        // Boxed: inline, the upgrade's connect and handshake futures made every
+        // request's future 8 KiB larger.
+        return Box::pin(upgraded(cluster, &policy, parts, hashed.hash, entry)).await;
     }
     let request = Attempted {
         parts: &parts,
