@@ -8,7 +8,6 @@
 
 mod support;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -43,34 +42,20 @@ async fn dead() -> SocketAddr {
 
 /// A backend that answers with its name, the Host it saw and the HTTP version.
 async fn backend(name: &'static str) -> SocketAddr {
-    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = socket.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = socket.accept().await.unwrap();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    move |req: Request<hyper::body::Incoming>| async move {
-                        let host = req
-                            .headers()
-                            .get(http::header::HOST)
-                            .and_then(|h| h.to_str().ok())
-                            .unwrap_or("-")
-                            .to_owned();
-                        let body = req.into_body().collect().await.unwrap().to_bytes();
-                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(format!(
-                            "{name} host={host} body={}",
-                            String::from_utf8_lossy(&body)
-                        )))))
-                    },
-                );
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
+    let served = support::serve_http("127.0.0.1", move |req| async move {
+        let host = req
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("-")
+            .to_owned();
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        support::text(format!(
+            "{name} host={host} body={}",
+            String::from_utf8_lossy(&body)
+        ))
     });
-    addr
+    served.await.addr
 }
 
 struct Mesh {

@@ -7,7 +7,6 @@
 
 mod support;
 
-use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -16,7 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use time::OffsetDateTime;
 use tokio::net::{TcpListener, TcpStream};
 use waypoint_dataplane::hbone;
@@ -45,30 +44,16 @@ fn waypoint_tls(ca: &Ca, sa: &str) -> Arc<MeshTls> {
 
 /// A backend on `ip` that answers with its name and the Host it saw.
 async fn backend(ip: &str, name: &'static str) -> SocketAddr {
-    let socket = TcpListener::bind((ip, 0)).await.unwrap();
-    let addr = socket.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = socket.accept().await.unwrap();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: Request<_>| async move {
-                    let host = req
-                        .headers()
-                        .get(http::header::HOST)
-                        .and_then(|h| h.to_str().ok())
-                        .unwrap_or("-")
-                        .to_owned();
-                    Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(format!(
-                        "{name} host={host}"
-                    )))))
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
+    let served = support::serve_http(ip, move |req| async move {
+        let host = req
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("-")
+            .to_owned();
+        support::text(format!("{name} host={host}"))
     });
-    addr
+    served.await.addr
 }
 
 type Log = Arc<Mutex<Vec<String>>>;

@@ -5,44 +5,29 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test harness
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Empty, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use waypoint_dataplane::proxy::{self, Shared};
 
+mod support;
+
 /// Answers `<name> x-env=<the x-env header it got>`.
 async fn backend(name: &'static str) -> SocketAddr {
-    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = socket.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = socket.accept().await.unwrap();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    move |req: Request<hyper::body::Incoming>| async move {
-                        let env = req
-                            .headers()
-                            .get("x-env")
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or("-")
-                            .to_owned();
-                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(format!(
-                            "{name} x-env={env}"
-                        )))))
-                    },
-                );
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
+    let served = support::serve_http("127.0.0.1", move |req| async move {
+        let env = req
+            .headers()
+            .get("x-env")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_owned();
+        support::text(format!("{name} x-env={env}"))
     });
-    addr
+    served.await.addr
 }
 
 async fn start() -> SocketAddr {
@@ -154,23 +139,11 @@ async fn refused_address() -> SocketAddr {
 
 /// Answers after `delay`.
 async fn slow_backend(delay: std::time::Duration) -> SocketAddr {
-    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = socket.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = socket.accept().await.unwrap();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |_req| async move {
-                    tokio::time::sleep(delay).await;
-                    Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from("slow"))))
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
+    let served = support::serve_http("127.0.0.1", move |_req| async move {
+        tokio::time::sleep(delay).await;
+        support::text("slow")
     });
-    addr
+    served.await.addr
 }
 
 /// A rule's own retry policy and request timeout replace the route's: with

@@ -6,14 +6,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test harness
 
-use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -21,6 +20,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use waypoint_dataplane::proxy::{self, Shared};
+
+mod support;
 
 /// A CA that issues the listeners' certificates, and that the client trusts.
 struct TestCa {
@@ -166,22 +167,8 @@ fn served(stream: &TlsStream<TcpStream>) -> CertificateDer<'static> {
 
 /// Answers every request with its name.
 async fn backend(name: &'static str) -> SocketAddr {
-    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = socket.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = socket.accept().await.unwrap();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |_req| async move {
-                    Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(name))))
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    addr
+    let served = support::serve_http("127.0.0.1", move |_req| async move { support::text(name) });
+    served.await.addr
 }
 
 #[tokio::test]

@@ -5,44 +5,30 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test harness
 
-use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Empty, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use waypoint_dataplane::proxy::{self, Shared};
+
+mod support;
 
 /// Serves `answer` (request in, response body out) on a fresh loopback port.
 async fn serve<F, Fut>(answer: F) -> SocketAddr
 where
-    F: Fn(Request<hyper::body::Incoming>) -> Fut + Clone + Send + 'static,
+    F: Fn(Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = String> + Send + 'static,
 {
-    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = socket.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = socket.accept().await.unwrap();
-            let answer = answer.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| {
-                    let body = answer(req);
-                    async move {
-                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(body.await))))
-                    }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
+    let served = support::serve_http("127.0.0.1", move |req| {
+        let body = answer(req);
+        async move { support::text(body.await) }
     });
-    addr
+    served.await.addr
 }
 
 /// Answers every request with its name.

@@ -6,7 +6,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::format_push_string)] // test harness
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,10 +13,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
+use hyper_util::rt::TokioExecutor;
 use tokio::sync::Semaphore;
 use waypoint_dataplane::proxy::{self, Shared};
+
+mod support;
 
 const CLUSTER: &str = "inbound-vip|8000|http|echo.test.svc.cluster.local";
 
@@ -35,39 +35,25 @@ async fn backend(name: &'static str, gated: bool) -> Backend {
 }
 
 async fn backend_answering(name: &'static str, gated: bool, status: u16) -> Backend {
-    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = socket.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
     let arrived = Arc::new(AtomicUsize::new(0));
     let gate = gated.then(|| Arc::new(Semaphore::new(0)));
-    let (acc, arr, g) = (accepted.clone(), arrived.clone(), gate.clone());
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = socket.accept().await.unwrap();
-            acc.fetch_add(1, Ordering::SeqCst);
-            let (arr, g) = (arr.clone(), g.clone());
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |_req| {
-                    let (arr, g) = (arr.clone(), g.clone());
-                    async move {
-                        arr.fetch_add(1, Ordering::SeqCst);
-                        if let Some(g) = g {
-                            g.acquire().await.unwrap().forget();
-                        }
-                        let mut resp = http::Response::new(Full::new(Bytes::from(name)));
-                        *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
-                        Ok::<_, Infallible>(resp)
-                    }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
+    let (arr, g) = (arrived.clone(), gate.clone());
+    let served = support::serve_http("127.0.0.1", move |_req| {
+        let (arr, g) = (arr.clone(), g.clone());
+        async move {
+            arr.fetch_add(1, Ordering::SeqCst);
+            if let Some(g) = g {
+                g.acquire().await.unwrap().forget();
+            }
+            let mut resp = support::text(name);
+            *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
+            resp
         }
-    });
+    })
+    .await;
     Backend {
-        addr,
-        accepted,
+        addr: served.addr,
+        accepted: served.accepted,
         arrived,
         gate,
     }

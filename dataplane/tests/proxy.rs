@@ -5,7 +5,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::format_push_string)] // test harness
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,8 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
+use hyper_util::rt::TokioExecutor;
 use tokio::task::JoinHandle;
 use waypoint_dataplane::proxy::{self, Shared};
 
@@ -212,32 +210,18 @@ async fn reload_swaps_routes_keeps_state_and_refuses_bad_config() {
 
 /// A backend that answers "slow" after `delay`, raising `answered` as it does.
 async fn slow_backend(delay: Duration) -> (SocketAddr, JoinHandle<()>, Arc<AtomicBool>) {
-    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = socket.local_addr().unwrap();
     let answered = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&answered);
-    let task = tokio::spawn(async move {
-        loop {
-            let (stream, _) = socket.accept().await.unwrap();
-            let flag = Arc::clone(&flag);
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |_req| {
-                    let flag = Arc::clone(&flag);
-                    async move {
-                        tokio::time::sleep(delay).await;
-                        flag.store(true, Ordering::SeqCst);
-                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from_static(
-                            b"slow",
-                        ))))
-                    }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
+    let served = support::serve_http("127.0.0.1", move |_req| {
+        let flag = Arc::clone(&flag);
+        async move {
+            tokio::time::sleep(delay).await;
+            flag.store(true, Ordering::SeqCst);
+            support::text("slow")
         }
-    });
-    (addr, task, answered)
+    })
+    .await;
+    (served.addr, served.task, answered)
 }
 
 /// A proxy whose only route goes to `backend`, without retries.

@@ -5,7 +5,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test harness
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,8 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Frame;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
+use hyper_util::rt::TokioExecutor;
 use tokio::sync::mpsc;
 
 mod support;
@@ -23,29 +21,16 @@ use support::Fed;
 /// A backend that answers one request at a time with a body the test feeds through
 /// the returned sender (a new sender for each request).
 async fn fed_backend() -> (SocketAddr, mpsc::Receiver<mpsc::Sender<Frame<Bytes>>>) {
-    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = socket.local_addr().unwrap();
     let (feeds, feeders) = mpsc::channel(4);
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = socket.accept().await.unwrap();
-            let feeds = feeds.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |_req| {
-                    let feeds = feeds.clone();
-                    async move {
-                        let (tx, rx) = mpsc::channel(4);
-                        feeds.send(tx).await.unwrap();
-                        Ok::<_, Infallible>(http::Response::new(Fed(rx)))
-                    }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
+    let served = support::serve_http("127.0.0.1", move |_req| {
+        let feeds = feeds.clone();
+        async move {
+            let (tx, rx) = mpsc::channel(4);
+            feeds.send(tx).await.unwrap();
+            http::Response::new(Fed(rx))
         }
     });
-    (addr, feeders)
+    (served.await.addr, feeders)
 }
 
 struct Proxy {

@@ -1,9 +1,11 @@
-//! Shared by the HBONE integration tests: credentials from a test CA, and an echo
-//! server.
+//! Shared by the integration tests: HTTP and echo backends, credentials from a test
+//! CA, proxies on loopback.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)] // each test uses a part
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,6 +42,58 @@ pub async fn echo(ip: &str) -> SocketAddr {
     addr
 }
 
+/// An HTTP backend (HTTP/1.1 and h2c) on a fresh port: every request is answered by
+/// `answer`. The tests' backends differ only in their answer.
+pub struct Served {
+    pub addr: SocketAddr,
+    /// Connections accepted so far.
+    pub accepted: Arc<AtomicUsize>,
+    /// The accept loop; aborting it stops new connections.
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+pub async fn serve_http<F, Fut, B>(ip: &str, answer: F) -> Served
+where
+    F: Fn(http::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = http::Response<B>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let socket = TcpListener::bind((ip, 0)).await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
+    let task = tokio::spawn(async move {
+        loop {
+            let (stream, _) = socket.accept().await.unwrap();
+            counter.fetch_add(1, Ordering::SeqCst);
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let reply = answer(req);
+                    async move { Ok::<_, Infallible>(reply.await) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
+            });
+        }
+    });
+    Served {
+        addr,
+        accepted,
+        task,
+    }
+}
+
+/// A response with `body` and status 200.
+pub fn text(body: impl Into<bytes::Bytes>) -> http::Response<http_body_util::Full<bytes::Bytes>> {
+    http::Response::new(http_body_util::Full::new(body.into()))
+}
+
 /// A backend answering every request with its pod name, like httpbin's /hostname.
 /// `kill` makes it die as a process does; `revive` brings it back on the same port.
 pub struct Pod {
@@ -72,7 +126,7 @@ impl Pod {
                         let (stream, _) = accepted.unwrap();
                         conns.spawn(async move {
                             let svc = hyper::service::service_fn(move |_req| async move {
-                                Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                                Ok::<_, Infallible>(http::Response::new(Full::new(
                                     Bytes::from(name),
                                 )))
                             });
@@ -197,7 +251,7 @@ pub struct Fed(pub tokio::sync::mpsc::Receiver<hyper::body::Frame<bytes::Bytes>>
 
 impl hyper::body::Body for Fed {
     type Data = bytes::Bytes;
-    type Error = std::convert::Infallible;
+    type Error = Infallible;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
