@@ -43,12 +43,7 @@ async fn dead() -> SocketAddr {
 /// A backend that answers with its name, the Host it saw and the HTTP version.
 async fn backend(name: &'static str) -> SocketAddr {
     let served = support::serve_http("127.0.0.1", move |req| async move {
-        let host = req
-            .headers()
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or("-")
-            .to_owned();
+        let host = support::header(&req, "host");
         let body = req.into_body().collect().await.unwrap().to_bytes();
         support::text(format!(
             "{name} host={host} body={}",

@@ -45,12 +45,7 @@ fn waypoint_tls(ca: &Ca, sa: &str) -> Arc<MeshTls> {
 /// A backend on `ip` that answers with its name and the Host it saw.
 async fn backend(ip: &str, name: &'static str) -> SocketAddr {
     let served = support::serve_http(ip, move |req| async move {
-        let host = req
-            .headers()
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or("-")
-            .to_owned();
+        let host = support::header(&req, "host");
         support::text(format!("{name} host={host}"))
     });
     served.await.addr

@@ -19,12 +19,7 @@ mod support;
 /// Answers `<name> x-env=<the x-env header it got>`.
 async fn backend(name: &'static str) -> SocketAddr {
     let served = support::serve_http("127.0.0.1", move |req| async move {
-        let env = req
-            .headers()
-            .get("x-env")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-")
-            .to_owned();
+        let env = support::header(&req, "x-env");
         support::text(format!("{name} x-env={env}"))
     });
     served.await.addr

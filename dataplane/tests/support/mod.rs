@@ -89,6 +89,15 @@ where
     }
 }
 
+/// The value of `req`'s header `name`, or `-`.
+pub fn header<B>(req: &http::Request<B>, name: &str) -> String {
+    req.headers()
+        .get(name)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("-")
+        .to_owned()
+}
+
 /// A response with `body` and status 200.
 pub fn text(body: impl Into<bytes::Bytes>) -> http::Response<http_body_util::Full<bytes::Bytes>> {
     http::Response::new(http_body_util::Full::new(body.into()))
