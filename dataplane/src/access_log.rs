@@ -8,8 +8,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::text::{push_padded, push_u64};
 
 /// Envoy's response flags (`%RESPONSE_FLAGS%`), a set printed as Envoy 1.40 prints
-/// it: comma-separated, last `CoreResponseFlag` first (`URX,UF`, `UO,UF`, as the
-/// differential test sees), `-` when empty.
+/// it: comma-separated in the order the flags were raised, `-` when empty. The fault
+/// filter's `DI` then `FI` come before anything the router raises (`DI,FI` from
+/// Envoy itself); the router's print last `CoreResponseFlag` first (`URX,UF`,
+/// `UO,UF`, as the differential test sees).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Flags(u32);
 
@@ -52,11 +54,14 @@ impl std::fmt::Display for Flags {
             return f.write_str("-");
         }
         let mut names = Vec::new();
-        if self.0 & Self::NC.0 != 0 {
-            names.push("NC");
+        for (flag, name) in [(Self::DI, "DI"), (Self::FI, "FI"), (Self::NC, "NC")] {
+            if self.0 & flag.0 != 0 {
+                names.push(name);
+            }
         }
+        let raised_first = Self::DI.with(Self::FI);
         for (bit, name) in FLAG_NAMES.iter().enumerate().rev() {
-            if self.0 & (1 << bit) != 0 {
+            if self.0 & (1 << bit) & !raised_first.0 != 0 {
                 names.push(name);
             }
         }
@@ -327,6 +332,21 @@ mod tests {
              \"curl/7.88.1\" \"abc123\" \"in-ambient.httpbin.svc.cluster.local:8000\" \"10.10.0.15:8080\" \
              inbound-vip|8000|http|in-ambient.httpbin.svc.cluster.local - 10.96.132.123:8000 10.10.0.20:52341 - default"
         );
+    }
+
+    #[test]
+    fn flags_print_in_envoys_order() {
+        for (flags, printed) in [
+            (Flags::NONE, "-"),
+            (Flags::URX.with(Flags::UF), "URX,UF"),
+            (Flags::UO.with(Flags::UF), "UO,UF"),
+            // Envoy 1.40 itself, delay then abort.
+            (Flags::FI.with(Flags::DI), "DI,FI"),
+            (Flags::DI.with(Flags::URX).with(Flags::UF), "DI,URX,UF"),
+            (Flags::DI.with(Flags::DC), "DI,DC"),
+        ] {
+            assert_eq!(flags.to_string(), printed);
+        }
     }
 
     #[test]

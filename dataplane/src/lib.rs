@@ -7,6 +7,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod config_client;
+pub mod fault;
 pub mod filters;
 pub mod hash_policy;
 pub mod hbone;

@@ -415,6 +415,7 @@ pub fn compile(gw: &Gateway, view: &View<'_>) -> model::Config {
                 // Without previous-hosts avoidance for hashing clusters.
                 retry: model::RetryConfig::for_cluster(load_balancer),
                 timeout: None,
+                fault: None,
                 protocol,
                 rules: if protocol == model::RouteProtocol::Http {
                     let (rules, backends) = gamma::rules_for(

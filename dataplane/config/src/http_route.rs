@@ -37,6 +37,9 @@ pub struct RouteRule {
         skip_serializing_if = "Option::is_none"
     )]
     pub backend_timeout: Option<std::time::Duration>,
+    /// Fault injection on this rule's requests; none: the route's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<crate::Fault>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,6 +145,28 @@ fn hundred() -> u32 {
     100
 }
 
+impl Fraction {
+    pub(crate) fn validate(self, at: &str) -> Result<(), crate::Error> {
+        let Self {
+            numerator,
+            denominator,
+        } = self;
+        if denominator == 0 || numerator > denominator {
+            return invalid(
+                at.to_owned(),
+                format!("{numerator}/{denominator} is not a fraction between 0 and 1"),
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether `draw`, uniform in `0..u64::MAX`, falls in this share.
+    #[must_use]
+    pub fn admits(self, draw: u64) -> bool {
+        draw % u64::from(self.denominator.max(1)) < u64::from(self.numerator)
+    }
+}
+
 /// Gateway API's `HTTPURLRewriteFilter`; unset parts keep the request's.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -233,21 +258,16 @@ impl RouteRule {
                 }
             }
         }
+        if let Some(fault) = &self.fault {
+            fault.validate(&format!("{at}.fault"))?;
+        }
         for (i, f) in self.filters.iter().enumerate() {
             if let Filter::RequestMirror {
-                fraction:
-                    Some(Fraction {
-                        numerator,
-                        denominator,
-                    }),
+                fraction: Some(fraction),
                 ..
             } = f
-                && (*denominator == 0 || numerator > denominator)
             {
-                return invalid(
-                    format!("{at}.filters[{i}].fraction"),
-                    format!("{numerator}/{denominator} is not a fraction between 0 and 1"),
-                );
+                fraction.validate(&format!("{at}.filters[{i}].fraction"))?;
             }
             if let Filter::UrlRewrite { rewrite } = f
                 && matches!(rewrite.path, Some(PathRewrite::ReplacePrefixMatch { .. }))

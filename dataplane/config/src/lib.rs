@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 mod connection_pool;
 mod consistent_hash;
 pub mod delivery;
+mod fault;
 mod hostname;
 mod http_route;
 mod tls;
@@ -37,6 +38,7 @@ pub use consistent_hash::{
     ConsistentHash, CookieAttribute, DEFAULT_MAGLEV_TABLE_SIZE, DEFAULT_MINIMUM_RING_SIZE, HashKey,
     HttpCookie, MAXIMUM_RING_SIZE,
 };
+pub use fault::{Fault, FaultAbort, FaultDelay};
 pub use http_route::{
     Filter, Fraction, Header, HeaderModifier, MatchType, PathMatch, PathRewrite, Redirect,
     RouteMatch, RouteRule, UrlRewrite, ValueMatch, WeightedBackend,
@@ -140,6 +142,10 @@ pub struct Route {
     /// request goes to `cluster`. A request no rule matches gets 404.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<RouteRule>,
+    /// Fault injection on every request of the route a matched rule does not
+    /// override (Istio: a VirtualService route's `fault`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<Fault>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -413,6 +419,9 @@ impl Config {
                         format!("listeners[{i}].routes[{j}].cluster"),
                         format!("no cluster named {:?}", r.cluster),
                     );
+                }
+                if let Some(fault) = &r.fault {
+                    fault.validate(&format!("listeners[{i}].routes[{j}].fault"))?;
                 }
                 for (k, rule) in r.rules.iter().enumerate() {
                     rule.validate(&format!("listeners[{i}].routes[{j}].rules[{k}]"))?;

@@ -13,7 +13,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
-use waypoint_config::{Filter, PathMatch, RetryConfig, Route, RouteRule};
+use waypoint_config::{Fault, Filter, PathMatch, RetryConfig, Route, RouteRule};
 
 use super::body::{self, Body, End, Expiry, Relayed};
 use super::head_timeout;
@@ -425,7 +425,6 @@ async fn forward(
     req: Request<Replay>,
     entry: &mut Entry,
 ) -> Verdict {
-    let begun = tokio::time::Instant::now();
     let (peer, local) = (downstream.peer, downstream.local);
     if let Some(verdict) = misdirected(runtime, downstream, authority) {
         return verdict;
@@ -449,6 +448,13 @@ async fn forward(
         Err(verdict) => return *verdict,
     };
     entry.upstream_cluster = Some(cluster_name.to_owned());
+    let fault = rule.and_then(|r| r.fault.as_ref()).or(route.fault.as_ref());
+    let fault_flags = match inject_fault(fault).await {
+        Ok(flags) => flags,
+        Err(verdict) => return *verdict,
+    };
+    // As the router's: started once the fault filter lets the request through.
+    let begun = tokio::time::Instant::now();
     let Some(cluster) = runtime.cluster(cluster_name) else {
         return (
             local_reply(StatusCode::SERVICE_UNAVAILABLE, ""),
@@ -498,7 +504,9 @@ async fn forward(
     if websocket {
         // Boxed: inline, the upgrade's connect and handshake futures made every
         // request's future 8 KiB larger.
-        return Box::pin(upgraded(cluster, &policy, parts, hashed.hash, entry)).await;
+        let (resp, flags, details) =
+            Box::pin(upgraded(cluster, &policy, parts, hashed.hash, entry)).await;
+        return (resp, fault_flags.with(flags), details);
     }
     let request = Attempted {
         parts: &parts,
@@ -518,8 +526,33 @@ async fn forward(
             ),
         },
     };
+    verdict.1 = fault_flags.with(verdict.1);
     response_headers(verdict.0.headers_mut(), hashed.set_cookie, all_filters());
     verdict
+}
+
+/// Envoy's fault filter, which runs before the router: the delay (flag `DI`), then
+/// the abort (`FI`), a local reply with Envoy's body. `Ok`: the flags to add to the
+/// request's.
+async fn inject_fault(fault: Option<&Fault>) -> Result<Flags, Box<Verdict>> {
+    let Some(fault) = fault else {
+        return Ok(Flags::NONE);
+    };
+    let mut rng = Rng::from_entropy();
+    let injected = crate::fault::decide(fault, || rng.next_u64());
+    let mut flags = Flags::NONE;
+    if let Some(delay) = injected.delay {
+        tokio::time::sleep(delay).await;
+        flags = Flags::DI;
+    }
+    match injected.abort.and_then(|s| StatusCode::from_u16(s).ok()) {
+        Some(status) => Err(Box::new((
+            local_reply(status, "fault filter abort"),
+            flags.with(Flags::FI),
+            "fault_filter_abort".into(),
+        ))),
+        None => Ok(flags),
+    }
 }
 
 /// Envoy adds a generated hash cookie to whatever response goes back, local replies

@@ -119,6 +119,8 @@ pub(crate) fn convert(
         retry: json.get("retry").map(retry),
         timeout: timeout(&json, "/timeouts/request", route),
         backend_timeout: timeout(&json, "/timeouts/backendRequest", route),
+        // Gateway API has no fault filter; Istio's comes from VirtualService.
+        fault: None,
     }
 }
 

@@ -123,6 +123,7 @@ pub fn compile(listeners: &[Verdict], parents: &[Parent<'_>], view: &View<'_>) -
                 cluster: String::new(),
                 retry: model::RetryConfig::default(),
                 timeout: None,
+                fault: None,
                 protocol: model::RouteProtocol::Http,
                 rules: attached
                     .iter()
