@@ -236,7 +236,11 @@ impl Proxy {
         let listener = "- name: mesh\n";
         assert!(yaml.contains(listener));
         yaml = yaml.replacen(listener, "- name: mesh\n  requestHeadersTimeout: 1s\n", 1);
-        let (shared, log) = support::logged(&yaml);
+        Self::ours_with(&yaml).await
+    }
+
+    async fn ours_with(yaml: &str) -> Self {
+        let (shared, log) = support::logged(yaml);
         let addr = support::serve_first_listener(&shared).await;
         Self::Ours { shared, addr, log }
     }
@@ -248,13 +252,17 @@ impl Proxy {
         connect_timeout: Duration,
         tag: &str,
     ) -> Self {
+        Self::envoy_with(&envoy_config(endpoints, retries, connect_timeout), tag).await
+    }
+
+    async fn envoy_with(config_text: &str, tag: &str) -> Self {
         static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let pid = std::process::id();
         let dir = std::env::temp_dir().join(format!("waypoint-envoy-diff-{tag}-{pid}-{run}"));
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("envoy.yaml");
-        std::fs::write(&config, envoy_config(endpoints, retries, connect_timeout)).unwrap();
+        std::fs::write(&config, config_text).unwrap();
         let admin_path = dir.join("admin");
         let log = std::fs::File::create(dir.join("envoy.log")).unwrap();
         let access_log = std::fs::File::create(dir.join("access.log")).unwrap();
@@ -668,6 +676,83 @@ async fn replies_and_access_log_lines_match_envoy() {
             reply(false, endpoint, retries, timeout),
         );
         assert_eq!(ours, envoy, "{failure:?} with retries {retries:?}");
+    }
+}
+
+/// Envoy's HTTP fault filter as Istio configures it (the filter before the router,
+/// the route's fault in `typed_per_filter_config`, shares out of a million) and our
+/// route's `fault`: the same replies and access-log lines, and both hold a delayed
+/// request for the delay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_match_envoy() {
+    envoy_binary();
+    let backend = support::serve_http("127.0.0.1", |_req| async {
+        support::text("in-ambient-abc12\n")
+    })
+    .await
+    .addr;
+    let endpoints = [(backend, "in-ambient-abc12")];
+    let all = "percentage: {numerator: 1000000, denominator: MILLION}";
+    let ours_all = "percentage: {numerator: 1000000, denominator: 1000000}";
+    for (envoy_fault, our_fault, delayed) in [
+        (
+            format!("abort: {{http_status: 418, {all}}}"),
+            format!("{{abort: {{httpStatus: 418, {ours_all}}}}}"),
+            false,
+        ),
+        (
+            format!("delay: {{fixed_delay: 0.2s, {all}}}"),
+            format!("{{delay: {{fixedDelay: 200ms, {ours_all}}}}}"),
+            true,
+        ),
+        (
+            format!(
+                "delay: {{fixed_delay: 0.2s, {all}}}\n                    abort: {{http_status: 503, {all}}}"
+            ),
+            format!(
+                "{{delay: {{fixedDelay: 200ms, {ours_all}}}, abort: {{httpStatus: 503, {ours_all}}}}}"
+            ),
+            true,
+        ),
+    ] {
+        let mut envoy_text = envoy_config(&endpoints, Retries::IstioDefault, TEN_SECONDS);
+        for (anchor, with) in [
+            (
+                "          http_filters:\n",
+                "          http_filters:\n          - name: envoy.filters.http.fault\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault\n".to_owned(),
+            ),
+            (
+                "                name: default\n",
+                format!("                name: default\n                typed_per_filter_config:\n                  envoy.filters.http.fault:\n                    \"@type\": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault\n                    {envoy_fault}\n"),
+            ),
+        ] {
+            assert!(envoy_text.contains(anchor), "{anchor:?}");
+            envoy_text = envoy_text.replacen(anchor, &with, 1);
+        }
+        let mut yaml = support::seed_waypoint(&endpoints, 2, ("10s", "30s"), TEN_SECONDS);
+        let route = "    retry: {attempts: 2,";
+        assert!(yaml.contains(route));
+        yaml = yaml.replacen(route, &format!("    fault: {our_fault}\n{route}"), 1);
+        let envoy = Proxy::envoy_with(&envoy_text, "fault").await;
+        let ours = Proxy::ours_with(&yaml).await;
+        let client = client();
+        let mut seen = Vec::new();
+        for proxy in [&envoy, &ours] {
+            let started = Instant::now();
+            let (status, body) = get(
+                &client,
+                format!("http://{}/status", proxy.addr()),
+                "in-ambient:8000",
+            )
+            .await;
+            let elapsed = started.elapsed();
+            assert!(
+                !delayed || elapsed >= Duration::from_millis(200),
+                "{our_fault}: {elapsed:?}"
+            );
+            seen.push((status, body, stable_fields(&proxy.log_line(0).await)));
+        }
+        assert_eq!(seen[1], seen[0], "{our_fault}: ours, then Envoy's");
     }
 }
 
