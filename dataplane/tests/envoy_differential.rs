@@ -756,6 +756,69 @@ async fn faults_match_envoy() {
     }
 }
 
+/// What the endpoint receives through Envoy and through ours: a given x-request-id
+/// kept, a missing one generated (a UUIDv4), W3C `traceparent` and `tracestate`
+/// and `x-forwarded-for` passed on unchanged, `x-forwarded-proto` added.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_receive_the_same_headers_as_through_envoy() {
+    envoy_binary();
+    let backend = support::serve_http("127.0.0.1", |req| async move {
+        let mut lines: Vec<String> = req
+            .headers()
+            .iter()
+            .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap_or("?")))
+            .collect();
+        lines.sort();
+        support::text(lines.join("\n"))
+    })
+    .await
+    .addr;
+    let endpoints = [(backend, "in-ambient-abc12")];
+    let envoy = Proxy::envoy(&endpoints, Retries::IstioDefault, TEN_SECONDS, "headers").await;
+    let ours = Proxy::ours(&endpoints, Retries::IstioDefault, TEN_SECONDS).await;
+    let traced = [
+        ("x-request-id", "abc123"),
+        (
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        ),
+        ("tracestate", "rojo=00f067aa0ba902b7"),
+        ("x-forwarded-for", "10.0.0.9"),
+    ];
+    let client = client();
+    for sent in [&[][..], &traced[..]] {
+        let mut seen = Vec::new();
+        for proxy in [&envoy, &ours] {
+            let mut req = http::Request::builder()
+                .uri(format!("http://{}/headers", proxy.addr()))
+                .header("host", "in-ambient:8000");
+            for (k, v) in sent {
+                req = req.header(*k, *v);
+            }
+            let resp = client
+                .request(req.body(Full::new(Bytes::new())).unwrap())
+                .await
+                .unwrap();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            let headers: Vec<String> = String::from_utf8_lossy(&body)
+                .lines()
+                .map(|l| match l.strip_prefix("x-request-id: ") {
+                    // A generated id differs between the two; its shape must not.
+                    Some(id) if sent.is_empty() => {
+                        let uuid4 = id.len() == 36
+                            && id.as_bytes()[14] == b'4'
+                            && id.split('-').map(str::len).eq([8, 4, 4, 4, 12]);
+                        format!("x-request-id: <generated, UUIDv4: {uuid4}>")
+                    }
+                    _ => l.to_owned(),
+                })
+                .collect();
+            seen.push(headers);
+        }
+        assert_eq!(seen[1], seen[0], "sent {sent:?}: ours, then Envoy's");
+    }
+}
+
 /// A WebSocket server as far as a proxy can tell: it answers the upgrade with 101,
 /// then echoes every byte until the client closes, or closes itself after the first
 /// echo when `closes_first`. It keeps the request heads it got.
