@@ -128,9 +128,7 @@ pub fn rewrite_url<'a>(
 /// Whether a request is mirrored: every one without a fraction, else when `draw`
 /// (uniform in `0..denominator`) falls below the numerator.
 pub fn mirrored(fraction: Option<Fraction>, draw: impl FnOnce(u64) -> u64) -> bool {
-    fraction.is_none_or(|f| {
-        f.denominator > 0 && draw(u64::from(f.denominator)) < u64::from(f.numerator)
-    })
+    fraction.is_none_or(|f| f.denominator > 0 && f.admits(draw(u64::from(f.denominator))))
 }
 
 /// Where a request goes once its rule (if any) is chosen.

@@ -160,10 +160,11 @@ impl Fraction {
         Ok(())
     }
 
-    /// Whether `draw`, uniform in `0..u64::MAX`, falls in this share.
+    /// Whether `draw`, uniform over the `u64`s or over `0..denominator`, falls in
+    /// this share. A zero denominator admits nothing.
     #[must_use]
     pub fn admits(self, draw: u64) -> bool {
-        draw % u64::from(self.denominator.max(1)) < u64::from(self.numerator)
+        self.denominator > 0 && draw % u64::from(self.denominator) < u64::from(self.numerator)
     }
 }
 
