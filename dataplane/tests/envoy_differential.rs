@@ -682,7 +682,7 @@ async fn replies_and_access_log_lines_match_envoy() {
 /// Envoy's HTTP fault filter as Istio configures it (the filter before the router,
 /// the route's fault in `typed_per_filter_config`, shares out of a million) and our
 /// route's `fault`: the same replies and access-log lines, and both hold a delayed
-/// request for the delay.
+/// request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_match_envoy() {
     envoy_binary();
@@ -746,8 +746,10 @@ async fn faults_match_envoy() {
             )
             .await;
             let elapsed = started.elapsed();
+            // A held request, not the 200 ms exactly: Envoy's timer fired after
+            // 198 ms in one CI run. Unheld, a reply takes about 1 ms.
             assert!(
-                !delayed || elapsed >= Duration::from_millis(200),
+                !delayed || elapsed >= Duration::from_millis(150),
                 "{our_fault}: {elapsed:?}"
             );
             seen.push((status, body, stable_fields(&proxy.log_line(0).await)));
