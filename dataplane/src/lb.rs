@@ -14,13 +14,24 @@
 //!   rebuilt whenever that set changes, so an ejection moves the ejected host's keys.
 //!   A re-pick for the retry predicate moves along the ring or flips the hash, as in
 //!   Envoy; Istio's default retry has no predicate for hashing clusters.
+//! - Round robin and least request pick by weight ([`edf`]) when the host source's
+//!   weights differ or a host is in its slow-start window ([`slow_start`]); the
+//!   schedule is rebuilt when the host source changes, from a random number of
+//!   emulated picks, as Envoy's `refresh`. Least request then weighs each host by
+//!   `weight / (active + 1)`.
 
+pub mod edf;
 pub mod maglev;
 pub mod ring_hash;
+pub mod slow_start;
+
+use std::time::Duration;
 
 use crate::rng::Rng;
+use edf::Edf;
 use maglev::Maglev;
 use ring_hash::Ring;
+use slow_start::SlowStart;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Policy {
@@ -42,6 +53,20 @@ impl Policy {
 pub struct Candidate {
     pub healthy: bool,
     pub active_requests: u32,
+    /// Envoy's `load_balancing_weight`, at least 1.
+    pub weight: u32,
+    /// How long ago the host joined the cluster (slow start reads it).
+    pub age: Duration,
+}
+
+impl Candidate {
+    /// A healthy, idle host of weight 1 that joined long ago.
+    pub const IDLE: Self = Self {
+        healthy: true,
+        active_requests: 0,
+        weight: 1,
+        age: Duration::MAX,
+    };
 }
 
 /// Istio's `host_selection_retry_max_attempts`.
@@ -57,6 +82,12 @@ pub struct Balancer {
     keys: Vec<String>,
     /// The ring or table, with the host source it was built from.
     table: Option<(Vec<usize>, Table)>,
+    slow_start: Option<SlowStart>,
+    /// Envoy's `seed_`: how many picks a new weighted schedule starts after.
+    seed: u32,
+    /// Round robin and least request: the weighted schedule, with the host source
+    /// it was built from; `None` inside when weights are equal and no host warms.
+    schedule: Option<(Vec<usize>, Option<Edf>)>,
 }
 
 #[derive(Clone, Debug)]
@@ -77,6 +108,8 @@ impl Table {
 impl Balancer {
     pub fn new(policy: Policy, min_health_percent: u32, mut rng: Rng) -> Self {
         let rr_index = rng.below(usize::MAX);
+        #[allow(clippy::cast_possible_truncation)] // Envoy takes the seed as 32 bits
+        let seed = rng.next_u64() as u32;
         Self {
             policy,
             min_health_percent,
@@ -84,7 +117,18 @@ impl Balancer {
             rng,
             keys: Vec::new(),
             table: None,
+            slow_start: None,
+            seed,
+            schedule: None,
         }
+    }
+
+    /// New hosts ramp up over the window (round robin and least request only).
+    #[must_use]
+    pub fn with_slow_start(mut self, slow_start: Option<SlowStart>) -> Self {
+        self.slow_start = slow_start;
+        self.schedule = None;
+        self
     }
 
     /// The keys hashing policies place hosts by, one per host index: the address as
@@ -177,6 +221,9 @@ impl Balancer {
     }
 
     fn pick_once(&mut self, hosts: &[Candidate], source: &[usize]) -> usize {
+        if let Some(i) = self.pick_scheduled(hosts, source) {
+            return i;
+        }
         match self.policy {
             Policy::RoundRobin => {
                 let i = source[self.rr_index % source.len()];
@@ -197,6 +244,47 @@ impl Balancer {
                 }
             }
         }
+    }
+}
+
+impl Balancer {
+    /// A pick from the weighted schedule, when round robin or least request uses
+    /// one for this host source.
+    fn pick_scheduled(&mut self, hosts: &[Candidate], source: &[usize]) -> Option<usize> {
+        if !matches!(self.policy, Policy::RoundRobin | Policy::LeastRequest) {
+            return None;
+        }
+        let warming = self
+            .slow_start
+            .filter(|s| hosts.iter().any(|h| h.healthy && s.is_warming(h.age)));
+        let policy = self.policy;
+        let weight = |i: usize| host_weight(policy, warming.as_ref(), &hosts[i]);
+        if self
+            .schedule
+            .as_ref()
+            .is_none_or(|(built, _)| built != source)
+        {
+            let first = source.first().map(|&i| hosts[i].weight);
+            let weighted = source.len() > 1
+                && (warming.is_some() || source.iter().any(|&i| Some(hosts[i].weight) != first));
+            let edf = weighted.then(|| Edf::with_picks(source, self.seed, weight));
+            self.schedule = Some((source.to_vec(), edf));
+        }
+        self.schedule.as_mut()?.1.as_mut()?.pick_and_add(weight)
+    }
+}
+
+/// A host's weight at this moment (Envoy's `hostWeight`): least request divides by
+/// the active requests plus one, and a warming cluster applies slow start to every
+/// healthy host.
+fn host_weight(policy: Policy, warming: Option<&SlowStart>, host: &Candidate) -> f64 {
+    let mut weight = f64::from(host.weight);
+    if policy == Policy::LeastRequest {
+        weight /= f64::from(host.active_requests) + 1.0;
+    }
+    match warming {
+        Some(s) if host.healthy => weight * s.factor(host.age),
+        _ => weight,
     }
 }
 
@@ -227,7 +315,8 @@ mod tests {
         vec![
             Candidate {
                 healthy: true,
-                active_requests: 0
+                active_requests: 0,
+                ..Candidate::IDLE
             };
             n
         ]
@@ -260,7 +349,8 @@ mod tests {
         let hosts = vec![
             Candidate {
                 healthy: false,
-                active_requests: 0
+                active_requests: 0,
+                ..Candidate::IDLE
             };
             2
         ];
@@ -461,5 +551,107 @@ mod tests {
             let other = b.pick_hashed(&hosts, h, |i| i == home).unwrap();
             assert_ne!(other, home, "{policy:?}");
         }
+    }
+
+    fn weighted(weights: &[u32]) -> Vec<Candidate> {
+        weights
+            .iter()
+            .map(|&weight| Candidate {
+                weight,
+                ..Candidate::IDLE
+            })
+            .collect()
+    }
+
+    fn shares(b: &mut Balancer, hosts: &[Candidate], picks: usize) -> Vec<usize> {
+        let mut counts = vec![0; hosts.len()];
+        for _ in 0..picks {
+            counts[b.pick(hosts, |_| false).unwrap()] += 1;
+        }
+        counts
+    }
+
+    #[test]
+    fn round_robin_follows_endpoint_weights_from_a_random_point() {
+        let mut hosts = weighted(&[1, 3, 2]);
+        let mut b = Balancer::new(Policy::RoundRobin, 0, Rng::seeded(3));
+        let counts = shares(&mut b, &hosts, 600);
+        for (got, want) in counts.iter().zip([100, 300, 200]) {
+            assert!(got.abs_diff(want) <= 1, "{counts:?}");
+        }
+        // An ejection rebuilds the schedule over the healthy hosts.
+        hosts[1].healthy = false;
+        let counts = shares(&mut b, &hosts, 300);
+        assert_eq!(counts[1], 0);
+        assert!(
+            counts[0].abs_diff(100) <= 1 && counts[2].abs_diff(200) <= 1,
+            "{counts:?}"
+        );
+        // Each balancer's schedule starts somewhere of its own.
+        let firsts: std::collections::BTreeSet<Vec<usize>> = (0..20)
+            .map(|seed| {
+                let mut b = Balancer::new(Policy::RoundRobin, 0, Rng::seeded(seed));
+                (0..3)
+                    .map(|_| b.pick(&weighted(&[1, 3, 2]), |_| false).unwrap())
+                    .collect()
+            })
+            .collect();
+        assert!(firsts.len() > 1);
+    }
+
+    #[test]
+    fn least_request_with_weights_divides_each_by_its_active_requests() {
+        // Weights 4 and 1; 3 requests active on the first: 4/4 against 1/1, even.
+        let mut hosts = weighted(&[4, 1]);
+        hosts[0].active_requests = 3;
+        let mut b = Balancer::new(Policy::LeastRequest, 0, Rng::seeded(9));
+        let counts = shares(&mut b, &hosts, 400);
+        assert!(counts[0].abs_diff(200) <= 2, "{counts:?}");
+        // Idle: 4 to 1.
+        hosts[0].active_requests = 0;
+        let counts = shares(&mut b, &hosts, 500);
+        assert!(counts[0].abs_diff(400) <= 2, "{counts:?}");
+    }
+
+    fn warming(policy: Policy) -> Balancer {
+        let ramp = SlowStart {
+            window: Duration::from_secs(10),
+            min_weight: 0.1,
+            aggression: 1.0,
+        };
+        Balancer::new(policy, 0, Rng::seeded(5)).with_slow_start(Some(ramp))
+    }
+
+    #[test]
+    fn a_new_host_ramps_up_over_the_slow_start_window() {
+        for policy in [Policy::RoundRobin, Policy::LeastRequest] {
+            // Two hosts long in the cluster and one that just joined.
+            let mut hosts = weighted(&[1, 1, 1]);
+            hosts[2].age = Duration::ZERO;
+            let mut b = warming(policy);
+            // 0.1 of a weight against 1 and 1: 100 of 2,100 picks.
+            let counts = shares(&mut b, &hosts, 2_100);
+            assert!(counts[2].abs_diff(100) <= 2, "{policy:?}: {counts:?}");
+            // Half way through the window: 0.5 against 1 and 1, one pick in five.
+            hosts[2].age = Duration::from_secs(5);
+            shares(&mut b, &hosts, 10);
+            let counts = shares(&mut b, &hosts, 2_500);
+            assert!(counts[2].abs_diff(500) <= 2, "{policy:?}: {counts:?}");
+            // Past the window: an equal share.
+            hosts[2].age = Duration::from_secs(11);
+            shares(&mut b, &hosts, 10);
+            let counts = shares(&mut b, &hosts, 3_000);
+            assert!(counts[2].abs_diff(1_000) <= 2, "{policy:?}: {counts:?}");
+        }
+    }
+
+    #[test]
+    fn slow_start_does_nothing_when_every_host_is_new() {
+        let mut hosts = weighted(&[1, 1, 1]);
+        for h in &mut hosts {
+            h.age = Duration::from_millis(20);
+        }
+        let counts = shares(&mut warming(Policy::RoundRobin), &hosts, 300);
+        assert_eq!(counts, [100, 100, 100]);
     }
 }

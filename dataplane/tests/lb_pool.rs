@@ -73,11 +73,30 @@ struct Proxy {
 }
 
 async fn proxy(backends: &[&Backend], cluster_yaml: &str, retry: &str) -> Proxy {
+    let weighted: Vec<(&Backend, u32)> = backends.iter().map(|&b| (b, 1)).collect();
+    let config = waypoint_config::Config::from_yaml(&proxy_yaml(&weighted, cluster_yaml, retry));
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let sink = log.clone();
+    let shared = Shared::with_access_log(
+        config.unwrap(),
+        Box::new(move |line| sink.lock().unwrap().push(line.to_owned())),
+    );
+    let (socket, name) = proxy::bind(&shared.current()).await.unwrap().remove(0);
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(proxy::serve(shared.clone(), socket, name));
+    Proxy { shared, addr, log }
+}
+
+/// The config of [`proxy`], with a weight for each endpoint.
+fn proxy_yaml(backends: &[(&Backend, u32)], cluster_yaml: &str, retry: &str) -> String {
     let mut endpoints = String::new();
-    for b in backends {
-        endpoints.push_str(&format!("  - {{address: \"{}\"}}\n", b.addr));
+    for (b, weight) in backends {
+        endpoints.push_str(&format!(
+            "  - {{address: \"{}\", weight: {weight}}}\n",
+            b.addr
+        ));
     }
-    let yaml = format!(
+    format!(
         "listeners:
 - name: mesh
   address: 127.0.0.1:0
@@ -89,18 +108,7 @@ clusters:
 {cluster_yaml}
   endpoints:
 {endpoints}"
-    );
-    let config = waypoint_config::Config::from_yaml(&yaml).unwrap();
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let sink = log.clone();
-    let shared = Shared::with_access_log(
-        config,
-        Box::new(move |line| sink.lock().unwrap().push(line.to_owned())),
-    );
-    let (socket, name) = proxy::bind(&shared.current()).await.unwrap().remove(0);
-    let addr = socket.local_addr().unwrap();
-    tokio::spawn(proxy::serve(shared.clone(), socket, name));
-    Proxy { shared, addr, log }
+    )
 }
 
 type Client = hyper_util::client::legacy::Client<
@@ -482,4 +490,63 @@ async fn a_retry_beyond_max_retries_is_not_made_and_flagged_uo() {
         0,
         "slots are given back"
     );
+}
+
+/// How many of `n` sequential requests each backend answered, by name.
+async fn answered_by(proxy: SocketAddr, n: usize) -> BTreeMap<String, usize> {
+    let client = client();
+    let mut counts = BTreeMap::new();
+    for _ in 0..n {
+        let r = get(&client, proxy, &[]).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        *counts.entry(r.body).or_insert(0) += 1;
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_splits_traffic_by_endpoint_weight() {
+    let [a, b, _c] = three_backends().await;
+    let yaml = proxy_yaml(
+        &[(&a, 1), (&b, 3)],
+        "  loadBalancer: ROUND_ROBIN",
+        DEFAULT_RETRY,
+    );
+    let p = proxy(&[], "", DEFAULT_RETRY).await;
+    p.shared.reload(&yaml).unwrap();
+    let counts = answered_by(p.addr, 400).await;
+    assert!(counts["a"].abs_diff(100) <= 1, "{counts:?}");
+    assert!(counts["b"].abs_diff(300) <= 1, "{counts:?}");
+}
+
+/// Envoy's slow start: an endpoint that joins a cluster by a config change gets a
+/// share of its weight that grows over the window, from 10%; the endpoints that
+/// were there before keep their age, so once past the window they are not ramped
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_added_by_a_reload_slow_starts() {
+    let [a, b, c] = three_backends().await;
+    let policy = "  loadBalancer: ROUND_ROBIN\n  slowStart: {window: 4s}";
+    let p = proxy(&[], "", DEFAULT_RETRY).await;
+    p.shared
+        .reload(&proxy_yaml(&[(&a, 1), (&b, 1)], policy, DEFAULT_RETRY))
+        .unwrap();
+    // Every endpoint is new at first: they share evenly.
+    let counts = answered_by(p.addr, 100).await;
+    assert_eq!((counts["a"], counts["b"]), (50, 50), "{counts:?}");
+    // Until a and b are out of their window.
+    tokio::time::sleep(Duration::from_millis(4_100)).await;
+    p.shared
+        .reload(&proxy_yaml(
+            &[(&a, 1), (&b, 1), (&c, 1)],
+            policy,
+            DEFAULT_RETRY,
+        ))
+        .unwrap();
+    // For its first 400 ms c weighs 0.1 against 1 and 1: 10 of 210 if the requests
+    // take that long, where an even split would give it 70. It takes half its
+    // share only if they take longer than 1.5 s.
+    let counts = answered_by(p.addr, 210).await;
+    assert!((3..=35).contains(&counts["c"]), "{counts:?}");
+    assert!(counts["a"].abs_diff(counts["b"]) <= 1, "{counts:?}");
 }

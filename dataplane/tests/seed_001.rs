@@ -73,7 +73,7 @@ impl Waypoint {
             let candidates: Vec<_> = (0..PODS.len())
                 .map(|i| Candidate {
                     healthy: !self.detector.is_ejected(&i),
-                    active_requests: 0,
+                    ..Candidate::IDLE
                 })
                 .collect();
             let avoid = self.retry.avoid_previous_hosts;

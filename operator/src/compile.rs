@@ -287,6 +287,7 @@ pub(crate) fn endpoints(
                     workload: e.target_ref.as_ref().and_then(|t| t.name.clone()),
                     // Marking mesh-enabled endpoints is the operator's part of issue 7.
                     hbone: false,
+                    weight: 1,
                 })
             })
         })

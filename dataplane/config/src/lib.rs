@@ -31,6 +31,7 @@ pub mod delivery;
 mod fault;
 mod hostname;
 mod http_route;
+mod slow_start;
 mod tls;
 
 pub use connection_pool::{ConnectionPool, UNLIMITED};
@@ -43,6 +44,7 @@ pub use http_route::{
     Filter, Fraction, Header, HeaderModifier, MatchType, PathMatch, PathRewrite, Redirect,
     RouteMatch, RouteRule, UrlRewrite, ValueMatch, WeightedBackend,
 };
+pub use slow_start::SlowStart;
 pub use tls::{CertificateError, ListenerTls, REDACTED, ServerCertificate, crypto_provider};
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -246,6 +248,9 @@ pub struct Cluster {
     /// sets `h2UpgradePolicy: UPGRADE`.
     #[serde(default, skip_serializing_if = "UpstreamProtocol::is_default")]
     pub protocol: UpstreamProtocol,
+    /// New endpoints ramp up over a window (ROUND_ROBIN and LEAST_REQUEST only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_start: Option<SlowStart>,
 }
 
 /// The HTTP version spoken to a cluster's endpoints (h2c in plain text; inside an
@@ -282,6 +287,19 @@ pub struct Endpoint {
     /// `connect_originate` does (waypoint-contract §5, step 8), not in plain text.
     #[serde(default, skip_serializing_if = "is_false")]
     pub hbone: bool,
+    /// Envoy's `load_balancing_weight` (at least 1). Kubernetes endpoints all weigh
+    /// 1; round robin and least request pick by weight when weights differ.
+    #[serde(default = "weight_one", skip_serializing_if = "is_one")]
+    pub weight: u32,
+}
+
+fn weight_one() -> u32 {
+    1
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's `skip_serializing_if` passes `&T`
+fn is_one(n: &u32) -> bool {
+    *n == 1
 }
 
 #[allow(clippy::trivially_copy_pass_by_ref)] // serde's `skip_serializing_if` passes `&T`
@@ -479,6 +497,29 @@ impl Cluster {
             }
             hash.validate(&format!("{at}.consistentHash"))?;
         }
+        if let Some(slow_start) = &self.slow_start {
+            if !matches!(
+                self.load_balancer,
+                LoadBalancer::RoundRobin | LoadBalancer::LeastRequest
+            ) {
+                return invalid(
+                    format!("{at}.slowStart"),
+                    format!(
+                        "is used only with loadBalancer ROUND_ROBIN or LEAST_REQUEST, not {:?}",
+                        self.load_balancer
+                    ),
+                );
+            }
+            slow_start.validate(&format!("{at}.slowStart"))?;
+        }
+        for (i, e) in self.endpoints.iter().enumerate() {
+            if e.weight == 0 {
+                return invalid(
+                    format!("{at}.endpoints[{i}].weight"),
+                    "0 is not a weight: Envoy's load_balancing_weight is at least 1",
+                );
+            }
+        }
         self.connection_pool
             .validate(&format!("{at}.connectionPool"))
     }
@@ -657,6 +698,38 @@ clusters:
         assert_eq!(c, again);
     }
 
+    const WARMING: &str = r"
+clusters:
+- name: warming
+  loadBalancer: LEAST_REQUEST
+  slowStart: {window: 30s}
+  endpoints: [{address: 10.10.0.15:8080, weight: 3}, {address: 10.10.0.16:8080}]
+";
+
+    #[test]
+    fn weights_and_slow_start_load_with_envoy_defaults() {
+        let c = Config::from_yaml(WARMING).unwrap();
+        let cluster = &c.clusters[0];
+        let weights: Vec<u32> = cluster.endpoints.iter().map(|e| e.weight).collect();
+        assert_eq!(weights, [3, 1]);
+        assert_eq!(
+            cluster.slow_start,
+            Some(SlowStart {
+                window: Duration::from_secs(30),
+                min_weight_percent: 10.0,
+                aggression: 1.0,
+            })
+        );
+        let yaml = serde_yaml::to_string(&c).unwrap();
+        // A weight of 1 is written without the field, as before it existed.
+        assert_eq!(yaml.matches("weight:").count(), 1, "{yaml}");
+        assert_eq!(Config::from_yaml(&yaml).unwrap(), c);
+        assert_eq!(
+            Config::from_yaml(SEED).unwrap().clusters[0].slow_start,
+            None
+        );
+    }
+
     #[test]
     fn invalid_configs_name_the_field() {
         let cases = [
@@ -716,6 +789,30 @@ clusters:
             (
                 HASHED.replace("maxConnections: 1", "maxConnections: -1"),
                 "clusters[0].connectionPool.maxConnections: invalid type",
+            ),
+            (
+                WARMING.replace("weight: 3", "weight: 0"),
+                "clusters[0].endpoints[0].weight: 0 is not a weight",
+            ),
+            (
+                WARMING.replace("LEAST_REQUEST", "RANDOM"),
+                "clusters[0].slowStart: is used only with loadBalancer ROUND_ROBIN or LEAST_REQUEST, not Random",
+            ),
+            (
+                WARMING.replace("window: 30s", "window: 0s"),
+                "clusters[0].slowStart.window",
+            ),
+            (
+                WARMING.replace("window: 30s", "window: 1s, minWeightPercent: 101"),
+                "clusters[0].slowStart.minWeightPercent: 101 is not in 0..100",
+            ),
+            (
+                WARMING.replace("window: 30s", "window: 1s, aggression: 0"),
+                "clusters[0].slowStart.aggression",
+            ),
+            (
+                WARMING.replace("window: 30s", "window: 1s, aggression: .nan"),
+                "clusters[0].slowStart.aggression: NaN is not a number above 0",
             ),
         ];
         for (text, want) in cases {

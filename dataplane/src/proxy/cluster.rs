@@ -15,6 +15,7 @@ use super::upstream::Upstream;
 use crate::access_log::rfc3339_millis;
 use crate::hash_policy::{self, Hashed, RequestParts};
 use crate::identity::MeshSlot;
+use crate::lb::slow_start::SlowStart;
 use crate::lb::{Balancer, Candidate, Policy};
 use crate::metrics::Metrics;
 use crate::outlier::{self, Detector, Event, Outcome};
@@ -26,6 +27,10 @@ pub struct Endpoint {
     pub workload: Option<String>,
     /// Reached through an HBONE tunnel to its node (`super::connect`).
     pub hbone: bool,
+    weight: u32,
+    /// When the address joined the cluster; kept across config changes that keep
+    /// it, so that only new endpoints slow-start.
+    added: Instant,
     active: AtomicU32,
 }
 
@@ -55,13 +60,18 @@ pub struct Cluster {
     pub endpoints: Vec<Endpoint>,
     interval: Option<Duration>,
     epoch: Instant,
+    /// Whether picks read endpoint ages (slow start is configured).
+    aged: bool,
     state: Mutex<State>,
     metrics: Arc<Metrics>,
 }
 
 impl Cluster {
+    /// The cluster for `c`; `previous` is the cluster of that name in the config
+    /// before, whose endpoints keep the time they joined.
     pub fn new(
         c: &config::Cluster,
+        previous: Option<&Self>,
         epoch: Instant,
         rng: Rng,
         metrics: Arc<Metrics>,
@@ -127,13 +137,20 @@ impl Cluster {
                     address: e.address,
                     workload: e.workload.clone(),
                     hbone: e.hbone,
+                    weight: e.weight,
+                    added: previous
+                        .and_then(|p| p.endpoints.iter().find(|k| k.address == e.address))
+                        .map_or(epoch, |k| k.added),
                     active: AtomicU32::new(0),
                 })
                 .collect(),
             interval: c.outlier_detection.as_ref().map(|od| od.interval),
             epoch,
+            aged: c.slow_start.is_some(),
             state: Mutex::new(State {
-                balancer: Balancer::new(policy, min_health, rng).with_host_keys(keys),
+                balancer: Balancer::new(policy, min_health, rng)
+                    .with_host_keys(keys)
+                    .with_slow_start(c.slow_start.as_ref().map(SlowStart::from_config)),
                 detector,
             }),
             metrics,
@@ -170,12 +187,15 @@ impl Cluster {
     }
 
     fn candidates(&self, state: &State) -> Vec<Candidate> {
+        let now = self.aged.then(Instant::now);
         self.endpoints
             .iter()
             .enumerate()
             .map(|(i, e)| Candidate {
                 healthy: !state.detector.as_ref().is_some_and(|d| d.is_ejected(&i)),
                 active_requests: e.active.load(Ordering::Relaxed),
+                weight: e.weight,
+                age: now.map_or(Duration::MAX, |now| now.saturating_duration_since(e.added)),
             })
             .collect()
     }

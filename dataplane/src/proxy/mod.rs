@@ -62,12 +62,15 @@ impl Runtime {
             .clusters
             .iter()
             .map(|c| {
+                let before = previous.and_then(|p| p.clusters.get(&c.name));
                 let kept = previous
                     .filter(|p| p.config.cluster(&c.name) == Some(c))
-                    .and_then(|p| p.clusters.get(&c.name).cloned());
+                    .and(before)
+                    .cloned();
                 let cluster = kept.unwrap_or_else(|| {
                     Arc::new(Cluster::new(
                         c,
+                        before.map(AsRef::as_ref),
                         epoch,
                         Rng::seeded(seed.next_u64()),
                         Arc::clone(&metrics),
