@@ -85,6 +85,36 @@ fn load_balancer(
     (algorithm, None)
 }
 
+/// Istio's round-robin and least-request balancers (`applyRoundRobinLoadBalancer`,
+/// `applyLeastRequestLoadBalancer`): `warmup`, else the deprecated
+/// `warmupDurationSecs`, becomes Envoy's slow start with its defaults (10%, linear).
+/// Other balancers have none. Values istiod would refuse do not reach the model: a
+/// window under 1 ms drops the warmup, a share is clamped to 0..100, and an
+/// aggression that is not above 0 is 1, as Envoy treats it.
+fn slow_start(lb: Option<&LoadBalancerSettings>) -> Option<model::SlowStart> {
+    let lb = lb.filter(|lb| lb.consistent_hash.is_none())?;
+    if !matches!(
+        lb.effective_algorithm(),
+        LbAlgorithm::RoundRobin | LbAlgorithm::LeastRequest
+    ) {
+        return None;
+    }
+    let (window, min_percent, aggression) = match (&lb.warmup, &lb.warmup_duration_secs) {
+        (Some(w), _) => (w.duration.as_std(), w.minimum_percent, w.aggression),
+        (None, Some(d)) => (d.as_std(), None, None),
+        (None, None) => return None,
+    };
+    (window >= Duration::from_millis(1)).then(|| model::SlowStart {
+        window,
+        min_weight_percent: min_percent
+            .filter(|p| !p.is_nan())
+            .map_or(10.0, |p| p.clamp(0.0, 100.0)),
+        aggression: aggression
+            .filter(|a| a.is_finite() && *a > 0.0)
+            .unwrap_or(1.0),
+    })
+}
+
 /// `maglev` → MAGLEV (`tableSize` when set); otherwise RING_HASH with
 /// `ringHash.minimumRingSize`, the deprecated `minimumRingSize`, or 1024. Values
 /// istiod admits but Envoy would refuse with the whole cluster or route (a ring
@@ -194,6 +224,7 @@ pub(crate) struct ClusterPolicy {
     connect_timeout: Duration,
     /// `connectionPool.http.h2UpgradePolicy: UPGRADE`.
     h2_upgrade: bool,
+    slow_start: Option<model::SlowStart>,
 }
 
 impl ClusterPolicy {
@@ -213,6 +244,7 @@ impl ClusterPolicy {
             connect_timeout: self.connect_timeout,
             connection_pool: self.connection_pool,
             protocol: upstream_protocol(port, self.h2_upgrade),
+            slow_start: self.slow_start,
         }
     }
 }
@@ -244,6 +276,7 @@ pub(crate) fn cluster_policy(policy: Option<&TrafficPolicy>, port: i32) -> Clust
     ClusterPolicy {
         load_balancer,
         consistent_hash,
+        slow_start: slow_start(lb),
         connection_pool: connection_pool(cp),
         outlier_detection: od.map(outlier),
         connect_timeout: cp
@@ -757,6 +790,52 @@ spec:
         assert_eq!(cluster.protocol, h2);
         let (cluster, _) = compiled_with("    connectionPool: {http: {h2UpgradePolicy: DEFAULT}}");
         assert_eq!(cluster.protocol, h1);
+    }
+
+    #[test]
+    fn warmup_becomes_slow_start_for_round_robin_and_least_request_only() {
+        let ramp = |window_s, min_weight_percent, aggression| {
+            Some(model::SlowStart {
+                window: Duration::from_secs(window_s),
+                min_weight_percent,
+                aggression,
+            })
+        };
+        for (lb, want) in [
+            (
+                "{simple: ROUND_ROBIN, warmup: {duration: 30s}}",
+                ramp(30, 10.0, 1.0),
+            ),
+            (
+                "{warmup: {duration: 1m, minimumPercent: 25, aggression: 2.5}}",
+                ramp(60, 25.0, 2.5),
+            ),
+            (
+                "{simple: LEAST_CONN, warmupDurationSecs: 15s}",
+                ramp(15, 10.0, 1.0),
+            ),
+            // `warmup` wins over the deprecated field.
+            (
+                "{simple: LEAST_REQUEST, warmupDurationSecs: 15s, warmup: {duration: 5s}}",
+                ramp(5, 10.0, 1.0),
+            ),
+            // Values only a missing webhook would let through: Envoy's readings.
+            (
+                "{warmup: {duration: 5s, minimumPercent: 150, aggression: 0}}",
+                ramp(5, 100.0, 1.0),
+            ),
+            ("{warmup: {duration: 0s}}", None),
+            ("{simple: RANDOM, warmup: {duration: 30s}}", None),
+            ("{simple: PASSTHROUGH, warmup: {duration: 30s}}", None),
+            (
+                "{consistentHash: {httpHeaderName: x-user}, warmup: {duration: 30s}}",
+                None,
+            ),
+            ("{simple: ROUND_ROBIN}", None),
+        ] {
+            let (cluster, _) = compiled_with(&format!("    loadBalancer: {lb}"));
+            assert_eq!(cluster.slow_start, want, "{lb}");
+        }
     }
 
     #[test]
