@@ -8,7 +8,7 @@
 //!   (with replacement) and keeps the one with strictly fewer active requests.
 //! - A retry's host predicate (previous hosts) is honoured by re-picking up to 5 times;
 //!   after that the last pick stands, as Envoy's `host_selection_retry_max_attempts`.
-//! - Ring hash and Maglev place hosts by key ([`ring_hash`], [`maglev`]) and pick by a
+//! - Ring hash and Maglev place hosts by key and weight ([`ring_hash`], [`maglev`]) and pick by a
 //!   request hash; without one the hash is random (Envoy's `random()` fallback). The
 //!   ring or table is built from the host source (healthy hosts, or all in panic) and
 //!   rebuilt whenever that set changes, so an ejection moves the ejected host's keys.
@@ -164,7 +164,7 @@ impl Balancer {
         }
         if self.policy.is_hashing() {
             let hash = hash.unwrap_or_else(|| self.rng.next_u64());
-            let table = self.table_for(source);
+            let table = self.table_for(hosts, source);
             let mut choice = table.choose(hash, 0)?;
             for attempt in 1..=HOST_SELECTION_RETRIES {
                 if !avoid(choice) {
@@ -204,7 +204,7 @@ impl Balancer {
     }
 
     /// The ring or table over `source`, rebuilt only when the set changed.
-    fn table_for(&mut self, source: Vec<usize>) -> &Table {
+    fn table_for(&mut self, hosts: &[Candidate], source: Vec<usize>) -> &Table {
         if self
             .table
             .as_ref()
@@ -214,7 +214,7 @@ impl Balancer {
         }
         let (policy, keys) = (self.policy, &self.keys);
         let (_, table) = self.table.get_or_insert_with(|| {
-            let table = build_table(policy, keys, &source);
+            let table = build_table(policy, keys, hosts, &source);
             (source, table)
         });
         table
@@ -288,16 +288,19 @@ fn host_weight(policy: Policy, warming: Option<&SlowStart>, host: &Candidate) ->
     }
 }
 
-fn build_table(policy: Policy, keys: &[String], source: &[usize]) -> Table {
+fn build_table(policy: Policy, keys: &[String], hosts: &[Candidate], source: &[usize]) -> Table {
     let owned: Vec<(String, usize)> = source
         .iter()
         .map(|&i| (keys.get(i).cloned().unwrap_or_else(|| i.to_string()), i))
         .collect();
-    let hosts: Vec<(&str, usize)> = owned.iter().map(|(k, i)| (k.as_str(), *i)).collect();
+    let weighted: Vec<(&str, usize, u32)> = owned
+        .iter()
+        .map(|(k, i)| (k.as_str(), *i, hosts[*i].weight))
+        .collect();
     match policy {
-        Policy::Maglev { table_size } => Table::Maglev(Maglev::build(&hosts, table_size)),
+        Policy::Maglev { table_size } => Table::Maglev(Maglev::build(&weighted, table_size)),
         Policy::RingHash { minimum_ring_size } => Table::Ring(Ring::build(
-            &hosts,
+            &weighted,
             minimum_ring_size,
             waypoint_config::MAXIMUM_RING_SIZE,
         )),

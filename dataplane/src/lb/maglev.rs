@@ -3,8 +3,9 @@
 //! Hosts are sorted by key; each has an offset `XXH64(key, 0) % M` and a skip
 //! `XXH64(key, 1) % (M - 1) + 1`, and in turns each takes the next free slot of its
 //! permutation `offset + skip · j` until all `M` slots (a prime) are filled. A request
-//! hash `h` maps to slot `h % M`. Equal weights, so every host gets ⌊M/n⌋ or ⌈M/n⌉
-//! slots. The key caveat of [`super::ring_hash`] applies here too.
+//! hash `h` maps to slot `h % M`. A host takes a turn when its share of the
+//! weight has caught up with the heaviest host's, so slots follow weights; with
+//! equal weights every host gets ⌊M/n⌋ or ⌈M/n⌉. The key caveat of [`super::ring_hash`] applies here too.
 
 use crate::xxhash::xxh64;
 
@@ -19,46 +20,50 @@ struct Entry {
     offset: u64,
     skip: u64,
     next: u64,
+    weight: f64,
     target_weight: f64,
 }
 
 impl Maglev {
-    /// Builds the table over `hosts` (key and index); `size` must be a prime ≥ 2.
-    pub fn build(hosts: &[(&str, usize)], size: u64) -> Self {
+    /// Builds the table over `hosts` (key, index and weight); `size` must be a
+    /// prime ≥ 2.
+    pub fn build(hosts: &[(&str, usize, u32)], size: u64) -> Self {
         if hosts.is_empty() || size < 2 {
             return Self { table: Vec::new() };
         }
         let mut sorted = hosts.to_vec();
         sorted.sort_unstable();
+        let total: f64 = hosts.iter().map(|&(_, _, w)| f64::from(w)).sum();
         let mut entries: Vec<Entry> = sorted
             .iter()
-            .map(|&(key, index)| Entry {
+            .map(|&(key, index, weight)| Entry {
                 index,
                 offset: xxh64(key.as_bytes(), 0) % size,
                 skip: xxh64(key.as_bytes(), 1) % (size - 1) + 1,
                 next: 0,
+                weight: f64::from(weight) / total,
                 target_weight: 0.0,
             })
             .collect();
-        #[allow(clippy::cast_precision_loss)] // host counts are far below 2^52
-        let weight = 1.0 / hosts.len() as f64;
+        let heaviest = entries.iter().map(|e| e.weight).fold(0.0, f64::max);
         let Ok(slots) = usize::try_from(size) else {
             return Self { table: Vec::new() };
         };
         let mut table: Vec<Option<usize>> = vec![None; slots];
         let mut filled = 0;
         let mut iteration = 1_u32;
-        // Envoy's weighted turns: a host takes a slot when iteration · weight has
-        // caught up with its target. With equal weights that is every turn.
+        // Envoy's weighted turns: a host takes a slot when iteration · its weight has
+        // caught up with its target, which grows by the heaviest weight. With equal
+        // weights that is every turn.
         while filled < slots {
             for e in &mut entries {
                 if filled == slots {
                     break;
                 }
-                if f64::from(iteration) * weight < e.target_weight {
+                if f64::from(iteration) * e.weight < e.target_weight {
                     continue;
                 }
-                e.target_weight += weight;
+                e.target_weight += heaviest;
                 let mut slot = permutation(e, size);
                 while table[slot].is_some() {
                     e.next += 1;
@@ -110,10 +115,10 @@ mod tests {
     }
 
     fn table(keys: &[String], size: u64) -> Maglev {
-        let hosts: Vec<(&str, usize)> = keys
+        let hosts: Vec<(&str, usize, u32)> = keys
             .iter()
             .enumerate()
-            .map(|(i, k)| (k.as_str(), i))
+            .map(|(i, k)| (k.as_str(), i, 1))
             .collect();
         Maglev::build(&hosts, size)
     }
@@ -130,6 +135,15 @@ mod tests {
         assert_eq!(counts, [21_845, 21_846, 21_846]);
         assert!(table(&[], 65_537).is_empty());
         assert_eq!(table(&[], 65_537).choose(1, 0), None);
+    }
+
+    #[test]
+    fn slots_follow_weights() {
+        let hosts = [("10.0.0.1:8080", 0, 1), ("10.0.0.2:8080", 1, 3)];
+        let t = Maglev::build(&hosts, 65_537);
+        let light = t.table.iter().filter(|&&i| i == 0).count();
+        // A quarter of the slots, give or take the last round.
+        assert!(light.abs_diff(65_537 / 4) <= 1, "{light}");
     }
 
     /// Golden values from a Python model of `maglev_lb.cc` over libxxhash.

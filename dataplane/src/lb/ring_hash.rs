@@ -1,8 +1,8 @@
 //! Envoy's ring hash (`ring_hash_lb.cc`), host placement and lookup bit for bit.
 //!
-//! Each host gets `scale` entries (`scale = min(ceil(w_min · minimum) / w_min,
-//! maximum)` over normalized weights; with equal weights that is `ceil(minimum / n)`
-//! per host). Entry `i` of a host is the XXH64 of `"<key>_<i>"`, where the key is the
+//! Each host gets `scale · w` entries, `w` its weight over the total (`scale =
+//! min(ceil(w_min · minimum) / w_min, maximum)`; with equal weights that is
+//! `ceil(minimum / n)` per host). Entry `i` of a host is the XXH64 of `"<key>_<i>"`, where the key is the
 //! host's address as Envoy prints it; the ring is sorted by hash and a request hash
 //! takes the first entry at or above it, wrapping to the first (ketama).
 //!
@@ -19,26 +19,28 @@ pub struct Ring {
 }
 
 impl Ring {
-    /// Builds the ring over `hosts` (key and index, in host-set order, equal weights).
-    pub fn build(hosts: &[(&str, usize)], minimum_size: u64, maximum_size: u64) -> Self {
+    /// Builds the ring over `hosts` (key, index and weight, in host-set order).
+    pub fn build(hosts: &[(&str, usize, u32)], minimum_size: u64, maximum_size: u64) -> Self {
         if hosts.is_empty() {
             return Self {
                 entries: Vec::new(),
             };
         }
         // Envoy's arithmetic in doubles, so that fractional shares round the same way.
-        #[allow(clippy::cast_precision_loss)] // host counts and ring sizes are far below 2^52
-        let (weight, minimum, maximum) = (
-            1.0 / hosts.len() as f64,
+        let total: f64 = hosts.iter().map(|&(_, _, w)| f64::from(w)).sum();
+        let lightest = hosts.iter().map(|&(_, _, w)| w).min().unwrap_or(1);
+        #[allow(clippy::cast_precision_loss)] // ring sizes are far below 2^52
+        let (min_weight, minimum, maximum) = (
+            f64::from(lightest) / total,
             minimum_size as f64,
             maximum_size as f64,
         );
-        let scale = ((weight * minimum).ceil() / weight).min(maximum);
+        let scale = ((min_weight * minimum).ceil() / min_weight).min(maximum);
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // positive, ≤ maximum
         let mut entries = Vec::with_capacity(scale.ceil() as usize);
         let (mut current, mut target) = (0.0_f64, 0.0_f64);
-        for &(key, index) in hosts {
-            target += scale * weight;
+        for &(key, index, weight) in hosts {
+            target += scale * (f64::from(weight) / total);
             let mut i = 0_u64;
             while current < target {
                 let hash = xxh64(format!("{key}_{i}").as_bytes(), 0);
@@ -111,10 +113,10 @@ mod tests {
     }
 
     fn ring(keys: &[String], minimum: u64) -> Ring {
-        let hosts: Vec<(&str, usize)> = keys
+        let hosts: Vec<(&str, usize, u32)> = keys
             .iter()
             .enumerate()
-            .map(|(i, k)| (k.as_str(), i))
+            .map(|(i, k)| (k.as_str(), i, 1))
             .collect();
         Ring::build(&hosts, minimum, waypoint_config::MAXIMUM_RING_SIZE)
     }
@@ -125,7 +127,7 @@ mod tests {
         assert_eq!(ring(&keys(4), 1024).len(), 1024);
         assert_eq!(ring(&keys(1), 5).len(), 5);
         // The maximum caps the scale: 3 hosts, 1.5 entries each rounds per host.
-        let capped: Vec<(&str, usize)> = vec![("a", 0), ("b", 1), ("c", 2), ("d", 3)];
+        let capped = [("a", 0, 1), ("b", 1, 1), ("c", 2, 1), ("d", 3, 1)];
         assert_eq!(Ring::build(&capped, 1024, 6).len(), 6);
         assert!(ring(&[], 1024).is_empty());
         assert_eq!(ring(&[], 1024).choose(7, 0), None);
@@ -160,6 +162,16 @@ mod tests {
             })
             .collect();
         assert_eq!(picks, GOLDEN_RING);
+    }
+
+    #[test]
+    fn a_host_gets_entries_in_proportion_to_its_weight() {
+        // Weights 1, 2, 3: the lightest gets ceil(1/6 · 1024) = 171 entries, and
+        // the scale gives the others 342 and 513.
+        let hosts = [("a", 0, 1), ("b", 1, 2), ("c", 2, 3)];
+        let r = Ring::build(&hosts, 1024, waypoint_config::MAXIMUM_RING_SIZE);
+        let count = |i| r.entries.iter().filter(|e| e.1 == i).count();
+        assert_eq!((count(0), count(1), count(2)), (171, 342, 513));
     }
 
     const GOLDEN_RING: [usize; 12] = [0, 1, 2, 0, 0, 2, 2, 2, 0, 0, 1, 2];
