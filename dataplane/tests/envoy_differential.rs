@@ -1156,3 +1156,192 @@ async fn slow_request_heads_match_envoy() {
     );
     assert!(ours.first.ends_with("request header timeout"), "{ours:?}");
 }
+
+/// The seed's configs for both proxies with endpoint weights: Envoy's
+/// `load_balancing_weight` and our `weight`.
+fn weighted(
+    envoy: &str,
+    ours: &str,
+    endpoints: &[(SocketAddr, &str)],
+    weights: &[u32],
+) -> (String, String) {
+    let (mut envoy, mut ours) = (envoy.to_owned(), ours.to_owned());
+    for ((addr, name), w) in endpoints.iter().zip(weights) {
+        let at = format!("port_value: {}}}}}}}", addr.port());
+        assert!(envoy.contains(&at), "{envoy}");
+        envoy = envoy.replace(&at, &format!("{at}\n          load_balancing_weight: {w}"));
+        let at = format!("workload: {name}}}");
+        assert!(ours.contains(&at), "{ours}");
+        ours = ours.replace(&at, &format!("workload: {name}, weight: {w}}}"));
+    }
+    (envoy, ours)
+}
+
+/// Round robin over endpoints of weights 1 and 3, through Envoy 1.40 (its EDF
+/// scheduler) and ours: 400 requests split 100/300 in both, within one request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_weights_match_envoy() {
+    envoy_binary();
+    let mut pods = Vec::new();
+    for name in &PODS[..2] {
+        pods.push(Pod::start("127.0.0.1:0".parse().unwrap(), name).await);
+    }
+    let endpoints: Vec<_> = pods.iter().map(|p| (p.addr, p.name)).collect();
+    let (envoy_text, ours_text) = weighted(
+        &envoy_config(&endpoints, Retries::IstioDefault, TEN_SECONDS),
+        &support::seed_waypoint(&endpoints, 2, ("10s", "30s"), TEN_SECONDS),
+        &endpoints,
+        &[1, 3],
+    );
+    let (envoy, ours) = tokio::join!(
+        Proxy::envoy_with(&envoy_text, "weights"),
+        Proxy::ours_with(&ours_text)
+    );
+    let client = client();
+    for proxy in [&envoy, &ours] {
+        let split = per_pod(&burst(&client, proxy, 400).await);
+        let (light, heavy) = (split[PODS[0]], split[PODS[1]]);
+        assert!(
+            light.abs_diff(100) <= 1 && heavy.abs_diff(300) <= 1,
+            "{}: {split:?}",
+            if matches!(proxy, Proxy::Envoy { .. }) {
+                "envoy"
+            } else {
+                "ours"
+            }
+        );
+    }
+}
+
+/// Envoy's endpoints for the seed's cluster as an EDS resource, which Envoy reads
+/// from a file and reads again when a new file is moved into its directory.
+fn write_eds(dir: &std::path::Path, endpoints: &[(SocketAddr, &str)]) {
+    let mut lb_endpoints = String::new();
+    for (addr, _) in endpoints {
+        let _ = write!(
+            lb_endpoints,
+            "
+    - endpoint: {{address: {{socket_address: {{address: {}, port_value: {}}}}}}}",
+            addr.ip(),
+            addr.port()
+        );
+    }
+    let text = format!(
+        "resources:
+- \"@type\": type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment
+  cluster_name: \"{CLUSTER}\"
+  endpoints:
+  - lb_endpoints:{lb_endpoints}
+"
+    );
+    let staged = dir.join("eds.yaml.next");
+    std::fs::write(&staged, text).unwrap();
+    std::fs::rename(&staged, dir.join("eds.yaml")).unwrap();
+}
+
+/// Slow start as Istio writes it for `warmup: {duration: 4s}` (ROUND_ROBIN,
+/// 10% minimum, linear), with the endpoints from a watched EDS file.
+fn envoy_slow_start_config(dir: &std::path::Path) -> String {
+    let text = envoy_config(&[], Retries::IstioDefault, TEN_SECONDS);
+    let static_cluster = "    type: STATIC\n";
+    assert!(text.contains(static_cluster));
+    let eds = format!(
+        "    type: EDS
+    eds_cluster_config:
+      eds_config:
+        resource_api_version: V3
+        path_config_source:
+          path: {}
+          watched_directory: {{path: {}}}
+    round_robin_lb_config:
+      slow_start_config: {{slow_start_window: 4s, aggression: {{default_value: 1.0, runtime_key: \"(\"}}}}
+",
+        dir.join("eds.yaml").display(),
+        dir.display()
+    );
+    // A config source needs the node named.
+    let text = format!(
+        "node: {{id: waypoint, cluster: waypoint}}\n{}",
+        text.replace(static_cluster, &eds)
+    );
+    let assignment = text.find("    load_assignment:").unwrap();
+    text[..assignment].to_owned()
+}
+
+/// How many requests each pod answered of the 210 sent right after a third pod
+/// joined a cluster whose two pods are past the 4 s slow-start window.
+async fn slow_start_split(envoy: bool) -> (BTreeMap<String, usize>, BTreeMap<String, usize>) {
+    let mut pods = Vec::new();
+    for name in PODS {
+        pods.push(Pod::start("127.0.0.1:0".parse().unwrap(), name).await);
+    }
+    let all: Vec<_> = pods.iter().map(|p| (p.addr, p.name)).collect();
+    let two = &all[..2];
+    let ours_text = |endpoints: &[(SocketAddr, &str)]| {
+        let text = support::seed_waypoint(endpoints, 2, ("10s", "30s"), TEN_SECONDS);
+        text.replace(
+            "  loadBalancer: ROUND_ROBIN\n",
+            "  loadBalancer: ROUND_ROBIN\n  slowStart: {window: 4s}\n",
+        )
+    };
+    let dir = std::env::temp_dir().join(format!("waypoint-eds-{}", std::process::id()));
+    let proxy = if envoy {
+        std::fs::create_dir_all(&dir).unwrap();
+        write_eds(&dir, two);
+        Proxy::envoy_with(&envoy_slow_start_config(&dir), "slow-start").await
+    } else {
+        Proxy::ours_with(&ours_text(two)).await
+    };
+    let client = client();
+    let before = per_pod(&burst(&client, &proxy, 100).await);
+    tokio::time::sleep(Duration::from_millis(4_100)).await;
+    match &proxy {
+        Proxy::Envoy { admin, .. } => {
+            write_eds(&dir, &all);
+            let third = all[2].0.to_string();
+            let deadline = Instant::now() + TEN_SECONDS;
+            loop {
+                let (_, hosts) = get(&client, format!("http://{admin}/clusters"), "admin").await;
+                if hosts.contains(&third) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "envoy never read the new EDS file"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        Proxy::Ours { shared, .. } => shared.reload(&ours_text(&all)).unwrap(),
+    }
+    let after = per_pod(&burst(&client, &proxy, 210).await);
+    let _ = std::fs::remove_dir_all(&dir);
+    (before, after)
+}
+
+/// Slow start through Envoy 1.40 and ours: the pod that joins gets about 10% of a
+/// share at first (10 of 210 requests; 70 would be even), and the two pods that
+/// were there before split the rest evenly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_start_matches_envoy() {
+    envoy_binary();
+    let (envoy, ours) = tokio::join!(slow_start_split(true), slow_start_split(false));
+    let new = |after: &BTreeMap<String, usize>| after.get(PODS[2]).copied().unwrap_or(0);
+    // Both ran at the same time, so their ramps stood at the same point.
+    assert!(
+        new(&envoy.1).abs_diff(new(&ours.1)) <= 10,
+        "{envoy:?} {ours:?}"
+    );
+    for (who, (before, after)) in [("envoy", envoy), ("ours", ours)] {
+        assert_eq!(
+            (before[PODS[0]], before[PODS[1]]),
+            (50, 50),
+            "{who} before: {before:?}"
+        );
+        assert!((3..=35).contains(&new(&after)), "{who} after: {after:?}");
+        assert!(
+            after[PODS[0]].abs_diff(after[PODS[1]]) <= 1,
+            "{who} after: {after:?}"
+        );
+    }
+}
