@@ -134,9 +134,7 @@ impl Metrics {
 
     pub fn ejection_enforced(&self, cluster: &str) {
         let mut map = self.outlier.lock().unwrap_or_else(PoisonError::into_inner);
-        let o = map.entry(cluster.to_owned()).or_default();
-        o.enforced += 1;
-        o.active += 1;
+        map.entry(cluster.to_owned()).or_default().enforced += 1;
     }
 
     pub fn ejection_overflow(&self, cluster: &str) {
@@ -148,10 +146,12 @@ impl Metrics {
             .overflow += 1;
     }
 
-    pub fn unejected(&self, cluster: &str) {
+    /// The ejected endpoints now, as the cluster's detector counts them: an
+    /// ejected endpoint that leaves the cluster, or a detector replaced by a new
+    /// policy, takes its ejection with it.
+    pub fn set_ejections_active(&self, cluster: &str, active: usize) {
         let mut map = self.outlier.lock().unwrap_or_else(PoisonError::into_inner);
-        let o = map.entry(cluster.to_owned()).or_default();
-        o.active = o.active.saturating_sub(1);
+        map.entry(cluster.to_owned()).or_default().active = active as u64;
     }
 
     fn upstream(&self, cluster: &str, bump: impl FnOnce(&mut Upstream)) {
@@ -425,6 +425,7 @@ mod tests {
     fn outlier_counters() {
         let m = Metrics::default();
         m.ejection_enforced("c");
+        m.set_ejections_active("c", 1);
         m.ejection_overflow("c");
         m.ejection_overflow("c");
         let text = m.render();
@@ -439,7 +440,7 @@ mod tests {
         assert!(
             text.contains("envoy_cluster_outlier_detection_ejections_active{cluster_name=\"c\"} 1")
         );
-        m.unejected("c");
+        m.set_ejections_active("c", 0);
         assert!(
             m.render()
                 .contains("envoy_cluster_outlier_detection_ejections_active{cluster_name=\"c\"} 0")

@@ -183,6 +183,24 @@ impl<K: Ord + Clone> Detector<K> {
         self.ejections_active = self.hosts.values().filter(|h| h.ejected).count();
     }
 
+    /// The detector with each host renamed by `key`; hosts it maps to `None` are
+    /// dropped, as [`Detector::set_hosts`] drops them. Lets a new endpoint list
+    /// (new indexes) keep the state of the addresses it keeps.
+    #[must_use]
+    pub fn rekeyed(&self, key: impl Fn(&K) -> Option<K>) -> Self {
+        let hosts: BTreeMap<K, HostState> = self
+            .hosts
+            .iter()
+            .filter_map(|(k, state)| Some((key(k)?, state.clone())))
+            .collect();
+        let ejections_active = hosts.values().filter(|h| h.ejected).count();
+        Self {
+            config: self.config.clone(),
+            hosts,
+            ejections_active,
+        }
+    }
+
     pub fn is_ejected(&self, host: &K) -> bool {
         self.hosts.get(host).is_some_and(|h| h.ejected)
     }

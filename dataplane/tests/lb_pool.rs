@@ -1,4 +1,5 @@
-//! Consistent-hash load balancing and connection-pool limits through the whole proxy
+//! Load balancing (weights, slow start, consistent hash), outlier state across
+//! endpoint updates, and connection-pool limits through the whole proxy
 //! on loopback: real hyper backends (which count the connections they accept and can
 //! hold a request until told to answer) and a real hyper client. No timing: requests
 //! are held at the backend, and the test waits for the states it needs.
@@ -549,4 +550,69 @@ async fn an_endpoint_added_by_a_reload_slow_starts() {
     let counts = answered_by(p.addr, 210).await;
     assert!((3..=35).contains(&counts["c"]), "{counts:?}");
     assert!(counts["a"].abs_diff(counts["b"]) <= 1, "{counts:?}");
+}
+
+fn ejections_active(p: &Proxy) -> String {
+    let text = p.shared.current().metrics.render();
+    let prefix =
+        format!("envoy_cluster_outlier_detection_ejections_active{{cluster_name=\"{CLUSTER}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .unwrap_or("absent")
+        .to_owned()
+}
+
+/// As Envoy keeps hosts and their detector across an endpoint update: an endpoint
+/// list that changes while the policy stays keeps the ejection of the addresses it
+/// keeps, and the interval timer keeps its phase however often the config
+/// changes, so the ejected endpoint still returns on time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ejection_outlives_endpoint_updates_and_ends_on_time() {
+    let (bad, b, c, d) = (
+        backend_answering("bad", false, 503).await,
+        backend("b", false).await,
+        backend("c", false).await,
+        backend("d", false).await,
+    );
+    let policy = "  loadBalancer: ROUND_ROBIN
+  outlierDetection: {consecutive5xxErrors: 3, interval: 1s, baseEjectionTime: 2s, maxEjectionPercent: 50}";
+    let three = proxy_yaml(&[(&bad, 1), (&b, 1), (&c, 1)], policy, DEFAULT_RETRY);
+    let four = proxy_yaml(
+        &[(&bad, 1), (&b, 1), (&c, 1), (&d, 1)],
+        policy,
+        DEFAULT_RETRY,
+    );
+    let p = proxy(&[], "", DEFAULT_RETRY).await;
+    p.shared.reload(&three).unwrap();
+    let client = client();
+    let mut statuses = Vec::new();
+    while ejections_active(&p) != "1" {
+        assert!(statuses.len() < 9, "not ejected after {statuses:?}");
+        statuses.push(get(&client, p.addr, &[]).await.status);
+    }
+    assert_eq!(statuses.iter().filter(|&&s| s == 503).count(), 3);
+    let ejected_at = Instant::now();
+    // A fourth endpoint joins: the ejected one stays out.
+    p.shared.reload(&four).unwrap();
+    assert_eq!(ejections_active(&p), "1");
+    let counts = answered_by(p.addr, 30).await;
+    assert!(!counts.contains_key("bad"), "{counts:?}");
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    // Config changes every 300 ms, each shorter than the 1 s interval: the
+    // endpoint still comes back at the first tick 2 s after its ejection.
+    let mut configs = [&three, &four].into_iter().cycle();
+    while ejections_active(&p) != "0" {
+        assert!(
+            ejected_at.elapsed() < Duration::from_secs(8),
+            "still ejected 8 s after the ejection"
+        );
+        p.shared.reload(configs.next().unwrap()).unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let back = get(&client, p.addr, &[]).await;
+    let mut seen = BTreeSet::from([back.body]);
+    for _ in 0..4 {
+        seen.insert(get(&client, p.addr, &[]).await.body);
+    }
+    assert!(seen.contains("bad"), "{seen:?}");
 }

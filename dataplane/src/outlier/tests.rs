@@ -300,3 +300,37 @@ fn removed_hosts_leave_the_count_and_unknown_hosts_are_ignored() {
     assert_eq!(d.ejections_active(), 0);
     assert!(d.report(&42, Outcome::Status(503), s(0)).is_empty());
 }
+
+#[test]
+fn rekeyed_hosts_keep_their_state_and_dropped_hosts_leave() {
+    let mut d = ten_hosts();
+    for _ in 0..3 {
+        d.report(&4, Outcome::Status(503), s(0));
+    }
+    d.report(&7, Outcome::Status(503), s(0));
+    d.report(&7, Outcome::Status(503), s(0));
+    // A new endpoint list: host 4 is now index 0, host 7 index 1, the rest gone.
+    let mut moved = d.rekeyed(|&k| match k {
+        4 => Some(0),
+        7 => Some(1),
+        _ => None,
+    });
+    assert_eq!((moved.host_count(), moved.ejections_active()), (2, 1));
+    assert!(moved.is_ejected(&0));
+    // Host 7's two failures came along: the third ejects it (50% of 2 hosts is
+    // over the 10% cap, so it overflows instead).
+    let events = moved.report(&1, Outcome::Status(503), s(1));
+    assert!(
+        matches!(events[..], [Event::Overflow { host: 1, .. }]),
+        "{events:?}"
+    );
+    // The ejection time came along too: back at the first tick 5 s after it.
+    assert!(moved.tick(s(4)).is_empty());
+    assert!(matches!(
+        moved.tick(s(5))[..],
+        [Event::Unejected { host: 0, .. }]
+    ));
+    // Dropping an ejected host takes it out of the active count.
+    let d2 = d.rekeyed(|&k| (k != 4).then_some(k));
+    assert_eq!(d2.ejections_active(), 0);
+}

@@ -4,7 +4,7 @@
 
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -58,8 +58,15 @@ pub struct Cluster {
     /// The request hash of a RING_HASH or MAGLEV cluster.
     hash: Option<config::ConsistentHash>,
     pub endpoints: Vec<Endpoint>,
+    /// The cluster's config without its endpoints: while it stays the same, a
+    /// new endpoint list keeps the outlier state of the addresses it keeps.
+    settings: config::Cluster,
     interval: Option<Duration>,
+    /// The clock of the outlier detector and its interval timer.
     epoch: Instant,
+    /// Interval ticks run since `epoch`; the next is due at `epoch + (ticks + 1) ·
+    /// interval`, so a config change does not move the timer.
+    ticks: AtomicU64,
     /// Whether picks read endpoint ages (slow start is configured).
     aged: bool,
     state: Mutex<State>,
@@ -68,7 +75,10 @@ pub struct Cluster {
 
 impl Cluster {
     /// The cluster for `c`; `previous` is the cluster of that name in the config
-    /// before, whose endpoints keep the time they joined.
+    /// before. Its endpoints keep the time they joined, and when only the endpoint
+    /// list changed, the addresses kept also keep their outlier state (ejection,
+    /// counters, backoff) and the interval timer its phase, as Envoy keeps hosts
+    /// and the detector across an endpoint update.
     pub fn new(
         c: &config::Cluster,
         previous: Option<&Self>,
@@ -93,16 +103,40 @@ impl Cluster {
             },
             _ => Policy::Random,
         };
+        let settings = config::Cluster {
+            endpoints: Vec::new(),
+            ..c.clone()
+        };
+        let same = previous.filter(|p| p.settings == settings);
+        // The detector's clock: the previous one's when its state carries over.
+        let (clock, ticks) =
+            same.map_or((epoch, 0), |p| (p.epoch, p.ticks.load(Ordering::Relaxed)));
+        let carried = same.and_then(|p| {
+            let index = |address| c.endpoints.iter().position(|e| e.address == address);
+            let detector = p
+                .state()
+                .detector
+                .as_ref()?
+                .rekeyed(|&i| index(p.endpoints.get(i)?.address));
+            Some(detector)
+        });
         let detector = c.outlier_detection.as_ref().map(|od| {
-            let cfg = outlier::Config::new(od.base_ejection_time)
-                .with_consecutive_5xx(od.consecutive_5xx_errors)
-                .with_consecutive_gateway(od.consecutive_gateway_errors)
-                .with_interval(od.interval)
-                .with_max_ejection_percent(od.max_ejection_percent);
-            let mut d = Detector::new(cfg);
+            let mut d = carried.unwrap_or_else(|| {
+                Detector::new(
+                    outlier::Config::new(od.base_ejection_time)
+                        .with_consecutive_5xx(od.consecutive_5xx_errors)
+                        .with_consecutive_gateway(od.consecutive_gateway_errors)
+                        .with_interval(od.interval)
+                        .with_max_ejection_percent(od.max_ejection_percent),
+                )
+            });
             d.set_hosts(0..c.endpoints.len());
             d
         });
+        metrics.set_ejections_active(
+            &c.name,
+            detector.as_ref().map_or(0, Detector::ejections_active),
+        );
         // With outlier detection Istio writes minHealthPercent as the panic threshold;
         // without it Envoy's default of 50% applies.
         let min_health = c
@@ -144,8 +178,10 @@ impl Cluster {
                     active: AtomicU32::new(0),
                 })
                 .collect(),
+            settings,
             interval: c.outlier_detection.as_ref().map(|od| od.interval),
-            epoch,
+            epoch: clock,
+            ticks: AtomicU64::new(ticks),
             aged: c.slow_start.is_some(),
             state: Mutex::new(State {
                 balancer: Balancer::new(policy, min_health, rng)
@@ -202,11 +238,11 @@ impl Cluster {
 
     pub fn report(&self, endpoint: usize, outcome: Outcome) {
         let now = self.epoch.elapsed();
-        let events = match self.state().detector.as_mut() {
-            Some(d) => d.report(&endpoint, outcome, now),
+        let (events, active) = match self.state().detector.as_mut() {
+            Some(d) => (d.report(&endpoint, outcome, now), d.ejections_active()),
             None => return,
         };
-        self.log_events(&events);
+        self.log_events(&events, active);
     }
 
     /// Indexes of the endpoints outlier detection has ejected right now.
@@ -228,31 +264,38 @@ impl Cluster {
         self.upstream.open(i).await
     }
 
-    /// The outlier detector's interval, when the cluster has one.
-    pub fn interval(&self) -> Option<Duration> {
-        self.interval
+    /// When the outlier detector's next interval tick is due, when the cluster has
+    /// a detector: one interval after the last tick, counted from the detector's
+    /// start, whatever config changes came between.
+    pub fn next_tick(&self) -> Option<Instant> {
+        let interval = self.interval?;
+        let ticks = u32::try_from(self.ticks.load(Ordering::Relaxed) + 1).ok()?;
+        self.epoch.checked_add(interval.checked_mul(ticks)?)
     }
 
     pub fn tick(&self) {
+        self.ticks.fetch_add(1, Ordering::Relaxed);
         let now = self.epoch.elapsed();
-        let events = match self.state().detector.as_mut() {
-            Some(d) => d.tick(now),
+        let (events, active) = match self.state().detector.as_mut() {
+            Some(d) => (d.tick(now), d.ejections_active()),
             None => return,
         };
-        self.log_events(&events);
+        self.log_events(&events, active);
     }
 
-    /// Ejection log lines on stdout beside the access log, in the seed guide's words.
-    fn log_events(&self, events: &[Event<usize>]) {
+    /// Ejection log lines on stdout beside the access log, in the seed guide's words;
+    /// `active` is the detector's count of ejected endpoints after them.
+    fn log_events(&self, events: &[Event<usize>], active: usize) {
         if events.is_empty() {
             return;
         }
+        self.metrics.set_ejections_active(&self.name, active);
         let mut out = std::io::stdout().lock();
         for e in events {
             match e {
                 Event::Ejected { .. } => self.metrics.ejection_enforced(&self.name),
                 Event::Overflow { .. } => self.metrics.ejection_overflow(&self.name),
-                Event::Unejected { .. } => self.metrics.unejected(&self.name),
+                Event::Unejected { .. } => {}
             }
             let (host, text) = match e {
                 Event::Ejected {

@@ -152,17 +152,18 @@ impl Runtime {
         self.matchers.get(listener)?.get(index)
     }
 
-    /// Runs every cluster's outlier-detection interval timer until the task is dropped.
+    /// Runs every cluster's outlier-detection interval timer until the task is
+    /// dropped. A reload replaces the tasks; the ticks stay where the cluster's
+    /// detector has them due (one missed while the tasks were swapped runs at once).
     pub fn spawn_timers(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
         self.clusters
             .values()
-            .filter_map(|c| c.interval().map(|i| (Arc::clone(c), i)))
-            .map(|(cluster, interval)| {
+            .filter(|c| c.next_tick().is_some())
+            .map(|cluster| {
+                let cluster = Arc::clone(cluster);
                 tokio::spawn(async move {
-                    let mut timer =
-                        tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-                    loop {
-                        timer.tick().await;
+                    while let Some(due) = cluster.next_tick() {
+                        tokio::time::sleep_until(due.into()).await;
                         cluster.tick();
                     }
                 })
