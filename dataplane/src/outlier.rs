@@ -81,9 +81,11 @@ impl Config {
         self
     }
 
+    /// `Some(threshold)`: `splitExternalLocalOriginErrors` with
+    /// `consecutiveLocalOriginFailures`; `None`: no split.
     #[must_use]
     pub fn with_split_local_origin(mut self, consecutive: Option<u32>) -> Self {
-        self.split_local_origin = true;
+        self.split_local_origin = consecutive.is_some();
         self.consecutive_local_origin = consecutive.filter(|n| *n > 0);
         self
     }

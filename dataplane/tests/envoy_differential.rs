@@ -1345,3 +1345,57 @@ async fn slow_start_matches_envoy() {
         );
     }
 }
+
+/// Failed requests of 15 and the ejections after them, over two pods and one
+/// endpoint failing as `failure`, with `splitExternalLocalOriginErrors` and
+/// `consecutiveLocalOriginFailures: 2` (and `consecutive5xxErrors: 3`), no retries.
+async fn split_local_origin(envoy: bool, failure: Failure) -> (usize, u64) {
+    let mut pods = Vec::new();
+    for name in &PODS[..2] {
+        pods.push(Pod::start("127.0.0.1:0".parse().unwrap(), name).await);
+    }
+    let (failing, _keep) = failing_endpoint(failure).await;
+    let mut endpoints: Vec<_> = pods.iter().map(|p| (p.addr, p.name)).collect();
+    endpoints.push((failing, PODS[2]));
+    let proxy = if envoy {
+        let text = envoy_config(&endpoints, Retries::Off, TEN_SECONDS);
+        let at = "      enforcing_success_rate: 0\n";
+        assert!(text.contains(at));
+        let split = "      split_external_local_origin_errors: true
+      consecutive_local_origin_failure: 2
+      enforcing_consecutive_local_origin_failure: 100
+      enforcing_local_origin_success_rate: 0\n";
+        let text = text.replace(at, &format!("{at}{split}"));
+        Proxy::envoy_with(&text, &format!("split-{failure:?}")).await
+    } else {
+        let text = support::seed_waypoint(&endpoints, 0, ("10s", "30s"), TEN_SECONDS);
+        let at = "maxEjectionPercent: 50}";
+        assert!(text.contains(at));
+        let split = "maxEjectionPercent: 50, splitExternalLocalOriginErrors: true, consecutiveLocalOriginFailures: 2}";
+        Proxy::ours_with(&text.replace(at, split)).await
+    };
+    let client = client();
+    let failed = burst(&client, &proxy, 15)
+        .await
+        .iter()
+        .filter(|(status, _)| *status != 200)
+        .count();
+    (failed, proxy.stats(&client).await.ejections_enforced)
+}
+
+/// With local-origin errors split, refused connects count towards their own
+/// threshold (ejected after 2), while a connection that is made and then closed
+/// resets that count before the failure adds to it, so it is never ejected: the
+/// same in Envoy 1.40 (`onPoolReady` reports `LocalOriginConnectSuccess`) and ours.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_local_origin_errors_match_envoy() {
+    envoy_binary();
+    for (failure, want) in [(Failure::Refused, (2, 1)), (Failure::Closes, (5, 0))] {
+        let (envoy, ours) = tokio::join!(
+            split_local_origin(true, failure),
+            split_local_origin(false, failure)
+        );
+        assert_eq!(envoy, want, "envoy, {failure:?}");
+        assert_eq!(ours, want, "ours, {failure:?}");
+    }
+}

@@ -52,8 +52,16 @@ pub fn binds(gw: &Gateway, svc: &Service, namespace: Option<&Namespace>) -> bool
         && svc.namespace() == gw.namespace()
 }
 
+/// Istio's `applyOutlierDetection`. With `splitExternalLocalOriginErrors`,
+/// `consecutiveLocalOriginFailures` is written only above 0, so unset and 0 leave
+/// Envoy's default of 5.
 fn outlier(od: &OutlierDetection) -> model::OutlierDetection {
     model::OutlierDetection {
+        split_external_local_origin_errors: od.split_external_local_origin_errors == Some(true),
+        consecutive_local_origin_failures: od
+            .consecutive_local_origin_failures
+            .filter(|n| *n > 0)
+            .unwrap_or(5),
         consecutive_5xx_errors: od.effective_consecutive_5xx(),
         consecutive_gateway_errors: od.effective_consecutive_gateway(),
         interval: od.effective_interval(),
@@ -790,6 +798,28 @@ spec:
         assert_eq!(cluster.protocol, h2);
         let (cluster, _) = compiled_with("    connectionPool: {http: {h2UpgradePolicy: DEFAULT}}");
         assert_eq!(cluster.protocol, h1);
+    }
+
+    #[test]
+    fn local_origin_failures_split_with_envoys_default_threshold() {
+        let od = |body: &str| {
+            let (cluster, _) = compiled_with(&format!("    outlierDetection: {body}"));
+            let od = cluster.outlier_detection.unwrap();
+            (
+                od.split_external_local_origin_errors,
+                od.consecutive_local_origin_failures,
+            )
+        };
+        assert_eq!(od("{consecutive5xxErrors: 3}"), (false, 5));
+        assert_eq!(
+            od("{splitExternalLocalOriginErrors: true, consecutiveLocalOriginFailures: 2}"),
+            (true, 2)
+        );
+        assert_eq!(od("{splitExternalLocalOriginErrors: true}"), (true, 5));
+        assert_eq!(
+            od("{splitExternalLocalOriginErrors: true, consecutiveLocalOriginFailures: 0}"),
+            (true, 5)
+        );
     }
 
     #[test]

@@ -345,6 +345,22 @@ pub struct OutlierDetection {
     pub max_ejection_percent: u32,
     #[serde(default)]
     pub min_health_percent: u32,
+    /// `splitExternalLocalOriginErrors`: connect failures, resets and timeouts count
+    /// towards `consecutiveLocalOriginFailures` instead of as 503 and 504.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub split_external_local_origin_errors: bool,
+    /// Only read with the split; Envoy's default is 5.
+    #[serde(default = "five", skip_serializing_if = "is_five")]
+    pub consecutive_local_origin_failures: u32,
+}
+
+fn five() -> u32 {
+    5
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's `skip_serializing_if` passes `&T`
+fn is_five(n: &u32) -> bool {
+    *n == 5
 }
 
 /// A config the dataplane refuses, naming the field and the value.
@@ -474,6 +490,12 @@ impl Cluster {
                 return invalid(
                     format!("{at}.outlierDetection.minHealthPercent"),
                     format!("{} is not in 0..100", od.min_health_percent),
+                );
+            }
+            if od.consecutive_local_origin_failures == 0 {
+                return invalid(
+                    format!("{at}.outlierDetection.consecutiveLocalOriginFailures"),
+                    "0 is not a threshold (Istio writes Envoy's default, 5, for 0)",
                 );
             }
             if od.interval < Duration::from_millis(1)
@@ -614,6 +636,8 @@ clusters:
         let od = cluster.outlier_detection.as_ref().unwrap();
         assert_eq!(od.consecutive_5xx_errors, Some(3));
         assert_eq!(od.base_ejection_time, Duration::from_secs(30));
+        assert!(!od.split_external_local_origin_errors);
+        assert_eq!(od.consecutive_local_origin_failures, 5);
         let route = &c.listeners[0].routes[0];
         assert_eq!(route.retry, RetryConfig::default());
         assert_eq!(route.timeout, None);
@@ -793,6 +817,13 @@ clusters:
             (
                 WARMING.replace("weight: 3", "weight: 0"),
                 "clusters[0].endpoints[0].weight: 0 is not a weight",
+            ),
+            (
+                SEED.replace(
+                    "maxEjectionPercent: 50",
+                    "maxEjectionPercent: 50\n    consecutiveLocalOriginFailures: 0",
+                ),
+                "clusters[0].outlierDetection.consecutiveLocalOriginFailures: 0 is not a threshold",
             ),
             (
                 WARMING.replace("LEAST_REQUEST", "RANDOM"),

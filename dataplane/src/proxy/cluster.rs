@@ -69,6 +69,9 @@ pub struct Cluster {
     ticks: AtomicU64,
     /// Whether picks read endpoint ages (slow start is configured).
     aged: bool,
+    /// Outlier detection splits local-origin errors, so a connection made resets
+    /// their count.
+    split: bool,
     state: Mutex<State>,
     metrics: Arc<Metrics>,
 }
@@ -92,17 +95,7 @@ impl Cluster {
                 .clone()
                 .unwrap_or_else(config::ConsistentHash::random)
         });
-        let policy = match (c.load_balancer, &hash) {
-            (config::LoadBalancer::RoundRobin, _) => Policy::RoundRobin,
-            (config::LoadBalancer::LeastRequest, _) => Policy::LeastRequest,
-            (config::LoadBalancer::RingHash, Some(h)) => Policy::RingHash {
-                minimum_ring_size: h.minimum_ring_size,
-            },
-            (config::LoadBalancer::Maglev, Some(h)) => Policy::Maglev {
-                table_size: h.table_size,
-            },
-            _ => Policy::Random,
-        };
+        let policy = balancer_policy(c.load_balancer, hash.as_ref());
         let settings = config::Cluster {
             endpoints: Vec::new(),
             ..c.clone()
@@ -111,28 +104,7 @@ impl Cluster {
         // The detector's clock: the previous one's when its state carries over.
         let (clock, ticks) =
             same.map_or((epoch, 0), |p| (p.epoch, p.ticks.load(Ordering::Relaxed)));
-        let carried = same.and_then(|p| {
-            let index = |address| c.endpoints.iter().position(|e| e.address == address);
-            let detector = p
-                .state()
-                .detector
-                .as_ref()?
-                .rekeyed(|&i| index(p.endpoints.get(i)?.address));
-            Some(detector)
-        });
-        let detector = c.outlier_detection.as_ref().map(|od| {
-            let mut d = carried.unwrap_or_else(|| {
-                Detector::new(
-                    outlier::Config::new(od.base_ejection_time)
-                        .with_consecutive_5xx(od.consecutive_5xx_errors)
-                        .with_consecutive_gateway(od.consecutive_gateway_errors)
-                        .with_interval(od.interval)
-                        .with_max_ejection_percent(od.max_ejection_percent),
-                )
-            });
-            d.set_hosts(0..c.endpoints.len());
-            d
-        });
+        let detector = detector(c, same);
         metrics.set_ejections_active(
             &c.name,
             detector.as_ref().map_or(0, Detector::ejections_active),
@@ -183,6 +155,10 @@ impl Cluster {
             epoch: clock,
             ticks: AtomicU64::new(ticks),
             aged: c.slow_start.is_some(),
+            split: c
+                .outlier_detection
+                .as_ref()
+                .is_some_and(|od| od.split_external_local_origin_errors),
             state: Mutex::new(State {
                 balancer: Balancer::new(policy, min_health, rng)
                     .with_host_keys(keys)
@@ -191,6 +167,15 @@ impl Cluster {
             }),
             metrics,
         }
+    }
+
+    /// The previous cluster's detector with its endpoints' state moved to their new
+    /// indexes, by address.
+    fn carried_detector(&self, endpoints: &[config::Endpoint]) -> Option<Detector<usize>> {
+        let index = |address| endpoints.iter().position(|e| e.address == address);
+        let state = self.state();
+        let detector = state.detector.as_ref()?;
+        Some(detector.rekeyed(|&i| index(self.endpoints.get(i)?.address)))
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -243,6 +228,15 @@ impl Cluster {
             None => return,
         };
         self.log_events(&events, active);
+    }
+
+    /// An attempt to endpoint `i` has its connection (Envoy's `onPoolReady`, which
+    /// reports `LocalOriginConnectSuccess`): with split local-origin errors that
+    /// resets their count; otherwise it means nothing, so it is not reported.
+    pub fn connected(&self, i: usize) {
+        if self.split {
+            self.report(i, Outcome::ConnectSuccess);
+        }
     }
 
     /// Indexes of the endpoints outlier detection has ejected right now.
@@ -332,4 +326,41 @@ impl Cluster {
             );
         }
     }
+}
+
+fn balancer_policy(lb: config::LoadBalancer, hash: Option<&config::ConsistentHash>) -> Policy {
+    match (lb, hash) {
+        (config::LoadBalancer::RoundRobin, _) => Policy::RoundRobin,
+        (config::LoadBalancer::LeastRequest, _) => Policy::LeastRequest,
+        (config::LoadBalancer::RingHash, Some(h)) => Policy::RingHash {
+            minimum_ring_size: h.minimum_ring_size,
+        },
+        (config::LoadBalancer::Maglev, Some(h)) => Policy::Maglev {
+            table_size: h.table_size,
+        },
+        _ => Policy::Random,
+    }
+}
+
+/// The outlier detector of `c`: `same`'s, carried over, when only the endpoint list
+/// changed; else a new one.
+fn detector(c: &config::Cluster, same: Option<&Cluster>) -> Option<Detector<usize>> {
+    let od = c.outlier_detection.as_ref()?;
+    let mut d = same
+        .and_then(|p| p.carried_detector(&c.endpoints))
+        .unwrap_or_else(|| {
+            Detector::new(
+                outlier::Config::new(od.base_ejection_time)
+                    .with_consecutive_5xx(od.consecutive_5xx_errors)
+                    .with_consecutive_gateway(od.consecutive_gateway_errors)
+                    .with_interval(od.interval)
+                    .with_max_ejection_percent(od.max_ejection_percent)
+                    .with_split_local_origin(
+                        od.split_external_local_origin_errors
+                            .then_some(od.consecutive_local_origin_failures),
+                    ),
+            )
+        });
+    d.set_hosts(0..c.endpoints.len());
+    Some(d)
 }

@@ -1116,7 +1116,9 @@ async fn send(
     let Ok(uri) = path.parse::<Uri>() else {
         return (Err(NoResponse::Reset), Instant::now());
     };
+    // Called once the attempt has a connection, as Envoy's `onPoolReady`.
     let make = || {
+        cluster.connected(i);
         let mut req = Request::new(body.reader());
         *req.method_mut() = parts.method.clone();
         *req.uri_mut() = uri.clone();

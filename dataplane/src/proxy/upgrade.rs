@@ -137,6 +137,7 @@ async fn attempt(
         .open(i)
         .await
         .map_err(|e| NoResponse::ConnectFailure(ConnectFailure::of(&e)))?;
+    cluster.connected(i);
     let (mut sender, conn) = http1::handshake(stream)
         .await
         .map_err(|_| NoResponse::ConnectFailure(ConnectFailure::Other))?;

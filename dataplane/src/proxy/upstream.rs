@@ -270,7 +270,9 @@ impl Upstream {
     }
 
     /// Sends the request `make` builds to endpoint `host`, waiting for a connection as
-    /// the pool decides. The lease must be finished once the response body is read.
+    /// the pool decides. `make` is called once a connection is ready to carry it
+    /// (again when a kept-alive one turns out closed). The lease must be finished
+    /// once the response body is read.
     pub async fn send(
         self: &Arc<Self>,
         host: usize,
@@ -279,7 +281,7 @@ impl Upstream {
         if let Some(connections) = &self.http2 {
             // Boxed: opening a connection is a large future, and inline it would make
             // every HTTP/1 attempt's future as large, copied at each await.
-            return Box::pin(self.send_http2(connections, host, make())).await;
+            return Box::pin(self.send_http2(connections, host, make)).await;
         }
         for _ in 0..STALE_CONNECTIONS {
             let mut lease = self.lease(host).await?;
@@ -311,7 +313,7 @@ impl Upstream {
         self: &Arc<Self>,
         connections: &h2::Connections,
         host: usize,
-        req: Request<Reader>,
+        make: impl Fn() -> Request<Reader>,
     ) -> Result<(Response<Incoming>, Lease), NoResponse> {
         let mut sender = match connections.ready(host) {
             Some(sender) => sender,
@@ -330,10 +332,10 @@ impl Upstream {
             done: false,
             stream: true,
         };
-        let req = h2::http2_form(req)?;
         if sender.ready().await.is_err() {
             return Err(NoResponse::Reset);
         }
+        let req = h2::http2_form(make())?;
         match sender.send_request(req).await {
             Ok(resp) => Ok((resp, lease)),
             Err(e) => {
