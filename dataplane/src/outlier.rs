@@ -31,6 +31,8 @@ pub struct Config {
     pub max_ejection_time: Duration,
     /// 1..=100; Istio maps unset and 0 to 10.
     pub max_ejection_percent: u32,
+    /// `outlierDetectionHttpErrorCodes`; empty: every 5xx is an error.
+    pub error_codes: Vec<u16>,
 }
 
 impl Default for Config {
@@ -54,6 +56,7 @@ impl Config {
             base_ejection_time,
             max_ejection_time: base_ejection_time.max(Duration::from_mins(5)),
             max_ejection_percent: 10,
+            error_codes: Vec::new(),
         }
     }
 
@@ -79,6 +82,29 @@ impl Config {
     pub fn with_max_ejection_percent(mut self, percent: u32) -> Self {
         self.max_ejection_percent = if percent == 0 { 10 } else { percent.min(100) };
         self
+    }
+
+    /// Only these statuses are errors (Envoy's cluster `error_matcher`, as Istio
+    /// writes `outlierDetectionHttpErrorCodes`).
+    #[must_use]
+    pub fn with_error_codes(mut self, codes: Vec<u16>) -> Self {
+        self.error_codes = codes;
+        self
+    }
+
+    /// The status a response counts as: with error codes set, a listed status is
+    /// an error (a 5xx as itself, anything else as 500) and any other a success
+    /// (200), as Envoy's router reports a matcher's verdict.
+    fn counted_as(&self, status: u16) -> u16 {
+        match (
+            self.error_codes.is_empty(),
+            self.error_codes.contains(&status),
+        ) {
+            (true, _) => status,
+            (false, true) if status >= 500 => status,
+            (false, true) => 500,
+            (false, false) => 200,
+        }
     }
 
     /// `Some(threshold)`: `splitExternalLocalOriginErrors` with
@@ -222,7 +248,7 @@ impl<K: Ord + Clone> Detector<K> {
             return Vec::new();
         };
         let code = match outcome {
-            Outcome::Status(code) => Some(code),
+            Outcome::Status(code) => Some(self.config.counted_as(code)),
             Outcome::ConnectFailure | Outcome::Reset if !split => Some(503),
             Outcome::Timeout if !split => Some(504),
             Outcome::ConnectFailure | Outcome::Reset | Outcome::Timeout => {

@@ -1284,6 +1284,7 @@ async fn slow_start_split(envoy: bool) -> (BTreeMap<String, usize>, BTreeMap<Str
             "  loadBalancer: ROUND_ROBIN\n  slowStart: {window: 4s}\n",
         )
     };
+    // Envoy's EDS file; ours is told by a reload.
     let dir = std::env::temp_dir().join(format!("waypoint-eds-{}", std::process::id()));
     let proxy = if envoy {
         std::fs::create_dir_all(&dir).unwrap();
@@ -1315,7 +1316,9 @@ async fn slow_start_split(envoy: bool) -> (BTreeMap<String, usize>, BTreeMap<Str
         Proxy::Ours { shared, .. } => shared.reload(&ours_text(&all)).unwrap(),
     }
     let after = per_pod(&burst(&client, &proxy, 210).await);
-    let _ = std::fs::remove_dir_all(&dir);
+    if envoy {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     (before, after)
 }
 
@@ -1374,13 +1377,7 @@ async fn split_local_origin(envoy: bool, failure: Failure) -> (usize, u64) {
         let split = "maxEjectionPercent: 50, splitExternalLocalOriginErrors: true, consecutiveLocalOriginFailures: 2}";
         Proxy::ours_with(&text.replace(at, split)).await
     };
-    let client = client();
-    let failed = burst(&client, &proxy, 15)
-        .await
-        .iter()
-        .filter(|(status, _)| *status != 200)
-        .count();
-    (failed, proxy.stats(&client).await.ejections_enforced)
+    failures_and_ejections(&proxy, 15).await
 }
 
 /// With local-origin errors split, refused connects count towards their own
@@ -1398,4 +1395,107 @@ async fn split_local_origin_errors_match_envoy() {
         assert_eq!(envoy, want, "envoy, {failure:?}");
         assert_eq!(ours, want, "ours, {failure:?}");
     }
+}
+
+/// Failed requests of 15 and the ejections after them, over two pods and an
+/// endpoint that always answers `status`, with `outlierDetectionHttpErrorCodes`
+/// [503, 429] and no retries; `gateway` ejects on 3 consecutive gateway errors
+/// instead of 3 consecutive 5xx.
+async fn error_codes(envoy: bool, status: u16, gateway: bool) -> (usize, u64) {
+    let mut pods = Vec::new();
+    for name in &PODS[..2] {
+        pods.push(Pod::start("127.0.0.1:0".parse().unwrap(), name).await);
+    }
+    let answering = support::serve_http("127.0.0.1", move |_req| async move {
+        let mut resp = support::text(PODS[2]);
+        *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
+        resp
+    })
+    .await;
+    let mut endpoints: Vec<_> = pods.iter().map(|p| (p.addr, p.name)).collect();
+    endpoints.push((answering.addr, PODS[2]));
+    let proxy = if envoy {
+        let mut text = envoy_config(&endpoints, Retries::Off, TEN_SECONDS);
+        let mut rules = String::new();
+        for code in ["503", "429"] {
+            let _ = write!(
+                rules,
+                "
+              - http_response_headers_match: {{headers: [{{name: \":status\", string_match: {{exact: \"{code}\"}}}}]}}"
+            );
+        }
+        let od = "    outlier_detection:\n";
+        assert!(text.contains(od));
+        let options = format!(
+            "    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http_protocol_options: {{}}}}
+        outlier_detection:
+          error_matcher:
+            or_match:
+              rules:{rules}
+{od}"
+        );
+        text = text.replace(od, &options);
+        if gateway {
+            let five_xx = "      consecutive_5xx: 3\n      enforcing_consecutive_5xx: 100\n";
+            assert!(text.contains(five_xx));
+            text = text.replace(
+                five_xx,
+                "      consecutive_5xx: 0
+      enforcing_consecutive_5xx: 0
+      consecutive_gateway_failure: 3
+      enforcing_consecutive_gateway_failure: 100\n",
+            );
+        }
+        Proxy::envoy_with(&text, &format!("codes-{status}-{gateway}")).await
+    } else {
+        let mut text = support::seed_waypoint(&endpoints, 0, ("10s", "30s"), TEN_SECONDS);
+        let at = "maxEjectionPercent: 50}";
+        assert!(text.contains(at));
+        text = text.replace(at, "maxEjectionPercent: 50, httpErrorCodes: [503, 429]}");
+        if gateway {
+            text = text.replace("consecutive5xxErrors: 3", "consecutiveGatewayErrors: 3");
+        }
+        Proxy::ours_with(&text).await
+    };
+    failures_and_ejections(&proxy, 15).await
+}
+
+/// `outlierDetectionHttpErrorCodes` as Envoy 1.40 applies its cluster
+/// `error_matcher`: a listed 503 is an error (and a gateway error), a listed 429
+/// counts as a 500 (an error, not a gateway error), an unlisted 500 is a success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_error_codes_match_envoy() {
+    envoy_binary();
+    for (status, gateway, want) in [
+        (500, false, (5, 0)),
+        (503, false, (3, 1)),
+        (429, false, (3, 1)),
+        (503, true, (3, 1)),
+        (429, true, (5, 0)),
+    ] {
+        let (envoy, ours) = tokio::join!(
+            error_codes(true, status, gateway),
+            error_codes(false, status, gateway)
+        );
+        assert_eq!(envoy, want, "envoy, {status}, gateway {gateway}");
+        assert_eq!(ours, want, "ours, {status}, gateway {gateway}");
+    }
+}
+
+/// Failed requests of `n` and the ejections after them. After each request the
+/// proxy's stats are read, as in the seed journey: Envoy ejects on its main thread
+/// and tells the worker after, so a request sent at once can still reach the host
+/// it has just ejected.
+async fn failures_and_ejections(proxy: &Proxy, n: usize) -> (usize, u64) {
+    let client = client();
+    let mut failed = 0;
+    for _ in 0..n {
+        let (status, _) = burst(&client, proxy, 1).await.remove(0);
+        failed += usize::from(status != 200);
+        proxy.stats(&client).await;
+    }
+    (failed, proxy.stats(&client).await.ejections_enforced)
 }

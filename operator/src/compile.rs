@@ -62,6 +62,14 @@ fn outlier(od: &OutlierDetection) -> model::OutlierDetection {
             .consecutive_local_origin_failures
             .filter(|n| *n > 0)
             .unwrap_or(5),
+        // Statuses outside 100..599 are refused by the CRD; one that slipped past
+        // is left out rather than refused with the whole config.
+        http_error_codes: od
+            .outlier_detection_http_error_codes
+            .iter()
+            .filter_map(|c| u16::try_from(*c).ok())
+            .filter(|c| (100..=599).contains(c))
+            .collect(),
         consecutive_5xx_errors: od.effective_consecutive_5xx(),
         consecutive_gateway_errors: od.effective_consecutive_gateway(),
         interval: od.effective_interval(),
@@ -816,6 +824,13 @@ spec:
             (true, 2)
         );
         assert_eq!(od("{splitExternalLocalOriginErrors: true}"), (true, 5));
+        let (cluster, _) = compiled_with(
+            "    outlierDetection: {outlierDetectionHttpErrorCodes: [503, 429, 700]}",
+        );
+        assert_eq!(
+            cluster.outlier_detection.unwrap().http_error_codes,
+            [503, 429]
+        );
         assert_eq!(
             od("{splitExternalLocalOriginErrors: true, consecutiveLocalOriginFailures: 0}"),
             (true, 5)

@@ -397,6 +397,11 @@ pub struct OutlierDetection {
     /// Deprecated and ignored by Istio's translator since 2020; kept so it round-trips.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consecutive_errors: Option<i32>,
+    /// Istio 1.31+: the statuses that count as errors; any other response is a
+    /// success. Unset: every 5xx is an error.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(range(min = 100, max = 599)))]
+    pub outlier_detection_http_error_codes: Vec<i32>,
 }
 
 impl OutlierDetection {

@@ -376,6 +376,14 @@ fn outlier_detection(report: &mut Report, path: &str, od: &OutlierDetection) {
         );
     }
     duration(report, path, "interval", od.interval.as_ref());
+    for (i, code) in od.outlier_detection_http_error_codes.iter().enumerate() {
+        if !(100..=599).contains(code) {
+            report.error(
+                format!("{path}.outlierDetectionHttpErrorCodes[{i}]"),
+                format!("{code} is not an HTTP status code in 100..599"),
+            );
+        }
+    }
     percent(report, path, "maxEjectionPercent", od.max_ejection_percent);
     percent(report, path, "minHealthPercent", od.min_health_percent);
 }

@@ -352,6 +352,10 @@ pub struct OutlierDetection {
     /// Only read with the split; Envoy's default is 5.
     #[serde(default = "five", skip_serializing_if = "is_five")]
     pub consecutive_local_origin_failures: u32,
+    /// `outlierDetectionHttpErrorCodes`: the statuses that count as errors, any
+    /// other as a success. Empty: every 5xx is an error.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http_error_codes: Vec<u16>,
 }
 
 fn five() -> u32 {
@@ -490,6 +494,16 @@ impl Cluster {
                 return invalid(
                     format!("{at}.outlierDetection.minHealthPercent"),
                     format!("{} is not in 0..100", od.min_health_percent),
+                );
+            }
+            if let Some(code) = od
+                .http_error_codes
+                .iter()
+                .find(|c| !(100..=599).contains(*c))
+            {
+                return invalid(
+                    format!("{at}.outlierDetection.httpErrorCodes"),
+                    format!("{code} is not an HTTP status code in 100..599"),
                 );
             }
             if od.consecutive_local_origin_failures == 0 {
@@ -814,6 +828,13 @@ clusters:
                 HASHED.replace("maxConnections: 1", "maxConnections: -1"),
                 "clusters[0].connectionPool.maxConnections: invalid type",
             ),
+        ];
+        assert_refused(&cases);
+    }
+
+    #[test]
+    fn invalid_balancing_and_detection_configs_name_the_field() {
+        let cases = [
             (
                 WARMING.replace("weight: 3", "weight: 0"),
                 "clusters[0].endpoints[0].weight: 0 is not a weight",
@@ -824,6 +845,13 @@ clusters:
                     "maxEjectionPercent: 50\n    consecutiveLocalOriginFailures: 0",
                 ),
                 "clusters[0].outlierDetection.consecutiveLocalOriginFailures: 0 is not a threshold",
+            ),
+            (
+                SEED.replace(
+                    "maxEjectionPercent: 50",
+                    "maxEjectionPercent: 50\n    httpErrorCodes: [503, 99]",
+                ),
+                "clusters[0].outlierDetection.httpErrorCodes: 99 is not an HTTP status code",
             ),
             (
                 WARMING.replace("LEAST_REQUEST", "RANDOM"),
@@ -846,8 +874,12 @@ clusters:
                 "clusters[0].slowStart.aggression: NaN is not a number above 0",
             ),
         ];
+        assert_refused(&cases);
+    }
+
+    fn assert_refused(cases: &[(String, &str)]) {
         for (text, want) in cases {
-            let err = Config::from_yaml(&text).unwrap_err().to_string();
+            let err = Config::from_yaml(text).unwrap_err().to_string();
             assert!(err.contains(want), "{want:?} not in {err:?}");
         }
     }

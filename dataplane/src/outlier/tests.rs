@@ -334,3 +334,52 @@ fn rekeyed_hosts_keep_their_state_and_dropped_hosts_leave() {
     let d2 = d.rekeyed(|&k| (k != 4).then_some(k));
     assert_eq!(d2.ejections_active(), 0);
 }
+
+/// Envoy's router with a cluster `error_matcher` (RouterOutlierDetectionProcessTest):
+/// a listed 5xx is reported as itself, a listed status below 500 as 500, and any
+/// unlisted status as 200.
+#[test]
+fn error_codes_decide_what_counts_as_an_error() {
+    let cfg = Config::new(s(5))
+        .with_consecutive_5xx(Some(3))
+        .with_consecutive_gateway(Some(2))
+        .with_max_ejection_percent(100)
+        .with_error_codes(vec![503, 429]);
+    let mut d = Detector::new(cfg);
+    d.set_hosts(0..4);
+    // 500 is not listed: a success, which resets both counters.
+    d.report(&0, Outcome::Status(503), s(0));
+    d.report(&0, Outcome::Status(500), s(0));
+    assert!(d.report(&0, Outcome::Status(503), s(0)).is_empty());
+    // A listed 503 stays a gateway error: the second in a row ejects.
+    let events = d.report(&0, Outcome::Status(503), s(0));
+    assert!(
+        matches!(
+            events[..],
+            [Event::Ejected {
+                reason: Reason::ConsecutiveGatewayFailure,
+                ..
+            }]
+        ),
+        "{events:?}"
+    );
+    // A listed 429 counts as 500: a 5xx but not a gateway error.
+    for _ in 0..2 {
+        assert!(d.report(&1, Outcome::Status(429), s(0)).is_empty());
+    }
+    let events = d.report(&1, Outcome::Status(429), s(0));
+    assert!(
+        matches!(
+            events[..],
+            [Event::Ejected {
+                reason: Reason::Consecutive5xx,
+                ..
+            }]
+        ),
+        "{events:?}"
+    );
+    // Connect failures are not statuses: still 503.
+    d.report(&2, Outcome::ConnectFailure, s(0));
+    let events = d.report(&2, Outcome::ConnectFailure, s(0));
+    assert!(!events.is_empty(), "{events:?}");
+}

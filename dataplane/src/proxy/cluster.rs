@@ -355,6 +355,7 @@ fn detector(c: &config::Cluster, same: Option<&Cluster>) -> Option<Detector<usiz
                     .with_consecutive_gateway(od.consecutive_gateway_errors)
                     .with_interval(od.interval)
                     .with_max_ejection_percent(od.max_ejection_percent)
+                    .with_error_codes(od.http_error_codes.clone())
                     .with_split_local_origin(
                         od.split_external_local_origin_errors
                             .then_some(od.consecutive_local_origin_failures),

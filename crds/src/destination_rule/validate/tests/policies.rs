@@ -221,6 +221,16 @@ fn outlier_detection_percentages_durations_and_local_origin() {
         "maxEjectionPercent": 100, "minHealthPercent": 0, "interval": "1s",
     })));
     assert_valid(od(json!({"consecutiveLocalOriginFailures": 0})));
+    assert_valid(od(
+        json!({"outlierDetectionHttpErrorCodes": [100, 503, 599]}),
+    ));
+    assert_errors(
+        od(json!({"outlierDetectionHttpErrorCodes": [503, 600]})),
+        &[(
+            &format!("{path}.outlierDetectionHttpErrorCodes[1]"),
+            "600 is not an HTTP status code in 100..599",
+        )],
+    );
     assert_errors(
         od(json!({
             "baseEjectionTime": "1.0005s", "consecutiveLocalOriginFailures": 3,
