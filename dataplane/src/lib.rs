@@ -21,13 +21,12 @@ pub mod proxy;
 pub mod retry;
 pub mod rng;
 pub mod route_match;
+pub mod stdout_log;
 pub mod text;
 pub mod xxhash;
 
 /// Writes one line to stdout (access log and outlier events), where `kubectl logs`
-/// finds it. A closed stdout loses the line rather than failing the request.
+/// finds it, within [`stdout_log::FLUSH_INTERVAL`].
 pub fn log_line(line: &str) {
-    use std::io::Write as _;
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}");
+    stdout_log::line(line);
 }

@@ -91,11 +91,13 @@ fn main() -> anyhow::Result<()> {
     } else {
         tokio::runtime::Builder::new_multi_thread()
     };
-    builder
+    let result = builder
         .enable_all()
         .build()
         .context("starting the async runtime")?
-        .block_on(run())
+        .block_on(run());
+    waypoint_dataplane::stdout_log::flush();
+    result
 }
 
 async fn run() -> anyhow::Result<()> {

@@ -2,7 +2,6 @@
 //! (the pure state machines of `crate::lb` and `crate::outlier` behind one lock), its
 //! request hash policy, and its upstream connections and circuit breakers.
 
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -284,7 +283,6 @@ impl Cluster {
             return;
         }
         self.metrics.set_ejections_active(&self.name, active);
-        let mut out = std::io::stdout().lock();
         for e in events {
             match e {
                 Event::Ejected { .. } => self.metrics.ejection_enforced(&self.name),
@@ -316,14 +314,13 @@ impl Cluster {
                 ),
             };
             let ep = &self.endpoints[host];
-            let _ = writeln!(
-                out,
+            crate::log_line(&format!(
                 "[{}] warn outlier {text} endpoint={} workload=\"{}\" cluster={}",
                 rfc3339_millis(SystemTime::now()),
                 ep.address,
                 ep.workload.as_deref().unwrap_or("-"),
                 self.name
-            );
+            ));
         }
     }
 }
