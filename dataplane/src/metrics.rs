@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::{Mutex, PoisonError};
 
+use crate::outlier::Reason;
+
 /// Envoy's default histogram buckets, in milliseconds for durations and bytes for sizes.
 pub const BUCKETS: [f64; 19] = [
     0.5,
@@ -78,6 +80,19 @@ struct Outlier {
     enforced: u64,
     overflow: u64,
     active: u64,
+    /// By [`Reason`]: thresholds reached (`ejections_detected_<reason>`), and
+    /// ejections made (`ejections_enforced_<reason>`).
+    detected_by: [u64; 3],
+    enforced_by: [u64; 3],
+}
+
+/// The index of a reason in [`Outlier`]'s arrays, in Envoy's stat name order.
+fn reason_index(reason: Reason) -> usize {
+    match reason {
+        Reason::Consecutive5xx => 0,
+        Reason::ConsecutiveGatewayFailure => 1,
+        Reason::ConsecutiveLocalOriginFailure => 2,
+    }
 }
 
 /// Envoy's upstream counters of one cluster: circuit-breaker overflows, connect
@@ -132,18 +147,21 @@ impl Metrics {
         s.response_bytes.observe(response_bytes as f64);
     }
 
-    pub fn ejection_enforced(&self, cluster: &str) {
+    pub fn ejection_enforced(&self, cluster: &str, reason: Reason) {
         let mut map = self.outlier.lock().unwrap_or_else(PoisonError::into_inner);
-        map.entry(cluster.to_owned()).or_default().enforced += 1;
+        let o = map.entry(cluster.to_owned()).or_default();
+        o.enforced += 1;
+        o.detected_by[reason_index(reason)] += 1;
+        o.enforced_by[reason_index(reason)] += 1;
     }
 
-    pub fn ejection_overflow(&self, cluster: &str) {
-        self.outlier
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(cluster.to_owned())
-            .or_default()
-            .overflow += 1;
+    /// A threshold reached that maxEjectionPercent kept from ejecting: detected,
+    /// not enforced.
+    pub fn ejection_overflow(&self, cluster: &str, reason: Reason) {
+        let mut map = self.outlier.lock().unwrap_or_else(PoisonError::into_inner);
+        let o = map.entry(cluster.to_owned()).or_default();
+        o.overflow += 1;
+        o.detected_by[reason_index(reason)] += 1;
     }
 
     /// The ejected endpoints now, as the cluster's detector counts them: an
@@ -224,13 +242,19 @@ impl Metrics {
                 let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count);
             }
         }
+        self.render_clusters(&mut out);
+        out
+    }
+
+    /// Envoy's per-cluster outlier and upstream stats.
+    fn render_clusters(&self, out: &mut String) {
         let outlier = self
             .outlier
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
         cluster_stats(
-            &mut out,
+            out,
             &outlier,
             &[
                 (
@@ -248,6 +272,36 @@ impl Metrics {
                     "counter",
                     |o| o.overflow,
                 ),
+                (
+                    "envoy_cluster_outlier_detection_ejections_detected_consecutive_5xx",
+                    "counter",
+                    |o| o.detected_by[0],
+                ),
+                (
+                    "envoy_cluster_outlier_detection_ejections_enforced_consecutive_5xx",
+                    "counter",
+                    |o| o.enforced_by[0],
+                ),
+                (
+                    "envoy_cluster_outlier_detection_ejections_detected_consecutive_gateway_failure",
+                    "counter",
+                    |o| o.detected_by[1],
+                ),
+                (
+                    "envoy_cluster_outlier_detection_ejections_enforced_consecutive_gateway_failure",
+                    "counter",
+                    |o| o.enforced_by[1],
+                ),
+                (
+                    "envoy_cluster_outlier_detection_ejections_detected_consecutive_local_origin_failure",
+                    "counter",
+                    |o| o.detected_by[2],
+                ),
+                (
+                    "envoy_cluster_outlier_detection_ejections_enforced_consecutive_local_origin_failure",
+                    "counter",
+                    |o| o.enforced_by[2],
+                ),
             ],
         );
         let upstream = self
@@ -256,7 +310,7 @@ impl Metrics {
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
         cluster_stats(
-            &mut out,
+            out,
             &upstream,
             &[
                 (
@@ -279,7 +333,6 @@ impl Metrics {
                 }),
             ],
         );
-        out
     }
 }
 
@@ -424,10 +477,10 @@ mod tests {
     #[test]
     fn outlier_counters() {
         let m = Metrics::default();
-        m.ejection_enforced("c");
+        m.ejection_enforced("c", Reason::ConsecutiveGatewayFailure);
         m.set_ejections_active("c", 1);
-        m.ejection_overflow("c");
-        m.ejection_overflow("c");
+        m.ejection_overflow("c", Reason::Consecutive5xx);
+        m.ejection_overflow("c", Reason::ConsecutiveGatewayFailure);
         let text = m.render();
         assert!(text.contains(
             "envoy_cluster_outlier_detection_ejections_enforced_total{cluster_name=\"c\"} 1"
@@ -440,6 +493,19 @@ mod tests {
         assert!(
             text.contains("envoy_cluster_outlier_detection_ejections_active{cluster_name=\"c\"} 1")
         );
+        // Envoy's per-reason counters: an overflow is detected, not enforced.
+        for (series, n) in [
+            ("detected_consecutive_5xx", 1),
+            ("enforced_consecutive_5xx", 0),
+            ("detected_consecutive_gateway_failure", 2),
+            ("enforced_consecutive_gateway_failure", 1),
+            ("detected_consecutive_local_origin_failure", 0),
+        ] {
+            let line = format!(
+                "envoy_cluster_outlier_detection_ejections_{series}{{cluster_name=\"c\"}} {n}\n"
+            );
+            assert!(text.contains(&line), "{line} not in {text}");
+        }
         m.set_ejections_active("c", 0);
         assert!(
             m.render()

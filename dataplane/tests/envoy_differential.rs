@@ -53,7 +53,17 @@ struct Stats {
     ejections_active: u64,
     /// Requests whose body outgrew the retry buffer.
     abandoned: u64,
+    /// `ejections_detected_<reason>` and `ejections_enforced_<reason>` for
+    /// consecutive 5xx, gateway failures and local-origin failures.
+    detected: [u64; 3],
+    enforced: [u64; 3],
 }
+
+const REASONS: [&str; 3] = [
+    "consecutive_5xx",
+    "consecutive_gateway_failure",
+    "consecutive_local_origin_failure",
+];
 
 enum Proxy {
     Ours {
@@ -365,6 +375,10 @@ impl Proxy {
                     ejections_enforced: read("outlier_detection_ejections_enforced_total"),
                     ejections_active: read("outlier_detection_ejections_active"),
                     abandoned: read("retry_or_shadow_abandoned"),
+                    detected: REASONS
+                        .map(|r| read(&format!("outlier_detection_ejections_detected_{r}"))),
+                    enforced: REASONS
+                        .map(|r| read(&format!("outlier_detection_ejections_enforced_{r}"))),
                 }
             }
             Self::Envoy { admin, .. } => {
@@ -376,6 +390,10 @@ impl Proxy {
                     ejections_enforced: read("outlier_detection.ejections_enforced_total"),
                     ejections_active: read("outlier_detection.ejections_active"),
                     abandoned: read("retry_or_shadow_abandoned"),
+                    detected: REASONS
+                        .map(|r| read(&format!("outlier_detection.ejections_detected_{r}"))),
+                    enforced: REASONS
+                        .map(|r| read(&format!("outlier_detection.ejections_enforced_{r}"))),
                 }
             }
         }
@@ -1352,7 +1370,7 @@ async fn slow_start_matches_envoy() {
 /// Failed requests of 15 and the ejections after them, over two pods and one
 /// endpoint failing as `failure`, with `splitExternalLocalOriginErrors` and
 /// `consecutiveLocalOriginFailures: 2` (and `consecutive5xxErrors: 3`), no retries.
-async fn split_local_origin(envoy: bool, failure: Failure) -> (usize, u64) {
+async fn split_local_origin(envoy: bool, failure: Failure) -> (usize, Stats) {
     let mut pods = Vec::new();
     for name in &PODS[..2] {
         pods.push(Pod::start("127.0.0.1:0".parse().unwrap(), name).await);
@@ -1392,8 +1410,13 @@ async fn split_local_origin_errors_match_envoy() {
             split_local_origin(true, failure),
             split_local_origin(false, failure)
         );
-        assert_eq!(envoy, want, "envoy, {failure:?}");
-        assert_eq!(ours, want, "ours, {failure:?}");
+        assert_eq!(
+            (envoy.0, envoy.1.ejections_enforced),
+            want,
+            "envoy, {failure:?}"
+        );
+        // Every counter alike, the local-origin reason included.
+        assert_eq!(ours, envoy, "{failure:?}");
     }
 }
 
@@ -1401,7 +1424,7 @@ async fn split_local_origin_errors_match_envoy() {
 /// endpoint that always answers `status`, with `outlierDetectionHttpErrorCodes`
 /// [503, 429] and no retries; `gateway` ejects on 3 consecutive gateway errors
 /// instead of 3 consecutive 5xx.
-async fn error_codes(envoy: bool, status: u16, gateway: bool) -> (usize, u64) {
+async fn error_codes(envoy: bool, status: u16, gateway: bool) -> (usize, Stats) {
     let mut pods = Vec::new();
     for name in &PODS[..2] {
         pods.push(Pod::start("127.0.0.1:0".parse().unwrap(), name).await);
@@ -1480,8 +1503,12 @@ async fn http_error_codes_match_envoy() {
             error_codes(true, status, gateway),
             error_codes(false, status, gateway)
         );
-        assert_eq!(envoy, want, "envoy, {status}, gateway {gateway}");
-        assert_eq!(ours, want, "ours, {status}, gateway {gateway}");
+        assert_eq!(
+            (envoy.0, envoy.1.ejections_enforced),
+            want,
+            "envoy, {status}, gateway {gateway}"
+        );
+        assert_eq!(ours, envoy, "{status}, gateway {gateway}");
     }
 }
 
@@ -1489,7 +1516,7 @@ async fn http_error_codes_match_envoy() {
 /// proxy's stats are read, as in the seed journey: Envoy ejects on its main thread
 /// and tells the worker after, so a request sent at once can still reach the host
 /// it has just ejected.
-async fn failures_and_ejections(proxy: &Proxy, n: usize) -> (usize, u64) {
+async fn failures_and_ejections(proxy: &Proxy, n: usize) -> (usize, Stats) {
     let client = client();
     let mut failed = 0;
     for _ in 0..n {
@@ -1497,5 +1524,5 @@ async fn failures_and_ejections(proxy: &Proxy, n: usize) -> (usize, u64) {
         failed += usize::from(status != 200);
         proxy.stats(&client).await;
     }
-    (failed, proxy.stats(&client).await.ejections_enforced)
+    (failed, proxy.stats(&client).await)
 }

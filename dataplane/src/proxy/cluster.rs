@@ -285,8 +285,12 @@ impl Cluster {
         self.metrics.set_ejections_active(&self.name, active);
         for e in events {
             match e {
-                Event::Ejected { .. } => self.metrics.ejection_enforced(&self.name),
-                Event::Overflow { .. } => self.metrics.ejection_overflow(&self.name),
+                Event::Ejected { reason, .. } => {
+                    self.metrics.ejection_enforced(&self.name, *reason);
+                }
+                Event::Overflow { reason, .. } => {
+                    self.metrics.ejection_overflow(&self.name, *reason);
+                }
                 Event::Unejected { .. } => {}
             }
             let (host, text) = match e {
