@@ -12,6 +12,8 @@
 //!   requests keep waiting for one to free up, except that a host with no connection
 //!   at all may always open one (so its waiters are not stranded).
 //! - `max_requests_per_connection`: after that many requests the connection closes.
+//! - `max_connection_duration` (the caller's timer): a connection that reaches it
+//!   closes if idle, or takes no new request and closes when its request is done.
 //! - `max_retries`: concurrent retries across the cluster.
 //! - A connect failure fails every request waiting on that host, as Envoy purges the
 //!   pending streams of the host's pool.
@@ -122,6 +124,8 @@ struct Conn {
     served: u32,
     /// False once the socket is gone while a request still holds the connection.
     open: bool,
+    /// Past its maximum duration: not to be reused.
+    retired: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -213,6 +217,7 @@ impl Pool {
                 state: ConnState::Connecting,
                 served: 0,
                 open: true,
+                retired: false,
             },
         );
         h.connecting += 1;
@@ -294,7 +299,7 @@ impl Pool {
             h.conns.remove(&conn);
             return Release::Close;
         }
-        if !reusable || (limit != 0 && c.served >= limit) {
+        if !reusable || c.retired || (limit != 0 && c.served >= limit) {
             c.state = ConnState::Closing;
             return Release::Close;
         }
@@ -312,6 +317,22 @@ impl Pool {
             }
             _ => false,
         }
+    }
+
+    /// `conn` reached its maximum duration: true if it is idle and should now be
+    /// closed; if busy, it closes when its request is done.
+    pub fn retire(&mut self, host: usize, conn: ConnId) -> bool {
+        let h = &mut self.hosts[host];
+        let Some(c) = h.conns.get_mut(&conn) else {
+            return false;
+        };
+        c.retired = true;
+        if matches!(c.state, ConnState::Idle(_)) {
+            c.state = ConnState::Closing;
+            h.idle.retain(|&i| i != conn);
+            return true;
+        }
+        false
     }
 
     /// The socket of `conn` is gone. Returns a connection to open when requests are

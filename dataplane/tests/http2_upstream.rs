@@ -279,3 +279,24 @@ async fn an_http1_client_of_a_grpc_upstream_is_logged_complete() {
     };
     assert!(line.contains("\" 200 - via_upstream - "), "{line}");
 }
+
+/// `maxConnectionDuration` on an HTTP/2 cluster: once the endpoint's connection is
+/// that old, the next stream opens a new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_connection_past_its_maximum_duration_is_replaced() {
+    let (backend, accepted) = h2c_backend().await;
+    let shared = limited_proxy(&[backend], "{maxConnectionDuration: 200ms}", "1s");
+    let proxy = support::serve_first_listener(&shared).await;
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+    for _ in 0..3 {
+        let resp = client.request(call(proxy, false)).await.unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let resp = client.request(call(proxy, false)).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}

@@ -616,3 +616,46 @@ async fn an_ejection_outlives_endpoint_updates_and_ends_on_time() {
     }
     assert!(seen.contains("bad"), "{seen:?}");
 }
+
+/// `tcp.maxConnectionDuration`, as Envoy's `max_connection_duration`: an upstream
+/// connection that old takes no new request. Idle at its deadline it closes; busy,
+/// its request completes and the next one gets a new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_retired_at_their_maximum_duration() {
+    let gated = backend("a", true).await;
+    let policy = "  loadBalancer: ROUND_ROBIN\n  connectionPool: {maxConnectionDuration: 300ms}";
+    let p = proxy(&[], "", DEFAULT_RETRY).await;
+    p.shared
+        .reload(&proxy_yaml(&[(&gated, 1)], policy, DEFAULT_RETRY))
+        .unwrap();
+    let gate = gated.gate.clone().unwrap();
+    let client = client();
+    // Busy past its deadline: the request is answered on that connection.
+    let held = spawn_get(p.addr);
+    until("the request reached the backend", || {
+        gated.arrived.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    gate.add_permits(1);
+    assert_eq!(held.await.unwrap().status, 200);
+    assert_eq!(gated.accepted.load(Ordering::SeqCst), 1);
+    // The next request needs a new connection.
+    gate.add_permits(1);
+    assert_eq!(get(&client, p.addr, &[]).await.status, 200);
+    assert_eq!(gated.accepted.load(Ordering::SeqCst), 2);
+    // Idle past its deadline: closed, and the next request opens a third.
+    until("the idle connection was retired", || {
+        p.shared
+            .current()
+            .cluster(CLUSTER)
+            .unwrap()
+            .pool_counts()
+            .connections
+            == 0
+    })
+    .await;
+    gate.add_permits(1);
+    assert_eq!(get(&client, p.addr, &[]).await.status, 200);
+    assert_eq!(gated.accepted.load(Ordering::SeqCst), 3);
+}

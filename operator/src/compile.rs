@@ -213,6 +213,10 @@ fn connection_pool(cp: Option<&ConnectionPoolSettings>) -> model::ConnectionPool
             .and_then(|h| h.idle_timeout.as_ref())
             .or(tcp.and_then(|t| t.idle_timeout.as_ref()))
             .map_or(defaults.idle_timeout, waypoint_crds::Duration::as_std),
+        max_connection_duration: tcp
+            .and_then(|t| t.max_connection_duration.as_ref())
+            .map(waypoint_crds::Duration::as_std)
+            .filter(|d| *d >= Duration::from_millis(1)),
     }
 }
 
@@ -960,7 +964,7 @@ spec:
         let (cluster, route) = compiled_with(
             "    loadBalancer: {simple: ROUND_ROBIN}
     connectionPool:
-      tcp: {maxConnections: 3, connectTimeout: 250ms, idleTimeout: 5m}
+      tcp: {maxConnections: 3, connectTimeout: 250ms, idleTimeout: 5m, maxConnectionDuration: 90s}
       http:
         http1MaxPendingRequests: 0
         http2MaxRequests: 5
@@ -979,6 +983,7 @@ spec:
         );
         assert_eq!(pool.max_requests_per_connection, 1);
         assert_eq!(pool.idle_timeout, Duration::from_mins(5), "tcp.idleTimeout");
+        assert_eq!(pool.max_connection_duration, Some(Duration::from_secs(90)));
         assert_eq!(cluster.connect_timeout, Duration::from_millis(250));
         assert!(route.retry.avoid_previous_hosts);
         // http.idleTimeout wins over tcp.idleTimeout; tcp's 0s disables it.
@@ -990,6 +995,7 @@ spec:
         );
         let (cluster, _) = compiled_with("    connectionPool: {tcp: {idleTimeout: 0s}}");
         assert_eq!(cluster.connection_pool.idle_timeout, Duration::ZERO);
+        assert_eq!(cluster.connection_pool.max_connection_duration, None);
     }
 
     #[test]

@@ -37,6 +37,15 @@ pub struct ConnectionPool {
     /// is closed. Istio's default is 1h; `0s` disables it.
     #[serde(default = "one_hour", with = "crate::duration")]
     pub idle_timeout: Duration,
+    /// `tcp.maxConnectionDuration`: an upstream connection this old takes no new
+    /// request and closes once its requests are done (Envoy's
+    /// `max_connection_duration`). Omitted: no limit.
+    #[serde(
+        default,
+        with = "crate::opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_connection_duration: Option<Duration>,
 }
 
 /// Istio's value for every circuit-breaker limit it does not set: 2^32-1.
@@ -64,6 +73,7 @@ impl Default for ConnectionPool {
             max_retries: UNLIMITED,
             max_requests_per_connection: 0,
             idle_timeout: one_hour(),
+            max_connection_duration: None,
         }
     }
 }
@@ -90,6 +100,15 @@ impl ConnectionPool {
                     ),
                 );
             }
+        }
+        if self
+            .max_connection_duration
+            .is_some_and(|d| d < Duration::from_millis(1))
+        {
+            return invalid(
+                format!("{at}.maxConnectionDuration"),
+                "must be at least 1ms; leave it out for no limit",
+            );
         }
         Ok(())
     }

@@ -840,6 +840,13 @@ clusters:
                 "clusters[0].endpoints[0].weight: 0 is not a weight",
             ),
             (
+                HASHED.replace(
+                    "idleTimeout: 0s",
+                    "idleTimeout: 0s\n    maxConnectionDuration: 0s",
+                ),
+                "clusters[0].connectionPool.maxConnectionDuration: must be at least 1ms",
+            ),
+            (
                 SEED.replace(
                     "maxEjectionPercent: 50",
                     "maxEjectionPercent: 50\n    consecutiveLocalOriginFailures: 0",

@@ -156,6 +156,27 @@ fn max_requests_per_connection_closes_after_the_quota() {
 }
 
 #[test]
+fn a_retired_connection_closes_when_idle_or_when_its_request_is_done() {
+    let mut p = Pool::new(limits(), 1);
+    let (_, c1) = wait_connecting(&mut p, 0);
+    p.connected(0, c1);
+    // Busy when it reaches its duration: it serves on, then closes.
+    assert!(!p.retire(0, c1));
+    assert_eq!(p.release(0, c1, true), Release::Close);
+    assert_eq!(p.closed(0, c1), None);
+    // Idle when it reaches it: closed now, and the next request opens another.
+    let (_, c2) = wait_connecting(&mut p, 0);
+    p.connected(0, c2);
+    assert!(matches!(p.release(0, c2, true), Release::Idle { .. }));
+    assert!(p.retire(0, c2));
+    let (_, c3) = wait_connecting(&mut p, 0);
+    assert_ne!(c2, c3);
+    // A connection already gone is nothing to retire.
+    assert_eq!(p.closed(0, c2), None);
+    assert!(!p.retire(0, c2));
+}
+
+#[test]
 fn a_connect_failure_fails_every_waiter_of_the_host() {
     let mut p = Pool::new(
         Limits {

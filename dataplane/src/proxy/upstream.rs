@@ -91,6 +91,8 @@ pub struct Upstream {
     connect_timeout: Duration,
     /// `None`: idle connections stay open until the upstream closes them.
     idle_timeout: Option<Duration>,
+    /// `tcp.maxConnectionDuration`: a connection this old is retired.
+    max_connection_duration: Option<Duration>,
     inner: Mutex<Inner>,
     metrics: Arc<Metrics>,
     /// `Some` for a cluster spoken to in HTTP/2: its connections, outside the pool.
@@ -237,6 +239,7 @@ impl Upstream {
             cluster: cluster.to_owned(),
             connect_timeout,
             idle_timeout: Some(pool.idle_timeout).filter(|t| !t.is_zero()),
+            max_connection_duration: pool.max_connection_duration,
             inner: Mutex::new(Inner {
                 pool: Pool::new(Limits::from(pool), targets.len()),
                 idle: HashMap::new(),
@@ -368,7 +371,12 @@ impl Upstream {
                 upstream.lock().pool.closed_http2();
             }
         };
-        let how = (self.targets[host], &*self.mesh, self.connect_timeout);
+        let how = (
+            self.targets[host],
+            &*self.mesh,
+            self.connect_timeout,
+            self.max_connection_duration,
+        );
         connections
             .sender(host, how, opening, closed)
             .await
@@ -567,10 +575,13 @@ impl Upstream {
                 Err(why) => return upstream.connect_failed(host, conn, why),
             };
             let weak = Arc::downgrade(&upstream);
-            let idle_timer = upstream.idle_timer(host, conn);
+            let timers = (
+                upstream.idle_timer(host, conn),
+                upstream.duration_timer(host, conn),
+            );
             tokio::spawn(async move {
                 // Stopped when the connection ends.
-                let _idle_timer = idle_timer;
+                let _timers = timers;
                 let io = driver.without_shutdown().await.map(|p| p.io);
                 let io = io
                     .inspect_err(|e| {
@@ -634,6 +645,30 @@ impl Upstream {
             after
         };
         self.finish(after);
+    }
+
+    /// Retires `conn` at its maximum duration (Envoy's `max_connection_duration`):
+    /// closed at once if idle, else when its request is done.
+    fn duration_timer(&self, host: usize, conn: ConnId) -> Option<Timer> {
+        let limit = self.max_connection_duration?;
+        let weak = self.me.clone();
+        let task = tokio::spawn(async move {
+            tokio::time::sleep(limit).await;
+            let Some(upstream) = weak.upgrade() else {
+                return;
+            };
+            let idle = {
+                let mut inner = upstream.lock();
+                if inner.pool.retire(host, conn) {
+                    inner.idle.remove(&conn)
+                } else {
+                    None
+                }
+            };
+            // Dropped outside the lock: the connection closes.
+            drop(idle);
+        });
+        Some(Timer(task.abort_handle()))
     }
 
     /// Closes `conn` once it has been idle for the idle timeout. One task per

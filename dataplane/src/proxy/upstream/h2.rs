@@ -13,6 +13,8 @@
 use http::{HeaderValue, Request, Uri, header};
 use hyper::client::conn::http2::{self, SendRequest};
 use hyper_util::rt::TokioExecutor;
+use std::time::Instant;
+
 use tokio::sync::Mutex;
 
 use super::super::connect::{self, Target};
@@ -22,9 +24,23 @@ use crate::identity::MeshSlot;
 
 pub(super) type Sender = SendRequest<Reader>;
 
-/// Each endpoint's connection, if one is open.
+/// Each endpoint's connection, if one is open, and when it is to be retired
+/// (`maxConnectionDuration`): from then on new streams go to a new connection,
+/// and the old one closes once its streams are done and its senders dropped.
 pub(super) struct Connections {
-    slots: Vec<Mutex<Option<Sender>>>,
+    slots: Vec<Mutex<Option<Open>>>,
+}
+
+struct Open {
+    sender: Sender,
+    retire_at: Option<Instant>,
+}
+
+impl Open {
+    fn usable(&self) -> Option<&Sender> {
+        let young = self.retire_at.is_none_or(|at| Instant::now() < at);
+        (young && !self.sender.is_closed()).then_some(&self.sender)
+    }
 }
 
 impl Connections {
@@ -37,7 +53,7 @@ impl Connections {
     /// A sender on `host`'s connection if it is open, without waiting.
     pub(super) fn ready(&self, host: usize) -> Option<Sender> {
         let slot = self.slots[host].try_lock().ok()?;
-        slot.as_ref().filter(|s| !s.is_closed()).cloned()
+        slot.as_ref()?.usable().cloned()
     }
 
     /// A sender on `target`'s connection, opening one if there is none. `opening`
@@ -46,12 +62,17 @@ impl Connections {
     pub(super) async fn sender(
         &self,
         host: usize,
-        (target, mesh, timeout): (Target, &MeshSlot, std::time::Duration),
+        (target, mesh, timeout, max_duration): (
+            Target,
+            &MeshSlot,
+            std::time::Duration,
+            Option<std::time::Duration>,
+        ),
         opening: impl FnOnce(),
         closed: impl FnOnce() + Send + 'static,
     ) -> Result<Sender, ConnectFailure> {
         let mut slot = self.slots[host].lock().await;
-        if let Some(sender) = slot.as_ref().filter(|s| !s.is_closed()) {
+        if let Some(sender) = slot.as_ref().and_then(Open::usable) {
             return Ok(sender.clone());
         }
         *slot = None;
@@ -70,7 +91,10 @@ impl Connections {
             let _on_close = on_close;
             let _ = conn.await;
         });
-        *slot = Some(sender.clone());
+        *slot = Some(Open {
+            sender: sender.clone(),
+            retire_at: max_duration.and_then(|d| Instant::now().checked_add(d)),
+        });
         Ok(sender)
     }
 }
