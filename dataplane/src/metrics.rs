@@ -272,38 +272,9 @@ impl Metrics {
                     "counter",
                     |o| o.overflow,
                 ),
-                (
-                    "envoy_cluster_outlier_detection_ejections_detected_consecutive_5xx",
-                    "counter",
-                    |o| o.detected_by[0],
-                ),
-                (
-                    "envoy_cluster_outlier_detection_ejections_enforced_consecutive_5xx",
-                    "counter",
-                    |o| o.enforced_by[0],
-                ),
-                (
-                    "envoy_cluster_outlier_detection_ejections_detected_consecutive_gateway_failure",
-                    "counter",
-                    |o| o.detected_by[1],
-                ),
-                (
-                    "envoy_cluster_outlier_detection_ejections_enforced_consecutive_gateway_failure",
-                    "counter",
-                    |o| o.enforced_by[1],
-                ),
-                (
-                    "envoy_cluster_outlier_detection_ejections_detected_consecutive_local_origin_failure",
-                    "counter",
-                    |o| o.detected_by[2],
-                ),
-                (
-                    "envoy_cluster_outlier_detection_ejections_enforced_consecutive_local_origin_failure",
-                    "counter",
-                    |o| o.enforced_by[2],
-                ),
             ],
         );
+        reason_stats(out, &outlier);
         let upstream = self
             .upstream
             .lock()
@@ -336,21 +307,53 @@ impl Metrics {
     }
 }
 
+/// Envoy's `ejections_{detected,enforced}_<reason>` counters of every cluster.
+fn reason_stats(out: &mut String, clusters: &BTreeMap<String, Outlier>) {
+    const REASONS: [&str; 3] = [
+        "consecutive_5xx",
+        "consecutive_gateway_failure",
+        "consecutive_local_origin_failure",
+    ];
+    for (i, reason) in REASONS.iter().enumerate() {
+        for (kind, by) in [
+            (
+                "detected",
+                (|o: &Outlier| o.detected_by) as fn(&Outlier) -> [u64; 3],
+            ),
+            ("enforced", |o: &Outlier| o.enforced_by),
+        ] {
+            let name = format!("envoy_cluster_outlier_detection_ejections_{kind}_{reason}");
+            series(out, &name, "counter", clusters, |o| by(o)[i]);
+        }
+    }
+}
+
 /// A stat's name, its Prometheus type, and how to read it from a cluster's stats.
 type Stat<T> = (&'static str, &'static str, fn(&T) -> u64);
 
 /// Envoy cluster stats, one line per cluster labelled with its name.
-fn cluster_stats<T>(out: &mut String, clusters: &BTreeMap<String, T>, series: &[Stat<T>]) {
-    for (name, kind, pick) in series {
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        for (cluster, stats) in clusters {
-            let _ = writeln!(
-                out,
-                "{name}{{cluster_name=\"{}\"}} {}",
-                escape(cluster),
-                pick(stats)
-            );
-        }
+fn cluster_stats<T>(out: &mut String, clusters: &BTreeMap<String, T>, stats: &[Stat<T>]) {
+    for (name, kind, pick) in stats {
+        series(out, name, kind, clusters, pick);
+    }
+}
+
+/// One stat: its type line, then a line per cluster labelled with its name.
+fn series<T>(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    clusters: &BTreeMap<String, T>,
+    pick: impl Fn(&T) -> u64,
+) {
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (cluster, stats) in clusters {
+        let _ = writeln!(
+            out,
+            "{name}{{cluster_name=\"{}\"}} {}",
+            escape(cluster),
+            pick(stats)
+        );
     }
 }
 

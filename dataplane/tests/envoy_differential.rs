@@ -137,16 +137,7 @@ fn envoy_config(
                     host_selection_retry_max_attempts: 5"
         )
     });
-    let mut lb_endpoints = String::new();
-    for (addr, _) in endpoints {
-        let _ = write!(
-            lb_endpoints,
-            "
-        - endpoint: {{address: {{socket_address: {{address: {}, port_value: {}}}}}}}",
-            addr.ip(),
-            addr.port()
-        );
-    }
+    let lb_endpoints = lb_endpoints(endpoints, 8);
     format!(
         "admin:
   address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
@@ -206,6 +197,22 @@ static_resources:
         connect_timeout.as_secs(),
         connect_timeout.subsec_millis()
     )
+}
+
+/// Envoy's `lb_endpoints` list items for `endpoints`, each on its own line
+/// indented by `indent` spaces.
+fn lb_endpoints(endpoints: &[(SocketAddr, &str)], indent: usize) -> String {
+    let mut out = String::new();
+    for (addr, _) in endpoints {
+        let _ = write!(
+            out,
+            "\n{:indent$}- endpoint: {{address: {{socket_address: {{address: {}, port_value: {}}}}}}}",
+            "",
+            addr.ip(),
+            addr.port()
+        );
+    }
+    out
 }
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
@@ -1234,16 +1241,7 @@ async fn endpoint_weights_match_envoy() {
 /// Envoy's endpoints for the seed's cluster as an EDS resource, which Envoy reads
 /// from a file and reads again when a new file is moved into its directory.
 fn write_eds(dir: &std::path::Path, endpoints: &[(SocketAddr, &str)]) {
-    let mut lb_endpoints = String::new();
-    for (addr, _) in endpoints {
-        let _ = write!(
-            lb_endpoints,
-            "
-    - endpoint: {{address: {{socket_address: {{address: {}, port_value: {}}}}}}}",
-            addr.ip(),
-            addr.port()
-        );
-    }
+    let lb_endpoints = lb_endpoints(endpoints, 4);
     let text = format!(
         "resources:
 - \"@type\": type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment
