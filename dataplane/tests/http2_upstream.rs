@@ -300,3 +300,95 @@ async fn an_http2_connection_past_its_maximum_duration_is_replaced() {
     assert_eq!(resp.status(), 200);
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
 }
+
+/// A TCP relay to `backend` that a switch freezes: it then drops what either side
+/// sends and answers nothing, with both sockets left open, as a hung peer. Counts
+/// the connections the proxy's side closed.
+async fn freezable_relay(
+    backend: SocketAddr,
+) -> (
+    SocketAddr,
+    Arc<std::sync::atomic::AtomicBool>,
+    Arc<AtomicUsize>,
+) {
+    use std::sync::atomic::AtomicBool;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    let frozen = Arc::new(AtomicBool::new(false));
+    let closed = Arc::new(AtomicUsize::new(0));
+    let (freeze, count) = (Arc::clone(&frozen), Arc::clone(&closed));
+    tokio::spawn(async move {
+        loop {
+            let (down, _) = socket.accept().await.unwrap();
+            let up = tokio::net::TcpStream::connect(backend).await.unwrap();
+            let ((mut down_r, mut down_w), (mut up_r, mut up_w)) =
+                (down.into_split(), up.into_split());
+            let (f1, f2, count) = (Arc::clone(&freeze), Arc::clone(&freeze), Arc::clone(&count));
+            tokio::spawn(async move {
+                let mut buf = [0u8; 16 * 1024];
+                loop {
+                    match down_r.read(&mut buf).await {
+                        Ok(0) | Err(_) => {
+                            count.fetch_add(1, Ordering::SeqCst);
+                            return;
+                        }
+                        Ok(_) if f1.load(Ordering::SeqCst) => {}
+                        Ok(n) => {
+                            if up_w.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+            tokio::spawn(async move {
+                let mut buf = [0u8; 16 * 1024];
+                loop {
+                    match up_r.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) if f2.load(Ordering::SeqCst) => {}
+                        Ok(n) => {
+                            if down_w.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, frozen, closed)
+}
+
+/// `http2KeepAlive`, as Envoy's `connection_keepalive`: a PING every interval, and
+/// an upstream connection whose PING goes unanswered for the timeout is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_connection_that_stops_answering_pings_is_closed() {
+    let (backend, accepted) = h2c_backend().await;
+    let (relay, frozen, closed) = freezable_relay(backend).await;
+    let shared = limited_proxy(
+        &[relay],
+        "{http2KeepAlive: {interval: 100ms, timeout: 100ms}}",
+        "1s",
+    );
+    let proxy = support::serve_first_listener(&shared).await;
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+    let resp = client.request(call(proxy, false)).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    // Idle and answered, the connection stays.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(closed.load(Ordering::SeqCst), 0);
+    frozen.store(true, Ordering::SeqCst);
+    let start = std::time::Instant::now();
+    while closed.load(Ordering::SeqCst) == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the hung connection was never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -217,6 +217,18 @@ fn connection_pool(cp: Option<&ConnectionPoolSettings>) -> model::ConnectionPool
             .and_then(|t| t.max_connection_duration.as_ref())
             .map(waypoint_crds::Duration::as_std)
             .filter(|d| *d >= Duration::from_millis(1)),
+        // istiod requires both; one that slipped past the webhook is left out.
+        http2_keep_alive: http
+            .and_then(|h| h.http2_keep_alive.as_ref())
+            .and_then(|k| {
+                Some(model::Http2KeepAlive {
+                    interval: k.interval.as_ref()?.as_std(),
+                    timeout: k.timeout.as_ref()?.as_std(),
+                })
+            })
+            .filter(|k| {
+                k.interval >= Duration::from_millis(1) && k.timeout >= Duration::from_millis(1)
+            }),
     }
 }
 
@@ -996,6 +1008,19 @@ spec:
         let (cluster, _) = compiled_with("    connectionPool: {tcp: {idleTimeout: 0s}}");
         assert_eq!(cluster.connection_pool.idle_timeout, Duration::ZERO);
         assert_eq!(cluster.connection_pool.max_connection_duration, None);
+        let (cluster, _) = compiled_with(
+            "    connectionPool: {http: {http2KeepAlive: {interval: 10s, timeout: 2s}}}",
+        );
+        assert_eq!(
+            cluster.connection_pool.http2_keep_alive,
+            Some(model::Http2KeepAlive {
+                interval: Duration::from_secs(10),
+                timeout: Duration::from_secs(2),
+            })
+        );
+        let (cluster, _) =
+            compiled_with("    connectionPool: {http: {http2KeepAlive: {interval: 10s}}}");
+        assert_eq!(cluster.connection_pool.http2_keep_alive, None);
     }
 
     #[test]

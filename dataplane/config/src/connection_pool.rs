@@ -46,6 +46,20 @@ pub struct ConnectionPool {
         skip_serializing_if = "Option::is_none"
     )]
     pub max_connection_duration: Option<Duration>,
+    /// `http.http2KeepAlive`: on an HTTP/2 cluster, a PING every `interval`; a
+    /// connection whose answer takes longer than `timeout` is closed (Envoy's
+    /// `http2_protocol_options.connection_keepalive`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http2_keep_alive: Option<Http2KeepAlive>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Http2KeepAlive {
+    #[serde(with = "crate::duration")]
+    pub interval: Duration,
+    #[serde(with = "crate::duration")]
+    pub timeout: Duration,
 }
 
 /// Istio's value for every circuit-breaker limit it does not set: 2^32-1.
@@ -74,6 +88,7 @@ impl Default for ConnectionPool {
             max_requests_per_connection: 0,
             idle_timeout: one_hour(),
             max_connection_duration: None,
+            http2_keep_alive: None,
         }
     }
 }
@@ -108,6 +123,14 @@ impl ConnectionPool {
             return invalid(
                 format!("{at}.maxConnectionDuration"),
                 "must be at least 1ms; leave it out for no limit",
+            );
+        }
+        if let Some(k) = self.http2_keep_alive
+            && (k.interval < Duration::from_millis(1) || k.timeout < Duration::from_millis(1))
+        {
+            return invalid(
+                format!("{at}.http2KeepAlive"),
+                "interval and timeout must be at least 1ms",
             );
         }
         Ok(())

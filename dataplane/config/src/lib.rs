@@ -34,7 +34,7 @@ mod http_route;
 mod slow_start;
 mod tls;
 
-pub use connection_pool::{ConnectionPool, UNLIMITED};
+pub use connection_pool::{ConnectionPool, Http2KeepAlive, UNLIMITED};
 pub use consistent_hash::{
     ConsistentHash, CookieAttribute, DEFAULT_MAGLEV_TABLE_SIZE, DEFAULT_MINIMUM_RING_SIZE, HashKey,
     HttpCookie, MAXIMUM_RING_SIZE,
@@ -845,6 +845,13 @@ clusters:
                     "idleTimeout: 0s\n    maxConnectionDuration: 0s",
                 ),
                 "clusters[0].connectionPool.maxConnectionDuration: must be at least 1ms",
+            ),
+            (
+                HASHED.replace(
+                    "idleTimeout: 0s",
+                    "idleTimeout: 0s\n    http2KeepAlive: {interval: 10s, timeout: 0s}",
+                ),
+                "clusters[0].connectionPool.http2KeepAlive: interval and timeout must be at least 1ms",
             ),
             (
                 SEED.replace(

@@ -93,6 +93,8 @@ pub struct Upstream {
     idle_timeout: Option<Duration>,
     /// `tcp.maxConnectionDuration`: a connection this old is retired.
     max_connection_duration: Option<Duration>,
+    /// `http.http2KeepAlive`, for HTTP/2 connections.
+    http2_keep_alive: Option<waypoint_config::Http2KeepAlive>,
     inner: Mutex<Inner>,
     metrics: Arc<Metrics>,
     /// `Some` for a cluster spoken to in HTTP/2: its connections, outside the pool.
@@ -240,6 +242,7 @@ impl Upstream {
             connect_timeout,
             idle_timeout: Some(pool.idle_timeout).filter(|t| !t.is_zero()),
             max_connection_duration: pool.max_connection_duration,
+            http2_keep_alive: pool.http2_keep_alive,
             inner: Mutex::new(Inner {
                 pool: Pool::new(Limits::from(pool), targets.len()),
                 idle: HashMap::new(),
@@ -376,6 +379,7 @@ impl Upstream {
             &*self.mesh,
             self.connect_timeout,
             self.max_connection_duration,
+            self.http2_keep_alive,
         );
         connections
             .sender(host, how, opening, closed)

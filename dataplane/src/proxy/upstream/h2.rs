@@ -12,7 +12,7 @@
 
 use http::{HeaderValue, Request, Uri, header};
 use hyper::client::conn::http2::{self, SendRequest};
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::time::Instant;
 
 use tokio::sync::Mutex;
@@ -23,6 +23,16 @@ use super::{ConnectFailure, NoResponse};
 use crate::identity::MeshSlot;
 
 pub(super) type Sender = SendRequest<Reader>;
+
+/// How a connection is opened: the endpoint, the mesh credentials, the connect
+/// timeout, the maximum duration and the keep-alive PINGs.
+pub(super) type How<'a> = (
+    Target,
+    &'a MeshSlot,
+    std::time::Duration,
+    Option<std::time::Duration>,
+    Option<waypoint_config::Http2KeepAlive>,
+);
 
 /// Each endpoint's connection, if one is open, and when it is to be retired
 /// (`maxConnectionDuration`): from then on new streams go to a new connection,
@@ -62,12 +72,7 @@ impl Connections {
     pub(super) async fn sender(
         &self,
         host: usize,
-        (target, mesh, timeout, max_duration): (
-            Target,
-            &MeshSlot,
-            std::time::Duration,
-            Option<std::time::Duration>,
-        ),
+        (target, mesh, timeout, max_duration, keep_alive): How<'_>,
         opening: impl FnOnce(),
         closed: impl FnOnce() + Send + 'static,
     ) -> Result<Sender, ConnectFailure> {
@@ -82,7 +87,15 @@ impl Connections {
             tracing::debug!(error = %e, "upstream connect failed");
             ConnectFailure::of(&e)
         })?;
-        let builder = http2::Builder::new(TokioExecutor::new());
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        if let Some(k) = keep_alive {
+            // Envoy PINGs at every interval, streams or not.
+            builder
+                .timer(TokioTimer::new())
+                .keep_alive_interval(k.interval)
+                .keep_alive_timeout(k.timeout)
+                .keep_alive_while_idle(true);
+        }
         let (sender, conn) = builder.handshake(stream).await.map_err(|e| {
             tracing::debug!(error = %e, "upstream HTTP/2 handshake failed");
             ConnectFailure::Other
