@@ -478,6 +478,16 @@ pub(crate) fn invalid(field: String, message: impl Into<String>) -> Result<(), E
 }
 
 impl Cluster {
+    /// Whether `other` differs from this cluster in its endpoint list at most: an
+    /// endpoint update, across which Envoy keeps hosts and their outlier state.
+    pub fn same_but_endpoints(&self, other: &Self) -> bool {
+        let policy = |c: &Self| Self {
+            endpoints: Vec::new(),
+            ..c.clone()
+        };
+        policy(self) == policy(other)
+    }
+
     /// Checks one cluster; `at` is its path, e.g. `clusters[2]`.
     fn validate(&self, at: &str) -> Result<(), Error> {
         if let Some(od) = &self.outlier_detection {

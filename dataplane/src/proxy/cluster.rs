@@ -49,6 +49,17 @@ struct State {
     detector: Option<Detector<usize>>,
 }
 
+/// The cluster of the same name in the config before, if any. Its endpoints keep
+/// the time they joined; when only the endpoint list changed (`same_policy`), the
+/// addresses kept also keep their outlier state (ejection, counters, backoff) and
+/// the interval timer its phase, as Envoy keeps hosts and the detector across an
+/// endpoint update.
+#[derive(Clone, Copy)]
+pub struct Previous<'a> {
+    pub cluster: Option<&'a Cluster>,
+    pub same_policy: bool,
+}
+
 #[derive(Debug)]
 pub struct Cluster {
     pub name: String,
@@ -57,9 +68,6 @@ pub struct Cluster {
     /// The request hash of a RING_HASH or MAGLEV cluster.
     hash: Option<config::ConsistentHash>,
     pub endpoints: Vec<Endpoint>,
-    /// The cluster's config without its endpoints: while it stays the same, a
-    /// new endpoint list keeps the outlier state of the addresses it keeps.
-    settings: config::Cluster,
     interval: Option<Duration>,
     /// The clock of the outlier detector and its interval timer.
     epoch: Instant,
@@ -76,14 +84,10 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// The cluster for `c`; `previous` is the cluster of that name in the config
-    /// before. Its endpoints keep the time they joined, and when only the endpoint
-    /// list changed, the addresses kept also keep their outlier state (ejection,
-    /// counters, backoff) and the interval timer its phase, as Envoy keeps hosts
-    /// and the detector across an endpoint update.
+    /// The cluster for `c`, after `previous`: see [`Previous`].
     pub fn new(
         c: &config::Cluster,
-        previous: Option<&Self>,
+        previous: Previous<'_>,
         epoch: Instant,
         rng: Rng,
         metrics: Arc<Metrics>,
@@ -95,11 +99,7 @@ impl Cluster {
                 .unwrap_or_else(config::ConsistentHash::random)
         });
         let policy = balancer_policy(c.load_balancer, hash.as_ref());
-        let settings = config::Cluster {
-            endpoints: Vec::new(),
-            ..c.clone()
-        };
-        let same = previous.filter(|p| p.settings == settings);
+        let same = previous.cluster.filter(|_| previous.same_policy);
         // The detector's clock: the previous one's when its state carries over.
         let (clock, ticks) =
             same.map_or((epoch, 0), |p| (p.epoch, p.ticks.load(Ordering::Relaxed)));
@@ -144,12 +144,12 @@ impl Cluster {
                     hbone: e.hbone,
                     weight: e.weight,
                     added: previous
+                        .cluster
                         .and_then(|p| p.endpoints.iter().find(|k| k.address == e.address))
                         .map_or(epoch, |k| k.added),
                     active: AtomicU32::new(0),
                 })
                 .collect(),
-            settings,
             interval: c.outlier_detection.as_ref().map(|od| od.interval),
             epoch: clock,
             ticks: AtomicU64::new(ticks),

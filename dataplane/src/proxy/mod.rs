@@ -63,14 +63,16 @@ impl Runtime {
             .iter()
             .map(|c| {
                 let before = previous.and_then(|p| p.clusters.get(&c.name));
-                let kept = previous
-                    .filter(|p| p.config.cluster(&c.name) == Some(c))
-                    .and(before)
-                    .cloned();
+                let old = previous.and_then(|p| p.config.cluster(&c.name));
+                let kept = before.filter(|_| old == Some(c)).cloned();
+                let carried = cluster::Previous {
+                    cluster: before.map(AsRef::as_ref),
+                    same_policy: old.is_some_and(|o| o.same_but_endpoints(c)),
+                };
                 let cluster = kept.unwrap_or_else(|| {
                     Arc::new(Cluster::new(
                         c,
-                        before.map(AsRef::as_ref),
+                        carried,
                         epoch,
                         Rng::seeded(seed.next_u64()),
                         Arc::clone(&metrics),

@@ -93,8 +93,6 @@ pub struct Upstream {
     idle_timeout: Option<Duration>,
     /// `tcp.maxConnectionDuration`: a connection this old is retired.
     max_connection_duration: Option<Duration>,
-    /// `http.http2KeepAlive`, for HTTP/2 connections.
-    http2_keep_alive: Option<waypoint_config::Http2KeepAlive>,
     inner: Mutex<Inner>,
     metrics: Arc<Metrics>,
     /// `Some` for a cluster spoken to in HTTP/2: its connections, outside the pool.
@@ -242,14 +240,13 @@ impl Upstream {
             connect_timeout,
             idle_timeout: Some(pool.idle_timeout).filter(|t| !t.is_zero()),
             max_connection_duration: pool.max_connection_duration,
-            http2_keep_alive: pool.http2_keep_alive,
             inner: Mutex::new(Inner {
                 pool: Pool::new(Limits::from(pool), targets.len()),
                 idle: HashMap::new(),
                 waiters: HashMap::new(),
             }),
             http2: (protocol == waypoint_config::UpstreamProtocol::Http2)
-                .then(|| h2::Connections::new(targets.len())),
+                .then(|| h2::Connections::new(targets.len(), pool)),
             targets,
             mesh,
             metrics,
@@ -374,13 +371,7 @@ impl Upstream {
                 upstream.lock().pool.closed_http2();
             }
         };
-        let how = (
-            self.targets[host],
-            &*self.mesh,
-            self.connect_timeout,
-            self.max_connection_duration,
-            self.http2_keep_alive,
-        );
+        let how = (self.targets[host], &*self.mesh, self.connect_timeout);
         connections
             .sender(host, how, opening, closed)
             .await

@@ -24,21 +24,15 @@ use crate::identity::MeshSlot;
 
 pub(super) type Sender = SendRequest<Reader>;
 
-/// How a connection is opened: the endpoint, the mesh credentials, the connect
-/// timeout, the maximum duration and the keep-alive PINGs.
-pub(super) type How<'a> = (
-    Target,
-    &'a MeshSlot,
-    std::time::Duration,
-    Option<std::time::Duration>,
-    Option<waypoint_config::Http2KeepAlive>,
-);
-
 /// Each endpoint's connection, if one is open, and when it is to be retired
 /// (`maxConnectionDuration`): from then on new streams go to a new connection,
 /// and the old one closes once its streams are done and its senders dropped.
 pub(super) struct Connections {
     slots: Vec<Mutex<Option<Open>>>,
+    /// `tcp.maxConnectionDuration`.
+    max_duration: Option<std::time::Duration>,
+    /// `http.http2KeepAlive`.
+    keep_alive: Option<waypoint_config::Http2KeepAlive>,
 }
 
 struct Open {
@@ -54,9 +48,11 @@ impl Open {
 }
 
 impl Connections {
-    pub(super) fn new(hosts: usize) -> Self {
+    pub(super) fn new(hosts: usize, pool: &waypoint_config::ConnectionPool) -> Self {
         Self {
             slots: (0..hosts).map(|_| Mutex::new(None)).collect(),
+            max_duration: pool.max_connection_duration,
+            keep_alive: pool.http2_keep_alive,
         }
     }
 
@@ -72,7 +68,7 @@ impl Connections {
     pub(super) async fn sender(
         &self,
         host: usize,
-        (target, mesh, timeout, max_duration, keep_alive): How<'_>,
+        (target, mesh, timeout): (Target, &MeshSlot, std::time::Duration),
         opening: impl FnOnce(),
         closed: impl FnOnce() + Send + 'static,
     ) -> Result<Sender, ConnectFailure> {
@@ -88,7 +84,7 @@ impl Connections {
             ConnectFailure::of(&e)
         })?;
         let mut builder = http2::Builder::new(TokioExecutor::new());
-        if let Some(k) = keep_alive {
+        if let Some(k) = self.keep_alive {
             // Envoy PINGs at every interval, streams or not.
             builder
                 .timer(TokioTimer::new())
@@ -106,7 +102,9 @@ impl Connections {
         });
         *slot = Some(Open {
             sender: sender.clone(),
-            retire_at: max_duration.and_then(|d| Instant::now().checked_add(d)),
+            retire_at: self
+                .max_duration
+                .and_then(|d| Instant::now().checked_add(d)),
         });
         Ok(sender)
     }
