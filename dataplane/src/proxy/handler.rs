@@ -17,6 +17,7 @@ use waypoint_config::{Fault, Filter, PathMatch, RetryConfig, Route, RouteRule};
 
 use super::body::{self, Body, End, Expiry, Relayed};
 use super::head_timeout;
+use super::idle;
 use super::replay::Replay;
 use super::upgrade::{self, TunnelEnd, Upgraded};
 use super::upstream::{ConnectFailure, Lease, NoResponse};
@@ -58,8 +59,28 @@ where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let peer = downstream.peer;
+    let service = service(shared, downstream);
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    if let Err(e) = builder.serve_connection_with_upgrades(io, service).await {
+        tracing::debug!(error = %e, %peer, "downstream connection ended with an error");
+    }
+}
+
+/// The requests of one downstream connection.
+fn service(
+    shared: Arc<Shared>,
+    downstream: Downstream,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<Body>,
+    Error = Infallible,
+    Future: Send + 'static,
+> + Clone
++ Unpin
++ Send
++ 'static {
     let downstream = Arc::new(downstream);
-    let service = hyper::service::service_fn(move |req| {
+    hyper::service::service_fn(move |req| {
         let runtime = shared.current();
         let downstream = Arc::clone(&downstream);
         let shared = Arc::clone(&shared);
@@ -77,14 +98,12 @@ where
             }
             Ok::<_, Infallible>(resp)
         })
-    });
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    if let Err(e) = builder.serve_connection_with_upgrades(io, service).await {
-        tracing::debug!(error = %e, %peer, "downstream connection ended with an error");
-    }
+    })
 }
 
-/// [`serve_connection`] for an accepted TCP connection of a plain listener.
+/// [`serve_connection`] for an accepted TCP connection of a plain listener. HTTP/1.1
+/// goes to [`idle::serve_http1`], which frees the connection's HTTP state between
+/// requests; a connection that may be HTTP/2 takes the general path.
 pub async fn serve_tcp(
     shared: Arc<Shared>,
     listener: Arc<str>,
@@ -105,7 +124,17 @@ pub async fn serve_tcp(
         head_clock: None,
     };
     let stream = timed_heads(&shared, stream, &mut downstream);
-    serve_connection(shared, TokioIo::new(stream), downstream).await;
+    match idle::sniff(stream.get_ref()).await {
+        idle::Sniffed::Http1 => {
+            let clock = downstream.head_clock.clone().unwrap_or_default();
+            idle::serve_http1(stream, clock, service(shared, downstream)).await;
+        }
+        idle::Sniffed::Unsure => {
+            // Boxed, as the task's own memory is what an idle HTTP/1 connection costs.
+            Box::pin(serve_connection(shared, TokioIo::new(stream), downstream)).await;
+        }
+        idle::Sniffed::Closed => {}
+    }
 }
 
 /// Times the request heads of an HTTP/1.1 connection (Envoy's

@@ -54,6 +54,11 @@ impl Clock {
             .compare_exchange(SERVING, BETWEEN, Ordering::AcqRel, Ordering::Acquire);
     }
 
+    /// Between requests: the last exchange is over and no new head has begun.
+    pub fn is_between_requests(&self) -> bool {
+        self.0.load(Ordering::Acquire) == BETWEEN
+    }
+
     fn begin_head(&self) -> bool {
         self.0
             .compare_exchange(BETWEEN, READING_HEAD, Ordering::AcqRel, Ordering::Acquire)
@@ -103,6 +108,10 @@ impl<S> Timed<S> {
             on_timeout: Some(Box::new(on_timeout)),
             expired: false,
         }
+    }
+
+    pub fn get_ref(&self) -> &S {
+        &self.io
     }
 
     /// Looks at the connection's first bytes: an HTTP/2 preface is not timed.

@@ -9,6 +9,7 @@ pub mod connect;
 pub(crate) mod handler;
 mod head_timeout;
 pub mod https;
+mod idle;
 mod replay;
 mod upgrade;
 mod upstream;
@@ -23,6 +24,7 @@ use waypoint_config::Config;
 
 pub use cluster::Cluster;
 pub use handler::{Downstream, serve_connection};
+pub use idle::put_away_above as put_away_idle_http1_above;
 
 use crate::identity::{MeshSlot, MeshTls};
 use crate::metrics::Metrics;

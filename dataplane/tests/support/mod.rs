@@ -224,6 +224,9 @@ pub fn logged(yaml: &str) -> (Arc<Shared>, Arc<Mutex<Vec<String>>>) {
 /// Serves the first listener of `shared`'s config (a loopback address, port 0) and
 /// returns where it listens.
 pub async fn serve_first_listener(shared: &Arc<Shared>) -> SocketAddr {
+    // Every idle HTTP/1.1 connection put away, as the proxy does under many
+    // connections: these tests run that path, the others the default one.
+    proxy::put_away_idle_http1_above(0);
     let (socket, name) = proxy::bind(&shared.current()).await.unwrap().remove(0);
     let addr = socket.local_addr().unwrap();
     tokio::spawn(proxy::serve(Arc::clone(shared), socket, name));
