@@ -392,3 +392,45 @@ async fn an_http2_connection_that_stops_answering_pings_is_closed() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Speaks HTTP/1.1 and h2c (by preface) and answers with the version it was asked in.
+async fn any_version_backend() -> SocketAddr {
+    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = socket.accept().await.unwrap();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    |req: http::Request<hyper::body::Incoming>| async move {
+                        let version = format!("{:?}", req.version());
+                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(version))))
+                    },
+                );
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// `useClientProtocol` (`protocol: downstream`): each request goes up in the
+/// version it came down in, as Envoy's `USE_DOWNSTREAM_PROTOCOL` does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_protocol_is_kept_when_the_cluster_says_so() {
+    let backend = any_version_backend().await;
+    let yaml = grpc_waypoint(backend).replace("protocol: HTTP/2", "protocol: downstream");
+    let shared = Shared::new(waypoint_config::Config::from_yaml(&yaml).unwrap());
+    let proxy = support::serve_first_listener(&shared).await;
+    for (http2, want) in [(false, "HTTP/1.1"), (true, "HTTP/2.0"), (false, "HTTP/1.1")] {
+        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .http2_only(http2)
+            .build_http::<Full<Bytes>>();
+        let resp = client.request(call(proxy, !http2)).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, want.as_bytes(), "client in HTTP/2: {http2}");
+    }
+}

@@ -245,7 +245,8 @@ pub struct Cluster {
     pub connection_pool: ConnectionPool,
     /// What the endpoints speak. Istio picks HTTP/2 for a Service port whose
     /// `appProtocol` or name says so (grpc, http2, h2c), or when the DestinationRule
-    /// sets `h2UpgradePolicy: UPGRADE`.
+    /// sets `h2UpgradePolicy: UPGRADE`; the client's protocol when it sets
+    /// `useClientProtocol`.
     #[serde(default, skip_serializing_if = "UpstreamProtocol::is_default")]
     pub protocol: UpstreamProtocol,
     /// New endpoints ramp up over a window (ROUND_ROBIN and LEAST_REQUEST only).
@@ -262,6 +263,10 @@ pub enum UpstreamProtocol {
     Http1,
     #[serde(rename = "HTTP/2")]
     Http2,
+    /// The downstream request's: HTTP/2 for an HTTP/2 request, HTTP/1.1 otherwise
+    /// (Istio's `useClientProtocol`, Envoy's `USE_DOWNSTREAM_PROTOCOL`).
+    #[serde(rename = "downstream")]
+    Downstream,
 }
 
 impl UpstreamProtocol {

@@ -1157,6 +1157,6 @@ async fn send(
     let started = Instant::now();
     // Counted until this attempt ends, even when a timeout drops it mid-way.
     let _active = Active::begin(endpoint);
-    let result = cluster.upstream.send(i, make).await;
+    let result = cluster.upstream.send(i, parts.version, make).await;
     (result, started)
 }

@@ -95,8 +95,10 @@ pub struct Upstream {
     max_connection_duration: Option<Duration>,
     inner: Mutex<Inner>,
     metrics: Arc<Metrics>,
-    /// `Some` for a cluster spoken to in HTTP/2: its connections, outside the pool.
+    /// `Some` for a cluster spoken to in HTTP/2 (always, or to HTTP/2 clients): its
+    /// connections, outside the pool.
     http2: Option<h2::Connections>,
+    protocol: waypoint_config::UpstreamProtocol,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -245,12 +247,21 @@ impl Upstream {
                 idle: HashMap::new(),
                 waiters: HashMap::new(),
             }),
-            http2: (protocol == waypoint_config::UpstreamProtocol::Http2)
+            http2: (protocol != waypoint_config::UpstreamProtocol::Http1)
                 .then(|| h2::Connections::new(targets.len(), pool)),
+            protocol,
             targets,
             mesh,
             metrics,
         })
+    }
+
+    fn speaks_http2(&self, downstream: http::Version) -> bool {
+        match self.protocol {
+            waypoint_config::UpstreamProtocol::Http1 => false,
+            waypoint_config::UpstreamProtocol::Http2 => true,
+            waypoint_config::UpstreamProtocol::Downstream => downstream == http::Version::HTTP_2,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -275,13 +286,19 @@ impl Upstream {
     /// Sends the request `make` builds to endpoint `host`, waiting for a connection as
     /// the pool decides. `make` is called once a connection is ready to carry it
     /// (again when a kept-alive one turns out closed). The lease must be finished
-    /// once the response body is read.
+    /// once the response body is read. `downstream` is the client's HTTP version, which
+    /// decides under `useClientProtocol`.
     pub async fn send(
         self: &Arc<Self>,
         host: usize,
+        downstream: http::Version,
         make: impl Fn() -> Request<Reader>,
     ) -> Result<(Response<Incoming>, Lease), NoResponse> {
-        if let Some(connections) = &self.http2 {
+        if let Some(connections) = self
+            .http2
+            .as_ref()
+            .filter(|_| self.speaks_http2(downstream))
+        {
             // Boxed: opening a connection is a large future, and inline it would make
             // every HTTP/1 attempt's future as large, copied at each await.
             return Box::pin(self.send_http2(connections, host, make)).await;
