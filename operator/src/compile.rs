@@ -254,8 +254,8 @@ pub(crate) struct ClusterPolicy {
     connection_pool: model::ConnectionPool,
     outlier_detection: Option<model::OutlierDetection>,
     connect_timeout: Duration,
-    /// `connectionPool.http.h2UpgradePolicy: UPGRADE`.
-    h2_upgrade: bool,
+    /// `connectionPool.http.h2UpgradePolicy` and `useClientProtocol`.
+    http2: Http2Policy,
     slow_start: Option<model::SlowStart>,
 }
 
@@ -275,7 +275,7 @@ impl ClusterPolicy {
             outlier_detection: self.outlier_detection,
             connect_timeout: self.connect_timeout,
             connection_pool: self.connection_pool,
-            protocol: upstream_protocol(port, self.h2_upgrade),
+            protocol: upstream_protocol(port, self.http2),
             slow_start: self.slow_start,
         }
     }
@@ -315,10 +315,33 @@ pub(crate) fn cluster_policy(policy: Option<&TrafficPolicy>, port: i32) -> Clust
             .and_then(|c| c.tcp.as_ref())
             .and_then(|t| t.connect_timeout.as_ref())
             .map_or(Duration::from_secs(10), waypoint_crds::Duration::as_std),
-        h2_upgrade: cp
-            .and_then(|c| c.http.as_ref())
-            .and_then(|h| h.h2_upgrade_policy)
-            == Some(waypoint_crds::destination_rule::H2UpgradePolicy::Upgrade),
+        http2: http2_policy(cp),
+    }
+}
+
+/// What a DestinationRule says about HTTP/2 to the endpoints.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Http2Policy {
+    #[default]
+    Default,
+    /// `h2UpgradePolicy: UPGRADE`.
+    Upgrade,
+    /// `useClientProtocol: true`.
+    UseClientProtocol,
+}
+
+fn http2_policy(cp: Option<&ConnectionPoolSettings>) -> Http2Policy {
+    let Some(http) = cp.and_then(|c| c.http.as_ref()) else {
+        return Http2Policy::Default;
+    };
+    if http.use_client_protocol == Some(true) {
+        Http2Policy::UseClientProtocol
+    } else if http.h2_upgrade_policy
+        == Some(waypoint_crds::destination_rule::H2UpgradePolicy::Upgrade)
+    {
+        Http2Policy::Upgrade
+    } else {
+        Http2Policy::Default
     }
 }
 
@@ -382,14 +405,19 @@ fn declared_protocol(port: &k8s_openapi::api::core::v1::ServicePort) -> String {
 /// HTTP/2 to the endpoints for a port declared gRPC or HTTP/2 (including Gateway
 /// API's `kubernetes.io/h2c`), or when the DestinationRule asks for
 /// `h2UpgradePolicy: UPGRADE`; HTTP/1.1 otherwise, as Istio builds the cluster.
+/// `useClientProtocol` overrides both: Istio's `applyConnectionPool` sets Envoy's
+/// `use_downstream_protocol_config` last, whatever the port.
 pub(crate) fn upstream_protocol(
     port: Option<&k8s_openapi::api::core::v1::ServicePort>,
-    h2_upgrade: bool,
+    policy: Http2Policy,
 ) -> model::UpstreamProtocol {
+    if policy == Http2Policy::UseClientProtocol {
+        return model::UpstreamProtocol::Downstream;
+    }
     let declared = port.map(declared_protocol).unwrap_or_default();
     match declared.as_str() {
         "grpc" | "http2" | "h2c" | "kubernetes.io/h2c" => model::UpstreamProtocol::Http2,
-        _ if h2_upgrade => model::UpstreamProtocol::Http2,
+        _ if policy == Http2Policy::Upgrade => model::UpstreamProtocol::Http2,
         _ => model::UpstreamProtocol::Http1,
     }
 }
@@ -792,7 +820,7 @@ spec:
     }
 
     #[test]
-    fn http2_to_endpoints_for_grpc_http2_ports_or_an_upgrade_policy() {
+    fn http2_to_endpoints_for_grpc_http2_ports_an_upgrade_policy_or_http2_clients() {
         use k8s_openapi::api::core::v1::ServicePort;
         let port = |name: Option<&str>, app: Option<&str>| ServicePort {
             name: name.map(str::to_owned),
@@ -802,26 +830,40 @@ spec:
         };
         let h2 = model::UpstreamProtocol::Http2;
         let h1 = model::UpstreamProtocol::Http1;
-        for (p, upgrade, want) in [
-            (port(Some("http"), None), false, h1),
-            (port(Some("grpc-api"), None), false, h2),
-            (port(Some("http2"), None), false, h2),
-            (port(None, Some("kubernetes.io/h2c")), false, h2),
-            (port(Some("grpc"), Some("http")), false, h1),
-            (port(None, Some("GRPC")), false, h2),
-            (port(Some("http"), None), true, h2),
+        let client = model::UpstreamProtocol::Downstream;
+        let (default, upgrade, use_client) = (
+            Http2Policy::Default,
+            Http2Policy::Upgrade,
+            Http2Policy::UseClientProtocol,
+        );
+        for (p, policy, want) in [
+            (port(Some("http"), None), default, h1),
+            (port(Some("grpc-api"), None), default, h2),
+            (port(Some("http2"), None), default, h2),
+            (port(None, Some("kubernetes.io/h2c")), default, h2),
+            (port(Some("grpc"), Some("http")), default, h1),
+            (port(None, Some("GRPC")), default, h2),
+            (port(Some("http"), None), upgrade, h2),
+            (port(Some("http"), None), use_client, client),
+            (port(Some("grpc"), None), use_client, client),
         ] {
             assert_eq!(
-                upstream_protocol(Some(&p), upgrade),
+                upstream_protocol(Some(&p), policy),
                 want,
-                "{p:?} {upgrade}"
+                "{p:?} {policy:?}"
             );
         }
-        assert_eq!(upstream_protocol(None, false), h1);
+        assert_eq!(upstream_protocol(None, default), h1);
         let (cluster, _) = compiled_with("    connectionPool: {http: {h2UpgradePolicy: UPGRADE}}");
         assert_eq!(cluster.protocol, h2);
         let (cluster, _) = compiled_with("    connectionPool: {http: {h2UpgradePolicy: DEFAULT}}");
         assert_eq!(cluster.protocol, h1);
+        let (cluster, _) = compiled_with("    connectionPool: {http: {useClientProtocol: true}}");
+        assert_eq!(cluster.protocol, client);
+        let (cluster, _) = compiled_with(
+            "    connectionPool: {http: {useClientProtocol: false, h2UpgradePolicy: UPGRADE}}",
+        );
+        assert_eq!(cluster.protocol, h2);
     }
 
     #[test]
