@@ -606,8 +606,14 @@ pub(crate) mod duration {
             "h" => value * 3600.0,
             _ => return None,
         };
-        (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+        // Protobuf's largest Duration (10,000 years), as Envoy's config takes no more;
+        // past it `Instant` arithmetic could overflow.
+        (secs <= MAX_SECONDS)
+            .then(|| Duration::try_from_secs_f64(secs).ok())
+            .flatten()
     }
+
+    const MAX_SECONDS: f64 = 315_576_000_000.0;
 }
 
 pub(crate) mod opt_duration {
@@ -911,5 +917,31 @@ clusters:
             let err = Config::from_yaml(text).unwrap_err().to_string();
             assert!(err.contains(want), "{want:?} not in {err:?}");
         }
+    }
+
+    #[test]
+    fn durations_past_protobufs_range_are_refused_not_panicked_on() {
+        use super::duration::parse;
+        assert_eq!(parse("1.5ms"), Some(Duration::from_micros(1500)));
+        assert_eq!(
+            parse("315576000000s"),
+            Some(Duration::from_hours(87_660_000))
+        );
+        for text in [
+            "315576000001s",
+            "18446744073709551615s",
+            "9999999999999999999999h",
+            "-1s",
+            "1d",
+            "s",
+        ] {
+            assert_eq!(parse(text), None, "{text}");
+        }
+        let err = Config::from_yaml(
+            "clusters: [{name: c, connectTimeout: 18446744073709551615s, endpoints: []}]",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("invalid duration"), "{err}");
     }
 }
