@@ -212,6 +212,17 @@ async fn slow_request_headers_get_408_and_close() {
     assert_eq!(rest, ENVOY_408);
 }
 
+/// A request line may begin `PRI ` and still be HTTP/1.1 (hyper_util compares the
+/// whole HTTP/2 preface): such a head is timed like any other. Found by
+/// `request_fuzz.rs`: it used to be taken for HTTP/2 and never timed.
+#[tokio::test]
+async fn a_head_that_only_begins_like_the_http2_preface_is_timed() {
+    let addr = start_with(SLOW_HEADS).await;
+    let (reply, closed) = exchange(addr, b"PRI /x HTTP/1.1\r\nhost: a.example\r\n").await;
+    assert_eq!(reply, ENVOY_408);
+    assert!(closed);
+}
+
 /// What the head timeout leaves alone, as Envoy does: a connection that has sent
 /// nothing yet, one idle between requests, a head sent in pieces that ends in time,
 /// and an HTTP/2 connection without streams.

@@ -88,8 +88,9 @@ pub struct Timed<S> {
     expired: bool,
 }
 
-/// What an HTTP/2 connection starts with (as far as needed to tell).
-const PREFACE: &[u8] = b"PRI ";
+/// What an HTTP/2 connection starts with: the whole preface, as hyper_util's
+/// sniffing compares it. (A request line beginning `PRI ` is still HTTP/1.1 to it.)
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 impl<S> Timed<S> {
     /// `on_timeout` is called once if a head times out (to log it).
@@ -121,14 +122,13 @@ impl<S> Timed<S> {
         };
         let take = (PREFACE.len() - sniffed.len()).min(read.len());
         sniffed.extend_from_slice(&read[..take]);
-        if sniffed.len() < PREFACE.len() {
-            return;
-        }
-        if sniffed == PREFACE {
+        if !PREFACE.starts_with(sniffed) {
+            self.sniffed = None; // HTTP/1.1
+        } else if sniffed.len() == PREFACE.len() {
             self.clock.untimed();
             self.timer = None;
+            self.sniffed = None;
         }
-        self.sniffed = None;
     }
 }
 
