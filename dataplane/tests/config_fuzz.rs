@@ -68,6 +68,7 @@ clusters:
     idleTimeout: 60s
     maxConnectionDuration: 30s
     http2KeepAlive: {interval: 10s, timeout: 5s}
+    tcpKeepalive: {time: 30s, interval: 10s, probes: 3}
   outlierDetection:
     consecutive5xxErrors: 3
     consecutiveGatewayErrors: 2

@@ -51,6 +51,34 @@ pub struct ConnectionPool {
     /// `http2_protocol_options.connection_keepalive`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http2_keep_alive: Option<Http2KeepAlive>,
+    /// `tcp.tcpKeepalive`: TCP keep-alive on the endpoints' connections (Envoy's
+    /// `upstream_connection_options.tcp_keepalive`); a field left out keeps the
+    /// kernel's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_keepalive: Option<TcpKeepalive>,
+}
+
+/// Envoy's `TcpKeepalive`, whose times are whole seconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TcpKeepalive {
+    /// Unanswered probes before the connection is dropped (`TCP_KEEPCNT`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probes: Option<u32>,
+    /// Idle time before the first probe (`TCP_KEEPIDLE`).
+    #[serde(
+        default,
+        with = "crate::opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub time: Option<Duration>,
+    /// Between probes (`TCP_KEEPINTVL`).
+    #[serde(
+        default,
+        with = "crate::opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub interval: Option<Duration>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,6 +117,7 @@ impl Default for ConnectionPool {
             idle_timeout: one_hour(),
             max_connection_duration: None,
             http2_keep_alive: None,
+            tcp_keepalive: None,
         }
     }
 }
@@ -132,6 +161,24 @@ impl ConnectionPool {
                 format!("{at}.http2KeepAlive"),
                 "interval and timeout must be at least 1ms",
             );
+        }
+        if let Some(k) = self.tcp_keepalive {
+            for (field, value) in [("time", k.time), ("interval", k.interval)] {
+                if value.is_some_and(|d| {
+                    d.subsec_nanos() != 0 || d.as_secs() == 0 || d.as_secs() > i32::MAX as u64
+                }) {
+                    return invalid(
+                        format!("{at}.tcpKeepalive.{field}"),
+                        "must be whole seconds, at least 1s (the kernel counts in seconds)",
+                    );
+                }
+            }
+            if k.probes.is_some_and(|p| p == 0 || p > 127) {
+                return invalid(
+                    format!("{at}.tcpKeepalive.probes"),
+                    "must be 1 to 127 (the kernel's range)",
+                );
+            }
         }
         Ok(())
     }

@@ -34,7 +34,7 @@ mod http_route;
 mod slow_start;
 mod tls;
 
-pub use connection_pool::{ConnectionPool, Http2KeepAlive, UNLIMITED};
+pub use connection_pool::{ConnectionPool, Http2KeepAlive, TcpKeepalive, UNLIMITED};
 pub use consistent_hash::{
     ConsistentHash, CookieAttribute, DEFAULT_MAGLEV_TABLE_SIZE, DEFAULT_MINIMUM_RING_SIZE, HashKey,
     HttpCookie, MAXIMUM_RING_SIZE,
@@ -873,6 +873,20 @@ clusters:
                     "idleTimeout: 0s\n    http2KeepAlive: {interval: 10s, timeout: 0s}",
                 ),
                 "clusters[0].connectionPool.http2KeepAlive: interval and timeout must be at least 1ms",
+            ),
+            (
+                HASHED.replace(
+                    "idleTimeout: 0s",
+                    "idleTimeout: 0s\n    tcpKeepalive: {time: 1500ms}",
+                ),
+                "clusters[0].connectionPool.tcpKeepalive.time: must be whole seconds, at least 1s",
+            ),
+            (
+                HASHED.replace(
+                    "idleTimeout: 0s",
+                    "idleTimeout: 0s\n    tcpKeepalive: {interval: 10s, probes: 0}",
+                ),
+                "clusters[0].connectionPool.tcpKeepalive.probes: must be 1 to 127",
             ),
             (
                 SEED.replace(

@@ -129,17 +129,31 @@ pub enum Error {
     },
 }
 
-/// Opens a stream to `target` within `timeout`, which bounds TCP, and for HBONE also
-/// TLS and the CONNECT exchange, as Envoy's `connect_timeout` bounds a tunnelled
-/// cluster's connect.
-pub async fn open(target: Target, mesh: &MeshSlot, timeout: Duration) -> Result<Stream, Error> {
+/// How a cluster connects to its endpoints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// Bounds TCP, and for HBONE also TLS and the CONNECT exchange, as Envoy's
+    /// `connect_timeout` bounds a tunnelled cluster's connect.
+    pub timeout: Duration,
+    /// `tcpKeepalive`, on plain TCP connections to the endpoints.
+    pub keepalive: Option<waypoint_config::TcpKeepalive>,
+}
+
+/// Opens a stream to `target` as `options` say.
+pub async fn open(target: Target, mesh: &MeshSlot, options: Options) -> Result<Stream, Error> {
     let address = target.address;
+    let timeout = options.timeout;
     let connect = async {
         if !target.hbone {
             let stream = TcpStream::connect(address)
                 .await
                 .map_err(|source| Error::Tcp { address, source })?;
             let _ = stream.set_nodelay(true);
+            if let Some(k) = options.keepalive
+                && let Err(e) = keepalive(&stream, k)
+            {
+                tracing::warn!(error = %e, %address, "cannot set TCP keep-alive");
+            }
             return Ok(Stream::Tcp(TokioIo::new(stream)));
         }
         let tls = mesh.get().ok_or(Error::NoCredentials { address })?;
@@ -160,9 +174,64 @@ pub async fn open(target: Target, mesh: &MeshSlot, timeout: Duration) -> Result<
     result
 }
 
+/// Turns keep-alive on with the fields given; the others keep the kernel's values,
+/// as Envoy sets only the socket options its `TcpKeepalive` carries.
+fn keepalive(stream: &TcpStream, k: waypoint_config::TcpKeepalive) -> io::Result<()> {
+    let mut params = socket2::TcpKeepalive::new();
+    if let Some(time) = k.time {
+        params = params.with_time(time);
+    }
+    if let Some(interval) = k.interval {
+        params = params.with_interval(interval);
+    }
+    if let Some(probes) = k.probes {
+        params = params.with_retries(probes);
+    }
+    socket2::SockRef::from(stream).set_tcp_keepalive(&params)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn keep_alive_is_set_on_plain_connections_as_configured() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = Target {
+            address: listener.local_addr().unwrap(),
+            hbone: false,
+        };
+        let open_with = |keepalive| async move {
+            let options = Options {
+                timeout: Duration::from_secs(5),
+                keepalive,
+            };
+            match open(target, &MeshSlot::default(), options).await.unwrap() {
+                Stream::Tcp(io) => io.into_inner(),
+                Stream::Tunnel(_) => unreachable!(),
+            }
+        };
+        let plain = open_with(None).await;
+        assert!(!socket2::SockRef::from(&plain).keepalive().unwrap());
+        let kernel_interval = socket2::SockRef::from(&plain)
+            .tcp_keepalive_interval()
+            .unwrap();
+        let kept = open_with(Some(waypoint_config::TcpKeepalive {
+            probes: Some(3),
+            time: Some(Duration::from_secs(30)),
+            interval: None,
+        }))
+        .await;
+        let sock = socket2::SockRef::from(&kept);
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), Duration::from_secs(30));
+        assert_eq!(sock.tcp_keepalive_retries().unwrap(), 3);
+        assert_eq!(
+            sock.tcp_keepalive_interval().unwrap(),
+            kernel_interval,
+            "a field left out keeps the kernel's value"
+        );
+    }
 
     #[test]
     fn a_tunnel_goes_to_the_pods_15008_and_names_the_pod_port() {

@@ -88,7 +88,8 @@ pub struct Upstream {
     targets: Vec<Target>,
     /// The mesh credentials for HBONE endpoints, when the process has them.
     mesh: Arc<MeshSlot>,
-    connect_timeout: Duration,
+    /// The connect timeout and TCP keep-alive.
+    connect: connect::Options,
     /// `None`: idle connections stay open until the upstream closes them.
     idle_timeout: Option<Duration>,
     /// `tcp.maxConnectionDuration`: a connection this old is retired.
@@ -239,7 +240,10 @@ impl Upstream {
         Arc::new_cyclic(|me| Self {
             me: me.clone(),
             cluster: cluster.to_owned(),
-            connect_timeout,
+            connect: connect::Options {
+                timeout: connect_timeout,
+                keepalive: pool.tcp_keepalive,
+            },
             idle_timeout: Some(pool.idle_timeout).filter(|t| !t.is_zero()),
             max_connection_duration: pool.max_connection_duration,
             inner: Mutex::new(Inner {
@@ -388,7 +392,7 @@ impl Upstream {
                 upstream.lock().pool.closed_http2();
             }
         };
-        let how = (self.targets[host], &*self.mesh, self.connect_timeout);
+        let how = (self.targets[host], &*self.mesh, self.connect);
         connections
             .sender(host, how, opening, closed)
             .await
@@ -558,20 +562,16 @@ impl Upstream {
     /// A byte stream to endpoint `host` outside the pool (the opaque TCP relay),
     /// opened as the pool opens its connections.
     pub async fn open(&self, host: usize) -> Result<Stream, connect::Error> {
-        connect::open(self.targets[host], &self.mesh, self.connect_timeout).await
+        connect::open(self.targets[host], &self.mesh, self.connect).await
     }
 
     /// Opens connection `conn` to endpoint `host` and drives it until it closes.
     fn spawn_connect(&self, host: usize, conn: ConnId) {
         let target = self.targets[host];
-        let (mesh, timeout, weak) = (
-            Arc::clone(&self.mesh),
-            self.connect_timeout,
-            self.me.clone(),
-        );
+        let (mesh, options, weak) = (Arc::clone(&self.mesh), self.connect, self.me.clone());
         tokio::spawn(async move {
             let addr = target.address;
-            let handshake = match connect::open(target, &mesh, timeout).await {
+            let handshake = match connect::open(target, &mesh, options).await {
                 Ok(stream) => Ok(http1::handshake::<_, Reader>(stream).await.ok()),
                 Err(e) => {
                     tracing::debug!(error = %e, %addr, "upstream connect failed");

@@ -68,7 +68,7 @@ impl Connections {
     pub(super) async fn sender(
         &self,
         host: usize,
-        (target, mesh, timeout): (Target, &MeshSlot, std::time::Duration),
+        (target, mesh, options): (Target, &MeshSlot, connect::Options),
         opening: impl FnOnce(),
         closed: impl FnOnce() + Send + 'static,
     ) -> Result<Sender, ConnectFailure> {
@@ -79,7 +79,7 @@ impl Connections {
         *slot = None;
         opening();
         let on_close = OnClose(Some(Box::new(closed)));
-        let stream = connect::open(target, mesh, timeout).await.map_err(|e| {
+        let stream = connect::open(target, mesh, options).await.map_err(|e| {
             tracing::debug!(error = %e, "upstream connect failed");
             ConnectFailure::of(&e)
         })?;
