@@ -229,6 +229,25 @@ fn connection_pool(cp: Option<&ConnectionPoolSettings>) -> model::ConnectionPool
             .filter(|k| {
                 k.interval >= Duration::from_millis(1) && k.timeout >= Duration::from_millis(1)
             }),
+        tcp_keepalive: tcp
+            .and_then(|t| t.tcp_keepalive.as_ref())
+            .map(tcp_keepalive),
+    }
+}
+
+/// As Istio's `applyConnectionPool`: probes when above 0, times in whole seconds
+/// (truncated). A time under a second, which Envoy would set as 0 and the kernel
+/// refuse, is left to the kernel's default instead.
+fn tcp_keepalive(k: &waypoint_crds::destination_rule::TcpKeepalive) -> model::TcpKeepalive {
+    let seconds = |d: Option<&waypoint_crds::Duration>| {
+        d.map(|d| d.as_std().as_secs())
+            .filter(|s| (1..=i32::MAX as u64).contains(s))
+            .map(Duration::from_secs)
+    };
+    model::TcpKeepalive {
+        probes: k.probes.filter(|p| (1..=127).contains(p)),
+        time: seconds(k.time.as_ref()),
+        interval: seconds(k.interval.as_ref()),
     }
 }
 
@@ -1049,6 +1068,25 @@ spec:
         );
         let (cluster, _) = compiled_with("    connectionPool: {tcp: {idleTimeout: 0s}}");
         assert_eq!(cluster.connection_pool.idle_timeout, Duration::ZERO);
+        let (cluster, _) = compiled_with(
+            "    connectionPool: {tcp: {tcpKeepalive: {probes: 4, time: 90s, interval: 1500ms}}}",
+        );
+        assert_eq!(
+            cluster.connection_pool.tcp_keepalive,
+            Some(model::TcpKeepalive {
+                probes: Some(4),
+                time: Some(Duration::from_secs(90)),
+                interval: Some(Duration::from_secs(1)),
+            }),
+            "whole seconds, truncated as Istio does"
+        );
+        let (cluster, _) =
+            compiled_with("    connectionPool: {tcp: {tcpKeepalive: {time: 500ms}}}");
+        assert_eq!(
+            cluster.connection_pool.tcp_keepalive,
+            Some(model::TcpKeepalive::default()),
+            "keep-alive on, the time left to the kernel"
+        );
         assert_eq!(cluster.connection_pool.max_connection_duration, None);
         let (cluster, _) = compiled_with(
             "    connectionPool: {http: {http2KeepAlive: {interval: 10s, timeout: 2s}}}",
