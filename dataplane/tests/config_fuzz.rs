@@ -17,6 +17,9 @@ use serde_json::Value;
 use waypoint_config::Config;
 use waypoint_dataplane::proxy::Runtime;
 
+mod support;
+use support::Rng;
+
 /// Every listener kind, route shape and cluster policy the model has.
 const SEEDS: &[&str] = &[
     r"
@@ -198,21 +201,6 @@ const NAMES: &[&str] = &[
     "hostname",
 ];
 
-/// xorshift64*: deterministic, so a failing seed reproduces.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        usize::try_from(self.next() % (n as u64)).unwrap()
-    }
-}
-
 /// Values that break assumptions: signs, extremes, wrong types, odd durations.
 fn odd_value(rng: &mut Rng) -> Value {
     let pick = [
@@ -383,19 +371,12 @@ fn the_seeds_load() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn no_mutated_config_panics_the_loader_or_the_runtime() {
-    let cases: usize = std::env::var("WAYPOINT_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3_000);
+    let cases = support::fuzz_cases(3_000);
     let seeds: Vec<Value> = SEEDS
         .iter()
         .map(|s| serde_yaml::from_str(s).unwrap())
         .collect();
-    let seed = std::env::var("WAYPOINT_FUZZ_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1u64);
-    let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let mut rng = Rng::from_env();
     let (mut loaded, mut panics) = (0usize, Vec::new());
     for case in 0..cases {
         let mut value = seeds[case % seeds.len()].clone();

@@ -23,6 +23,7 @@ use tokio::net::TcpStream;
 use waypoint_dataplane::proxy::Shared;
 
 mod support;
+use support::Rng;
 
 /// Every request-reading part of a route and a cluster, over two backends.
 fn config(a: SocketAddr, b: SocketAddr) -> String {
@@ -225,25 +226,12 @@ const NAMES: &[&str] = &[
     "",
 ];
 
-/// xorshift64*: deterministic, so a failing seed reproduces.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        usize::try_from(self.next() % (n as u64)).unwrap()
-    }
-    fn odd(&mut self) -> String {
-        let piece = ODD[self.below(ODD.len())];
-        match self.below(8) {
-            0 => piece.repeat(1 + self.below(3000)),
-            _ => piece.to_owned(),
-        }
+/// An odd piece, now and then repeated into a long one.
+fn odd(rng: &mut Rng) -> String {
+    let piece = ODD[rng.below(ODD.len())];
+    match rng.below(8) {
+        0 => piece.repeat(1 + rng.below(3000)),
+        _ => piece.to_owned(),
     }
 }
 
@@ -262,16 +250,16 @@ fn request(rng: &mut Rng) -> Vec<u8> {
         match rng.below(7) {
             0 => {
                 let i = rng.below(line.len());
-                line[i] = rng.odd();
+                line[i] = odd(rng);
             }
             1 => {
                 // Into the target: a path segment, the query, or both.
-                let odd = rng.odd();
+                let odd = odd(rng);
                 line[1].push_str(&odd);
             }
             2 if !headers.is_empty() => {
                 let i = rng.below(headers.len());
-                headers[i].1 = rng.odd();
+                headers[i].1 = odd(rng);
             }
             3 if !headers.is_empty() => {
                 let i = rng.below(headers.len());
@@ -281,7 +269,7 @@ fn request(rng: &mut Rng) -> Vec<u8> {
                 let i = rng.below(headers.len());
                 headers.push(headers[i].clone());
             }
-            _ => headers.push((NAMES[rng.below(NAMES.len())].to_owned(), rng.odd())),
+            _ => headers.push((NAMES[rng.below(NAMES.len())].to_owned(), odd(rng))),
         }
     }
     let mut text = line.join(" ");
@@ -350,15 +338,8 @@ async fn no_request_panics_the_proxy() {
         Box::new(|_| {}),
     );
     let proxy = support::serve_first_listener(&shared).await;
-    let cases: usize = std::env::var("WAYPOINT_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2_000);
-    let seed: u64 = std::env::var("WAYPOINT_FUZZ_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1);
-    let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let cases = support::fuzz_cases(2_000);
+    let mut rng = Rng::from_env();
     let mut running = tokio::task::JoinSet::new();
     let mut statuses = std::collections::BTreeMap::<Option<u16>, usize>::new();
     for _ in 0..cases {

@@ -272,3 +272,36 @@ impl hyper::body::Body for Fed {
         self.0.poll_recv(cx).map(|f| f.map(Ok))
     }
 }
+
+/// xorshift64*: deterministic, so a failing fuzz seed reproduces.
+pub struct Rng(u64);
+
+impl Rng {
+    /// The sequence for `seed` (`WAYPOINT_FUZZ_SEED`, else 1).
+    pub fn from_env() -> Self {
+        let seed: u64 = std::env::var("WAYPOINT_FUZZ_SEED")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1);
+        Self(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        usize::try_from(self.next() % (n as u64)).unwrap()
+    }
+}
+
+/// `WAYPOINT_FUZZ_CASES`, else `default`.
+pub fn fuzz_cases(default: usize) -> usize {
+    std::env::var("WAYPOINT_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
