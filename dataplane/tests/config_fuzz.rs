@@ -299,24 +299,10 @@ fn mutate(value: &mut Value, rng: &mut Rng) {
     }
 }
 
-/// Byte-level damage to the text: a flipped byte, a cut, a doubled slice.
+/// Byte-level damage to the text (see [`support::damage`]).
 fn damage(text: &str, rng: &mut Rng) -> String {
     let mut bytes = text.as_bytes().to_vec();
-    if bytes.is_empty() {
-        return String::new();
-    }
-    match rng.below(3) {
-        0 => {
-            let i = rng.below(bytes.len());
-            bytes[i] = (rng.next() & 0x7f) as u8;
-        }
-        1 => bytes.truncate(rng.below(bytes.len())),
-        _ => {
-            let i = rng.below(bytes.len());
-            let slice = bytes[i..].iter().take(16).copied().collect::<Vec<_>>();
-            bytes.splice(i..i, slice);
-        }
-    }
+    support::damage(&mut bytes, rng);
     String::from_utf8_lossy(&bytes).into_owned()
 }
 

@@ -282,18 +282,8 @@ fn request(rng: &mut Rng) -> Vec<u8> {
     text.push_str("\r\n");
     text.push_str(body);
     let mut bytes = text.into_bytes();
-    if rng.below(6) == 0 && !bytes.is_empty() {
-        match rng.below(3) {
-            0 => {
-                let i = rng.below(bytes.len());
-                bytes[i] = (rng.next() & 0xff) as u8;
-            }
-            1 => bytes.truncate(rng.below(bytes.len())),
-            _ => {
-                let i = rng.below(bytes.len());
-                bytes.insert(i, b'\n');
-            }
-        }
+    if rng.below(6) == 0 {
+        support::damage(&mut bytes, rng);
     }
     bytes
 }

@@ -90,7 +90,7 @@ pub struct Timed<S> {
 
 /// What an HTTP/2 connection starts with: the whole preface, as hyper_util's
 /// sniffing compares it. (A request line beginning `PRI ` is still HTTP/1.1 to it.)
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub(super) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 impl<S> Timed<S> {
     /// `on_timeout` is called once if a head times out (to log it).

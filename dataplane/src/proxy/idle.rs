@@ -35,7 +35,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::body::Body;
-use super::head_timeout::{Clock, Timed};
+use super::head_timeout::{Clock, PREFACE, Timed};
 
 /// HTTP/1.1 connections of plain listeners open now, in this process.
 static OPEN: AtomicUsize = AtomicUsize::new(0);
@@ -262,7 +262,9 @@ pub async fn sniff(stream: &TcpStream) -> Sniffed {
     let mut first = [0u8; 4];
     match stream.peek(&mut first).await {
         Ok(0) | Err(_) => Sniffed::Closed,
-        Ok(n) if b"PRI ".starts_with(&first[..n]) => Sniffed::Unsure,
+        // Four bytes rule most HTTP/1.1 out; a prefix of the preface is left to the
+        // general path, which reads the whole preface.
+        Ok(n) if PREFACE.starts_with(&first[..n]) => Sniffed::Unsure,
         Ok(_) => Sniffed::Http1,
     }
 }

@@ -298,6 +298,24 @@ impl Rng {
     }
 }
 
+/// Byte-level damage for the fuzzers: a byte flipped, the rest cut off, a newline
+/// inserted, or the next 16 bytes doubled.
+pub fn damage(bytes: &mut Vec<u8>, rng: &mut Rng) {
+    if bytes.is_empty() {
+        return;
+    }
+    let i = rng.below(bytes.len());
+    match rng.below(4) {
+        0 => bytes[i] = (rng.next() & 0xff) as u8,
+        1 => bytes.truncate(i),
+        2 => bytes.insert(i, b'\n'),
+        _ => {
+            let slice: Vec<u8> = bytes[i..].iter().take(16).copied().collect();
+            bytes.splice(i..i, slice);
+        }
+    }
+}
+
 /// `WAYPOINT_FUZZ_CASES`, else `default`.
 pub fn fuzz_cases(default: usize) -> usize {
     std::env::var("WAYPOINT_FUZZ_CASES")
