@@ -40,7 +40,8 @@ pub struct Origin<'a> {
     pub authority: &'a str,
     pub path: &'a str,
     pub query: Option<&'a str>,
-    /// The `PathPrefix` the rule matched with, for `ReplacePrefixMatch`.
+    /// The `PathPrefix` or `Prefix` the rule matched with, for `ReplacePrefixMatch`
+    /// and `PrefixRewrite`.
     pub matched_prefix: Option<&'a str>,
 }
 
@@ -102,6 +103,12 @@ pub fn rewrite_path(rewrite: &PathRewrite, path: &str, matched_prefix: Option<&s
                 (true, false) => rest.to_owned(),
                 (false, _) => format!("{base}{rest}"),
             }
+        }
+        PathRewrite::PrefixRewrite { prefix_rewrite } => {
+            let rest = path
+                .strip_prefix(matched_prefix.unwrap_or("/"))
+                .unwrap_or(path);
+            format!("{prefix_rewrite}{rest}")
         }
     }
 }
@@ -266,6 +273,30 @@ mod tests {
             "http://example.com:8080/moved?a=1"
         );
         assert_eq!(redirect("{}").status_code, 302);
+    }
+
+    /// Envoy's `prefix_rewrite` replaces the matched characters, whatever follows.
+    #[test]
+    fn prefix_rewrite_replaces_the_matched_characters() {
+        let rewrite = |to: &str| PathRewrite::PrefixRewrite {
+            prefix_rewrite: to.to_owned(),
+        };
+        assert_eq!(
+            rewrite_path(&rewrite("/v2"), "/api/users", Some("/api")),
+            "/v2/users"
+        );
+        assert_eq!(
+            rewrite_path(&rewrite("/v2"), "/apiary", Some("/api")),
+            "/v2ary"
+        );
+        assert_eq!(
+            rewrite_path(&rewrite("/"), "/api/users", Some("/api/")),
+            "/users"
+        );
+        assert_eq!(
+            rewrite_path(&rewrite("/bar"), "/foo/x", Some("/foo/")),
+            "/barx"
+        );
     }
 
     #[test]

@@ -221,6 +221,7 @@ mod tests {
                 timeout: None,
                 protocol: waypoint_config::RouteProtocol::Http,
                 rules: Vec::new(),
+                rule_order: waypoint_config::RuleOrder::Precedence,
                 fault: None,
             })
             .collect()

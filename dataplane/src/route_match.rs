@@ -2,11 +2,13 @@
 //! beats a prefix, a longer prefix a shorter one, then a method match, then more
 //! header matches, then more query matches; remaining ties go to the earlier rule.
 //! Regular expressions rank below prefixes (the spec leaves them to implementations).
+//! A VirtualService's rules are taken in their written order instead, the first
+//! match winning, as Envoy walks routes.
 //! Pure: compiled once per config, then asked per request.
 
 use http::HeaderMap;
 use regex::Regex;
-use waypoint_config::{MatchType, PathMatch, RouteMatch, RouteRule, ValueMatch};
+use waypoint_config::{MatchType, PathMatch, RouteMatch, RouteRule, RuleOrder, ValueMatch};
 
 /// What a request offers to matching.
 pub struct Request<'a> {
@@ -29,6 +31,8 @@ enum Path {
     Exact(String),
     /// Without its trailing slash; empty matches everything.
     Prefix(String),
+    /// Character by character (Envoy's `prefix`).
+    StringPrefix(String),
     Regex(Option<Regex>),
 }
 
@@ -51,6 +55,7 @@ struct Compiled {
 pub struct Matcher {
     /// Per rule: its matches (an empty list matches everything).
     rules: Vec<Vec<Compiled>>,
+    order: RuleOrder,
 }
 
 fn value(v: &ValueMatch) -> Value {
@@ -72,6 +77,7 @@ fn compile(m: &RouteMatch) -> Compiled {
             None => Path::Any,
             Some(PathMatch::Exact(p)) => Path::Exact(p.clone()),
             Some(PathMatch::PathPrefix(p)) => Path::Prefix(p.trim_end_matches('/').to_owned()),
+            Some(PathMatch::Prefix(p)) => Path::StringPrefix(p.clone()),
             Some(PathMatch::RegularExpression(re)) => Path::Regex(whole(re)),
         },
         method: m.method.clone(),
@@ -110,6 +116,7 @@ impl Compiled {
                         .strip_prefix(p.as_str())
                         .is_some_and(|rest| rest.starts_with('/'))
             }
+            Path::StringPrefix(p) => req.path.starts_with(p.as_str()),
             Path::Regex(re) => re.as_ref().is_some_and(|re| re.is_match(req.path)),
         };
         path_ok
@@ -133,7 +140,7 @@ impl Compiled {
     fn rank(&self) -> Rank {
         let (kind, len) = match &self.path {
             Path::Exact(p) => (3, p.len()),
-            Path::Prefix(p) => (2, p.len().max(1)),
+            Path::Prefix(p) | Path::StringPrefix(p) => (2, p.len().max(1)),
             // No path is a "/" prefix.
             Path::Any => (2, 1),
             Path::Regex(_) => (1, 0),
@@ -157,12 +164,13 @@ fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
 }
 
 impl Matcher {
-    pub fn new(rules: &[RouteRule]) -> Self {
+    pub fn new(rules: &[RouteRule], order: RuleOrder) -> Self {
         Self {
             rules: rules
                 .iter()
                 .map(|r| r.matches.iter().map(compile).collect())
                 .collect(),
+            order,
         }
     }
 
@@ -189,16 +197,17 @@ impl Matcher {
                 if !m.is_match(req) {
                     continue;
                 }
+                let selected = Selected {
+                    rule: i,
+                    matched: j,
+                };
+                if self.order == RuleOrder::Declared {
+                    return Some(selected);
+                }
                 let rank = m.rank();
                 // Strictly greater: on a tie the earlier rule stays.
                 if best.as_ref().is_none_or(|(b, _)| rank > *b) {
-                    best = Some((
-                        rank,
-                        Selected {
-                            rule: i,
-                            matched: j,
-                        },
-                    ));
+                    best = Some((rank, selected));
                 }
             }
         }

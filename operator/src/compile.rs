@@ -543,6 +543,7 @@ pub fn compile(gw: &Gateway, view: &View<'_>) -> model::Config {
                 } else {
                     Vec::new()
                 },
+                rule_order: model::RuleOrder::Precedence,
             });
             clusters.push(policy.into_cluster(cluster, endpoints, Some(port)));
         }

@@ -61,6 +61,9 @@ pub enum PathMatch {
     Exact(String),
     /// Element-wise: `/foo` matches `/foo` and `/foo/bar`, not `/foobar`.
     PathPrefix(String),
+    /// Envoy's `prefix`, character by character: `/foo` also matches `/foobar`
+    /// (VirtualService `uri.prefix`).
+    Prefix(String),
     RegularExpression(String),
 }
 
@@ -208,6 +211,12 @@ pub enum PathRewrite {
     ReplacePrefixMatch {
         replace_prefix_match: String,
     },
+    /// Envoy's `prefix_rewrite`: the matched `Prefix` replaced character by
+    /// character (VirtualService `rewrite.uri`); only valid on a rule whose every
+    /// match is a `Prefix`.
+    PrefixRewrite {
+        prefix_rewrite: String,
+    },
 }
 
 /// One HTTPRoute `backendRef`. Gateway API answers 500 for the share of requests
@@ -237,12 +246,15 @@ fn one() -> u32 {
 impl RouteRule {
     /// Checks what serde cannot: regexes compile, paths are absolute, redirect codes
     /// are Gateway API's. Backends may name clusters that do not exist
-    /// ([`WeightedBackend`]: invalid backends, answered 500).
-    pub(crate) fn validate(&self, at: &str) -> Result<(), crate::Error> {
+    /// ([`WeightedBackend`]: invalid backends, answered 500). Public so that a
+    /// producer can drop one bad rule rather than have the whole config refused.
+    pub fn validate(&self, at: &str) -> Result<(), crate::Error> {
         for (i, m) in self.matches.iter().enumerate() {
             let at = format!("{at}.matches[{i}]");
             match &m.path {
-                Some(PathMatch::Exact(p) | PathMatch::PathPrefix(p)) if !p.starts_with('/') => {
+                Some(PathMatch::Exact(p) | PathMatch::PathPrefix(p) | PathMatch::Prefix(p))
+                    if !p.starts_with('/') =>
+                {
                     return invalid(
                         format!("{at}.path.value"),
                         format!("{p:?} does not start with /"),
@@ -270,18 +282,8 @@ impl RouteRule {
             {
                 fraction.validate(&format!("{at}.filters[{i}].fraction"))?;
             }
-            if let Filter::UrlRewrite { rewrite } = f
-                && matches!(rewrite.path, Some(PathRewrite::ReplacePrefixMatch { .. }))
-                && (self.matches.is_empty()
-                    || !self
-                        .matches
-                        .iter()
-                        .all(|m| matches!(m.path, Some(PathMatch::PathPrefix(_)))))
-            {
-                return invalid(
-                    format!("{at}.filters[{i}].path"),
-                    "ReplacePrefixMatch needs every match of the rule to be a PathPrefix",
-                );
+            if let Filter::UrlRewrite { rewrite } = f {
+                self.check_prefix_rewrite(rewrite.path.as_ref(), &format!("{at}.filters[{i}]"))?;
             }
             if let Filter::RequestRedirect { redirect } = f {
                 if ![301, 302, 303, 307, 308].contains(&redirect.status_code) {
@@ -293,19 +295,40 @@ impl RouteRule {
                         ),
                     );
                 }
-                let by_prefix = self
-                    .matches
-                    .iter()
-                    .all(|m| matches!(m.path, Some(PathMatch::PathPrefix(_))));
-                if matches!(redirect.path, Some(PathRewrite::ReplacePrefixMatch { .. }))
-                    && (self.matches.is_empty() || !by_prefix)
-                {
-                    return invalid(
-                        format!("{at}.filters[{i}].path"),
-                        "ReplacePrefixMatch needs every match of the rule to be a PathPrefix",
-                    );
-                }
+                self.check_prefix_rewrite(redirect.path.as_ref(), &format!("{at}.filters[{i}]"))?;
             }
+        }
+        Ok(())
+    }
+
+    /// A rewrite of the matched prefix needs every match of the rule to be a prefix
+    /// of its kind: there is nothing else to replace.
+    fn check_prefix_rewrite(
+        &self,
+        path: Option<&PathRewrite>,
+        at: &str,
+    ) -> Result<(), crate::Error> {
+        let (name, kind, is_kind): (_, _, fn(&PathMatch) -> bool) = match path {
+            Some(PathRewrite::ReplacePrefixMatch { .. }) => {
+                ("ReplacePrefixMatch", "PathPrefix", |p| {
+                    matches!(p, PathMatch::PathPrefix(_))
+                })
+            }
+            Some(PathRewrite::PrefixRewrite { .. }) => ("PrefixRewrite", "Prefix", |p| {
+                matches!(p, PathMatch::Prefix(_))
+            }),
+            _ => return Ok(()),
+        };
+        if self.matches.is_empty()
+            || !self
+                .matches
+                .iter()
+                .all(|m| m.path.as_ref().is_some_and(is_kind))
+        {
+            return invalid(
+                format!("{at}.path"),
+                format!("{name} needs every match of the rule to be a {kind}"),
+            );
         }
         Ok(())
     }
@@ -393,6 +416,12 @@ clusters: [{{name: a}}, {{name: b}}]
       filters: [{type: RequestRedirect, path: {type: ReplacePrefixMatch, replacePrefixMatch: /b}}]",
                 "listeners[0].routes[0].rules[0].filters[0].path",
                 "ReplacePrefixMatch needs every match of the rule to be a PathPrefix",
+            ),
+            (
+                "    - matches: [{path: {type: PathPrefix, value: /a}}]
+      filters: [{type: URLRewrite, path: {type: PrefixRewrite, prefixRewrite: /b}}]",
+                "listeners[0].routes[0].rules[0].filters[0].path",
+                "PrefixRewrite needs every match of the rule to be a Prefix",
             ),
         ] {
             let err = load(rules).unwrap_err().to_string();

@@ -144,10 +144,31 @@ pub struct Route {
     /// request goes to `cluster`. A request no rule matches gets 404.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<RouteRule>,
+    /// How a request picks among `rules` that match it.
+    #[serde(default, skip_serializing_if = "RuleOrder::is_precedence")]
+    pub rule_order: RuleOrder,
     /// Fault injection on every request of the route a matched rule does not
     /// override (Istio: a VirtualService route's `fault`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault: Option<Fault>,
+}
+
+/// Which matching rule serves a request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RuleOrder {
+    /// Gateway API's precedence (HTTPRoutes): the most specific match wins.
+    #[default]
+    Precedence,
+    /// The first rule that matches, in the order written, as Envoy walks a virtual
+    /// host's routes (VirtualService `http` rules).
+    Declared,
+}
+
+impl RuleOrder {
+    pub fn is_precedence(&self) -> bool {
+        *self == Self::Precedence
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -712,7 +712,7 @@ fn matching_rule<'a, B>(
     };
     let rule = &route.rules[selected.rule];
     let matched_prefix = selected.matched.and_then(|j| match &rule.matches[j].path {
-        Some(PathMatch::PathPrefix(p)) => Some(p.as_str()),
+        Some(PathMatch::PathPrefix(p) | PathMatch::Prefix(p)) => Some(p.as_str()),
         _ => None,
     });
     for f in &rule.filters {

@@ -91,7 +91,7 @@ impl Runtime {
                 let per_route = l
                     .routes
                     .iter()
-                    .map(|r| crate::route_match::Matcher::new(&r.rules))
+                    .map(|r| crate::route_match::Matcher::new(&r.rules, r.rule_order))
                     .collect();
                 (l.name.clone(), per_route)
             })

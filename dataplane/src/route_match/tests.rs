@@ -1,5 +1,5 @@
 use http::HeaderMap;
-use waypoint_config::RouteRule;
+use waypoint_config::{RouteRule, RuleOrder};
 
 use super::{Matcher, Request, Selected};
 
@@ -29,13 +29,16 @@ fn pick(m: &Matcher, method: &str, uri: &str, headers: &[(&str, &str)]) -> Optio
 
 #[test]
 fn exact_beats_prefix_and_longer_prefix_beats_shorter() {
-    let m = Matcher::new(&rules(
-        "- matches: [{path: {type: PathPrefix, value: /}}]
+    let m = Matcher::new(
+        &rules(
+            "- matches: [{path: {type: PathPrefix, value: /}}]
 - matches: [{path: {type: PathPrefix, value: /api}}]
 - matches: [{path: {type: PathPrefix, value: /api/v2/}}]
 - matches: [{path: {type: Exact, value: /api/v2/users}}]
 - matches: [{path: {type: RegularExpression, value: \"/api/.*\"}}]",
-    ));
+        ),
+        RuleOrder::Precedence,
+    );
     assert_eq!(pick(&m, "GET", "/", &[]), Some(0));
     assert_eq!(pick(&m, "GET", "/api", &[]), Some(1));
     assert_eq!(pick(&m, "GET", "/api/v1", &[]), Some(1));
@@ -55,7 +58,7 @@ fn then_method_then_header_count_then_query_count_then_order() {
 - matches: [{path: {type: PathPrefix, value: /x}, headers: [{name: x-a, value: a}, {name: x-b, value: b}]}]
 - matches: [{path: {type: PathPrefix, value: /x}, method: POST}]
 - matches: [{path: {type: PathPrefix, value: /x}, method: POST}]",
-    ));
+    ), RuleOrder::Precedence);
     assert_eq!(pick(&m, "GET", "/x", &[]), Some(0));
     assert_eq!(pick(&m, "GET", "/x?q=1", &[]), Some(1));
     assert_eq!(pick(&m, "GET", "/x?q=1", &[("x-a", "a")]), Some(2));
@@ -72,12 +75,15 @@ fn then_method_then_header_count_then_query_count_then_order() {
 
 #[test]
 fn values_exact_and_regex_and_no_match_is_none() {
-    let m = Matcher::new(&rules(
-        "- matches:
+    let m = Matcher::new(
+        &rules(
+            "- matches:
   - path: {type: Exact, value: /only}
     headers: [{type: RegularExpression, name: x-version, value: \"v[0-9]+\"}]
     queryParams: [{name: env, value: prod}]",
-    ));
+        ),
+        RuleOrder::Precedence,
+    );
     assert_eq!(
         pick(&m, "GET", "/only?env=prod", &[("x-version", "v12")]),
         Some(0)
@@ -97,11 +103,40 @@ fn values_exact_and_regex_and_no_match_is_none() {
 
 #[test]
 fn a_rule_without_matches_takes_everything_as_a_slash_prefix() {
-    let m = Matcher::new(&rules(
-        "- {}
+    let m = Matcher::new(
+        &rules(
+            "- {}
 - matches: [{path: {type: PathPrefix, value: /}}]
 - matches: [{path: {type: PathPrefix, value: /a}}]",
-    ));
+        ),
+        RuleOrder::Precedence,
+    );
     assert_eq!(pick(&m, "GET", "/b", &[]), Some(0));
     assert_eq!(pick(&m, "GET", "/a/b", &[]), Some(2));
+}
+
+#[test]
+fn declared_order_takes_the_first_match_and_prefix_is_by_character() {
+    // A VirtualService: the catch-all first would shadow the rest under precedence
+    // only if it were more specific; in written order it takes everything after it.
+    let m = Matcher::new(
+        &rules(
+            "- matches: [{path: {type: Prefix, value: /api}}]
+- matches: [{path: {type: Exact, value: /api/v2/users}}]
+- {}",
+        ),
+        RuleOrder::Declared,
+    );
+    assert_eq!(pick(&m, "GET", "/api/v2/users", &[]), Some(0));
+    // Envoy's `prefix` is not element-wise: /apiary is under /api.
+    assert_eq!(pick(&m, "GET", "/apiary", &[]), Some(0));
+    assert_eq!(pick(&m, "GET", "/other", &[]), Some(2));
+    let m = Matcher::new(
+        &rules(
+            "- matches: [{path: {type: Prefix, value: /api}}]
+- matches: [{path: {type: Exact, value: /api/v2/users}}]",
+        ),
+        RuleOrder::Precedence,
+    );
+    assert_eq!(pick(&m, "GET", "/api/v2/users", &[]), Some(1));
 }

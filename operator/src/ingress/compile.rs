@@ -129,6 +129,7 @@ pub fn compile(listeners: &[Verdict], parents: &[Parent<'_>], view: &View<'_>) -
                     .iter()
                     .flat_map(|k| rules.get(k).cloned().unwrap_or_default())
                     .collect(),
+                rule_order: model::RuleOrder::Precedence,
             })
             .collect();
         // The catch-all last, though the dataplane ranks hosts by specificity anyway.
