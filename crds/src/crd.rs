@@ -1,18 +1,28 @@
-//! The CRD manifests this crate generates. Istio serves DestinationRule as v1
-//! (storage), v1beta1 and v1alpha3 with one schema, so the v1 version is copied.
+//! The CRD manifests this crate generates. Istio serves DestinationRule and
+//! VirtualService as v1 (storage), v1beta1 and v1alpha3 with one schema, so the v1
+//! version is copied.
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
 use serde_json::Value;
 
-use crate::{DestinationRule, duration};
+use crate::{DestinationRule, VirtualService, duration};
 
-/// The API versions DestinationRule is served at, storage version first.
+/// The API versions Istio serves its networking kinds at, storage version first.
 pub const DESTINATION_RULE_VERSIONS: [&str; 3] = ["v1", "v1beta1", "v1alpha3"];
 
 pub fn destination_rule() -> CustomResourceDefinition {
-    let mut crd = fit_api_server(DestinationRule::crd());
+    istio_versions(DestinationRule::crd())
+}
+
+pub fn virtual_service() -> CustomResourceDefinition {
+    istio_versions(VirtualService::crd())
+}
+
+/// The v1 schema served at every version Istio serves.
+fn istio_versions(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    let mut crd = fit_api_server(crd);
     let Some(v1) = crd.spec.versions.first().cloned() else {
         return crd;
     };
@@ -31,10 +41,16 @@ pub fn destination_rule() -> CustomResourceDefinition {
 
 /// Every CRD this crate owns, as `(file name, manifest)`.
 pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
-    vec![(
-        "destinationrules.networking.istio.io.yaml",
-        destination_rule(),
-    )]
+    vec![
+        (
+            "destinationrules.networking.istio.io.yaml",
+            destination_rule(),
+        ),
+        (
+            "virtualservices.networking.istio.io.yaml",
+            virtual_service(),
+        ),
+    ]
 }
 
 /// The YAML `crdgen` writes for one CRD, with a header saying where it comes from.

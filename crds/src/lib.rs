@@ -7,6 +7,8 @@
 pub mod crd;
 pub mod destination_rule;
 pub mod duration;
+pub mod virtual_service;
 
 pub use destination_rule::{DestinationRule, DestinationRuleSpec};
 pub use duration::Duration;
+pub use virtual_service::{VirtualService, VirtualServiceSpec};
