@@ -5,9 +5,11 @@
 //! Scope today: Services in the waypoint's own namespace (the default
 //! `allowedRoutes: Same`), bound by their own label or their namespace's, the
 //! DestinationRule `loadBalancer` (`simple` and `consistentHash`),
-//! `connectionPool` and `outlierDetection`, with port-level settings (subsets not yet),
-//! plain HTTP on the mesh listener (HBONE is issue 7).
+//! `connectionPool` and `outlierDetection`, with port-level settings and subsets
+//! (a subset's cluster exists when a VirtualService route names it); routes from
+//! GAMMA HTTPRoutes, else from the Service's VirtualService.
 
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -17,15 +19,27 @@ use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 use waypoint_config as model;
-use waypoint_crds::DestinationRule;
 use waypoint_crds::destination_rule::{
     ConnectionPoolSettings, ConsistentHashLb, LbAlgorithm, LoadBalancerSettings, OutlierDetection,
     TrafficPolicy,
 };
+use waypoint_crds::{DestinationRule, VirtualService};
 
 use waypoint_mesh::binding;
 
 pub(crate) mod gamma;
+pub(crate) mod virtual_service;
+
+/// A cluster a rule sends or mirrors to: a Service port, or one DestinationRule
+/// subset of its endpoints.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Backend {
+    pub cluster: String,
+    pub service: String,
+    pub namespace: String,
+    pub port: i32,
+    pub subset: Option<String>,
+}
 
 /// The objects of the waypoint's namespace that matter to it.
 pub struct View<'a> {
@@ -35,6 +49,11 @@ pub struct View<'a> {
     pub destination_rules: &'a [DestinationRule],
     /// HTTPRoutes of the namespace; those with a Service parent (GAMMA) apply.
     pub http_routes: &'a [HttpRoute],
+    /// VirtualServices of the namespace: one applies to a Service port no HTTPRoute
+    /// attaches to.
+    pub virtual_services: &'a [VirtualService],
+    /// The labels of the namespace's Pods by name, for DestinationRule subsets.
+    pub pod_labels: &'a HashMap<String, BTreeMap<String, String>>,
     pub cluster_domain: &'a str,
 }
 
@@ -448,33 +467,151 @@ fn port_protocol(port: &k8s_openapi::api::core::v1::ServicePort) -> model::Route
     }
 }
 
-/// Clusters for the backends HTTPRoutes name that no bound Service already gave one.
-fn backend_clusters(
-    view: &View<'_>,
-    wanted: Vec<gamma::Backend>,
-    clusters: &mut Vec<model::Cluster>,
-) {
-    for (cluster, name, ns, port) in wanted {
-        if clusters.iter().any(|c: &model::Cluster| c.name == cluster) {
+/// Clusters for the backends routes name that no bound Service already gave one:
+/// other Services' ports, and DestinationRule subsets.
+fn backend_clusters(view: &View<'_>, wanted: Vec<Backend>, clusters: &mut Vec<model::Cluster>) {
+    for b in wanted {
+        if clusters
+            .iter()
+            .any(|c: &model::Cluster| c.name == b.cluster)
+        {
             continue;
         }
-        // A backend Service of the namespace gets its endpoints and default policy;
-        // one that does not exist gets no endpoints, so its share of traffic fails
-        // (503), as a missing backend must.
-        let svc = view
-            .services
-            .iter()
-            .find(|s| s.name_any() == name && s.namespace().as_deref() == Some(ns.as_str()));
+        // A backend Service of the namespace gets its endpoints and its
+        // DestinationRule's policy; one that does not exist gets no endpoints, so its
+        // share of traffic fails (503), as a missing backend must.
+        let svc = view.services.iter().find(|s| {
+            s.name_any() == b.service && s.namespace().as_deref() == Some(b.namespace.as_str())
+        });
         let service_port = svc
             .and_then(|s| s.spec.as_ref())
             .and_then(|s| s.ports.as_ref())
-            .and_then(|ports| ports.iter().find(|p| p.port == port));
+            .and_then(|ports| ports.iter().find(|p| p.port == b.port));
         let port_name = service_port.and_then(|p| p.name.clone());
-        let endpoints = svc.map_or_else(Vec::new, |s| {
+        let mut endpoints = svc.map_or_else(Vec::new, |s| {
             endpoints(view.slices, s, port_name.as_deref())
         });
-        let policy = cluster_policy(None, port);
-        clusters.push(policy.into_cluster(cluster, endpoints, service_port));
+        let rule = svc.and_then(|s| {
+            let fqdn = format!("{}.{}.svc.{}", b.service, b.namespace, view.cluster_domain);
+            rule_for(s, &fqdn, view.destination_rules)
+        });
+        let policy = rule.and_then(|r| r.spec.traffic_policy.as_ref());
+        let policy = match &b.subset {
+            None => cluster_policy(policy, b.port),
+            Some(name) => {
+                let subset = rule.and_then(|r| r.spec.subsets.iter().find(|s| s.name == *name));
+                match subset {
+                    // Envoy answers a route to a cluster that does not exist 503; an
+                    // empty cluster does too.
+                    None => {
+                        tracing::warn!(cluster = %b.cluster, "subset not defined by a DestinationRule; no endpoints");
+                        endpoints.clear();
+                    }
+                    Some(subset) => endpoints.retain(|e| {
+                        let labels = e.workload.as_ref().and_then(|w| view.pod_labels.get(w));
+                        subset
+                            .labels
+                            .iter()
+                            .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+                    }),
+                }
+                let merged = subset_policy(
+                    policy,
+                    subset.and_then(|s| s.traffic_policy.as_ref()),
+                    b.port,
+                );
+                cluster_policy(Some(&merged), b.port)
+            }
+        };
+        clusters.push(policy.into_cluster(b.cluster, endpoints, service_port));
+    }
+}
+
+/// Istio's `MergeSubsetTrafficPolicy`, after the port-level rule: each of the
+/// subset's loadBalancer, connectionPool, outlierDetection and tls replaces the
+/// DestinationRule's wholesale; a port-level entry of the subset replaces all four,
+/// even with nothing.
+fn subset_policy(
+    rule: Option<&TrafficPolicy>,
+    subset: Option<&TrafficPolicy>,
+    port: i32,
+) -> TrafficPolicy {
+    let at_port = |p: &TrafficPolicy| {
+        p.port_level_settings
+            .iter()
+            .find(|s| {
+                s.port
+                    .as_ref()
+                    .is_some_and(|n| i64::from(n.number) == i64::from(port))
+            })
+            .map(|s| TrafficPolicy {
+                load_balancer: s.load_balancer.clone(),
+                connection_pool: s.connection_pool.clone(),
+                outlier_detection: s.outlier_detection.clone(),
+                tls: s.tls.clone(),
+                ..TrafficPolicy::default()
+            })
+    };
+    let mut out = rule.map_or_else(TrafficPolicy::default, |r| {
+        at_port(r).unwrap_or_else(|| TrafficPolicy {
+            port_level_settings: Vec::new(),
+            ..r.clone()
+        })
+    });
+    let Some(subset) = subset else {
+        return out;
+    };
+    if let Some(whole) = at_port(subset) {
+        return TrafficPolicy {
+            tunnel: out.tunnel,
+            proxy_protocol: out.proxy_protocol,
+            retry_budget: out.retry_budget,
+            ..whole
+        };
+    }
+    if subset.load_balancer.is_some() {
+        out.load_balancer.clone_from(&subset.load_balancer);
+    }
+    if subset.connection_pool.is_some() {
+        out.connection_pool.clone_from(&subset.connection_pool);
+    }
+    if subset.outlier_detection.is_some() {
+        out.outlier_detection.clone_from(&subset.outlier_detection);
+    }
+    if subset.tls.is_some() {
+        out.tls.clone_from(&subset.tls);
+    }
+    out
+}
+
+/// A Service port's rules: its GAMMA HTTPRoutes if any attach, else its
+/// VirtualService's, else none (every request to the Service's cluster).
+fn route_rules(
+    view: &View<'_>,
+    target: &virtual_service::Target<'_>,
+    wanted: &mut Vec<Backend>,
+) -> (Vec<model::RouteRule>, model::RuleOrder) {
+    let name = target.service.name_any();
+    let ns = target.service.namespace().unwrap_or_default();
+    let (rules, backends) = gamma::rules_for(
+        view.http_routes,
+        &name,
+        &ns,
+        target.port,
+        view.cluster_domain,
+    );
+    if !rules.is_empty() {
+        wanted.extend(backends);
+        return (rules, model::RuleOrder::Precedence);
+    }
+    let from_vs = virtual_service::applicable(view.virtual_services, target)
+        .and_then(|vs| virtual_service::rules(vs, target));
+    match from_vs {
+        Some((rules, backends)) => {
+            wanted.extend(backends);
+            (rules, model::RuleOrder::Declared)
+        }
+        None => (Vec::new(), model::RuleOrder::Precedence),
     }
 }
 
@@ -482,7 +619,7 @@ pub fn compile(gw: &Gateway, view: &View<'_>) -> model::Config {
     let mut routes = Vec::new();
     let mut clusters = Vec::new();
     // Backends HTTPRoutes name, which need a cluster even when not bound here.
-    let mut wanted: Vec<gamma::Backend> = Vec::new();
+    let mut wanted: Vec<Backend> = Vec::new();
     let mut services: Vec<&Service> = view
         .services
         .iter()
@@ -522,28 +659,30 @@ pub fn compile(gw: &Gateway, view: &View<'_>) -> model::Config {
                 // Host headers without a port go to the Service's first port.
                 hosts.extend([fqdn.clone(), format!("{name}.{ns}"), name.clone()]);
             }
+            // Without previous-hosts avoidance for hashing clusters.
+            let retry = model::RetryConfig::for_cluster(load_balancer);
+            let (rules, rule_order) = if protocol == model::RouteProtocol::Http {
+                let target = virtual_service::Target {
+                    service: svc,
+                    fqdn: &fqdn,
+                    port: port.port,
+                    services: view.services,
+                    cluster_domain: view.cluster_domain,
+                    default_retry: &retry,
+                };
+                route_rules(view, &target, &mut wanted)
+            } else {
+                (Vec::new(), model::RuleOrder::Precedence)
+            };
             routes.push(model::Route {
                 hosts,
                 cluster: cluster.clone(),
-                // Without previous-hosts avoidance for hashing clusters.
-                retry: model::RetryConfig::for_cluster(load_balancer),
+                retry,
                 timeout: None,
                 fault: None,
                 protocol,
-                rules: if protocol == model::RouteProtocol::Http {
-                    let (rules, backends) = gamma::rules_for(
-                        view.http_routes,
-                        &name,
-                        &ns,
-                        port.port,
-                        view.cluster_domain,
-                    );
-                    wanted.extend(backends);
-                    rules
-                } else {
-                    Vec::new()
-                },
-                rule_order: model::RuleOrder::Precedence,
+                rules,
+                rule_order,
             });
             clusters.push(policy.into_cluster(cluster, endpoints, Some(port)));
         }
@@ -701,6 +840,8 @@ mod tests {
             slices: &slices,
             destination_rules: rules,
             http_routes: &[],
+            virtual_services: &[],
+            pod_labels: &HashMap::new(),
             cluster_domain: "cluster.local",
         };
         compile(&waypoint(&[]), &view)

@@ -27,7 +27,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use waypoint_crds::DestinationRule;
+use waypoint_crds::{DestinationRule, VirtualService};
 
 use crate::binding;
 use crate::builders::{self, BuildError};
@@ -191,6 +191,38 @@ fn shared_cache<K: Cached, const N: usize>(
     (reader, fill, rxs)
 }
 
+type PodMeta = PartialObjectMeta<k8s_openapi::api::core::v1::Pod>;
+
+/// VirtualServices, and every Pod's metadata (DestinationRule subsets select
+/// endpoints by Pod labels), with the future that fills both and their changes.
+fn routing_caches(
+    client: &Client,
+) -> (
+    RoutingStores,
+    impl Future<Output = ()> + Send + use<>,
+    Routing,
+) {
+    let all = watcher::Config::default;
+    let (virtual_services, vs_run, vs_rx) =
+        shared_cache(objects::<VirtualService>(client, all()), whole);
+    let (pod_meta, pod_run, pod_rx) = shared_cache(objects::<PodMeta>(client, all()), whole);
+    let run = async move {
+        futures::join!(vs_run, pod_run);
+    };
+    let [virtual_services_rx] = vs_rx;
+    let [pod_meta_rx] = pod_rx;
+    (
+        (virtual_services, pod_meta),
+        run,
+        Routing {
+            virtual_services: virtual_services_rx,
+            pod_meta: pod_meta_rx,
+        },
+    )
+}
+
+type RoutingStores = (Store<VirtualService>, Store<PodMeta>);
+
 /// Watch caches that reconciles read instead of calling the API server: with
 /// thousands of Services, a GET per reconcile starves everything else.
 #[derive(Clone)]
@@ -202,6 +234,9 @@ pub struct Caches {
     slices: Store<EndpointSlice>,
     rules: Store<DestinationRule>,
     routes: Store<HttpRoute>,
+    virtual_services: Store<VirtualService>,
+    /// Every Pod's metadata: DestinationRule subsets select endpoints by labels.
+    pod_meta: Store<PodMeta>,
     /// Pods that carry `istio.io/use-waypoint` (for the binding table).
     pods: Store<k8s_openapi::api::core::v1::Pod>,
     grants: Store<ReferenceGrant>,
@@ -239,9 +274,16 @@ pub struct Triggers {
     slices: UnboundedReceiver<EndpointSlice>,
     rules: UnboundedReceiver<DestinationRule>,
     routes: UnboundedReceiver<HttpRoute>,
+    routing: Routing,
     grants: UnboundedReceiver<ReferenceGrant>,
     parts: Parts,
     service_controller: ServiceTriggers,
+}
+
+/// Changes to VirtualServices and Pods.
+struct Routing {
+    virtual_services: UnboundedReceiver<VirtualService>,
+    pod_meta: UnboundedReceiver<PodMeta>,
 }
 
 /// What wakes the Service controller.
@@ -285,6 +327,7 @@ impl Caches {
             shared_cache(objects::<DestinationRule>(client, all()), whole);
         let (routes, route_run, [route_rx]) =
             shared_cache(objects::<HttpRoute>(client, all()), whole);
+        let ((virtual_services, pod_meta), vs_run, routing) = routing_caches(client);
         let (grants, grant_run, [grant_rx]) =
             shared_cache(objects::<ReferenceGrant>(client, all()), whole);
         let (config_maps, cm_run, [cm_rx]) = shared_cache(
@@ -314,6 +357,8 @@ impl Caches {
                 slices,
                 rules,
                 routes,
+                virtual_services,
+                pod_meta,
                 pods,
                 grants,
                 owned: Owned {
@@ -326,8 +371,8 @@ impl Caches {
             },
             async move {
                 futures::join!(
-                    ns_run, gw_run, class_run, svc_run, slice_run, rule_run, route_run, pod_run,
-                    grant_run, cm_run, sa_run, deploy_run, hpa_run, pdb_run
+                    ns_run, gw_run, class_run, svc_run, slice_run, rule_run, route_run, vs_run,
+                    pod_run, grant_run, cm_run, sa_run, deploy_run, hpa_run, pdb_run
                 );
             },
             Triggers {
@@ -337,6 +382,7 @@ impl Caches {
                 slices: slice_rx,
                 rules: rule_rx,
                 routes: route_rx,
+                routing,
                 grants: grant_rx,
                 parts: Parts {
                     config_maps: cm_rx,
@@ -361,6 +407,8 @@ impl Caches {
             self.slices.wait_until_ready(),
             self.rules.wait_until_ready(),
             self.routes.wait_until_ready(),
+            self.virtual_services.wait_until_ready(),
+            self.pod_meta.wait_until_ready(),
             self.grants.wait_until_ready(),
             self.owned.config_maps.wait_until_ready(),
             self.owned.service_accounts.wait_until_ready(),
@@ -420,6 +468,33 @@ impl Caches {
             namespaces: &namespaces,
             gateways: &gateways,
         })
+    }
+
+    /// The labels of `namespace`'s Pods by name, read only when one of `rules`
+    /// defines subsets.
+    fn pod_labels(
+        &self,
+        namespace: &str,
+        rules: &[DestinationRule],
+    ) -> std::collections::HashMap<String, std::collections::BTreeMap<String, String>> {
+        if rules.iter().all(|r| r.spec.subsets.is_empty()) {
+            return std::collections::HashMap::new();
+        }
+        self.pod_meta
+            .state()
+            .iter()
+            .filter(|p| p.namespace().as_deref() == Some(namespace))
+            .map(|p| (p.name_any(), p.labels().clone()))
+            .collect()
+    }
+
+    /// Whether a Pod's labels can matter to a waypoint: some DestinationRule of its
+    /// namespace defines subsets.
+    fn subsets_in(&self, namespace: Option<&str>) -> bool {
+        self.rules
+            .state()
+            .iter()
+            .any(|r| r.namespace().as_deref() == namespace && !r.spec.subsets.is_empty())
     }
 
     pub(crate) fn has_gateway(&self, namespace: &str, name: &str) -> bool {
@@ -836,6 +911,8 @@ fn compile_for(ctx: &Context, gw: &Gateway, ns: &str, name: &str) -> waypoint_co
     let view_slices = in_namespace_of(&caches.slices, ns);
     let view_rules = in_namespace_of(&caches.rules, ns);
     let view_routes = in_namespace_of(&caches.routes, ns);
+    let view_virtual_services = in_namespace_of(&caches.virtual_services, ns);
+    let view_pod_labels = caches.pod_labels(ns, &view_rules);
     let view_namespace = ctx.caches.namespace(ns);
     let config = compile::compile(
         gw,
@@ -845,6 +922,8 @@ fn compile_for(ctx: &Context, gw: &Gateway, ns: &str, name: &str) -> waypoint_co
             slices: &view_slices,
             destination_rules: &view_rules,
             http_routes: &view_routes,
+            virtual_services: &view_virtual_services,
+            pod_labels: &view_pod_labels,
             cluster_domain: &ctx.cluster_domain,
         },
     );
@@ -1222,14 +1301,15 @@ pub async fn run(
     // What changes a waypoint's config also publishes it at once (`refresh`).
     let (refresh, publisher) = refresh::publisher(Arc::clone(&ctx), controller.store());
     let for_svc = refresh::refreshing(gateways_in.clone(), refresh);
-    let [for_slice, for_rule, for_route] = [(); 3].map(|()| for_svc.clone());
+    let [for_slice, for_rule, for_route, for_vs] = [(); 4].map(|()| for_svc.clone());
     // Ingress Gateways take routes and backends from any namespace.
     let (ingress_for_grant, ingress_for_ns) = (Arc::clone(&ctx), Arc::clone(&ctx));
     // Services and their EndpointSlices wake the namespace's waypoints only when
     // they are (or just were) bound: thousands of unrelated Services must not
     // reconcile every waypoint over and over.
     let (relevant_svc, relevant_slice) = (Arc::clone(&ctx), Arc::clone(&ctx));
-    let gateways = woken_by_parts(controller, triggers.parts, params_store)
+    let controller = woken_by_parts(controller, triggers.parts, params_store);
+    let gateways = woken_by_routing(controller, triggers.routing, for_vs, Arc::clone(&ctx))
         .watches_stream(
             triggers.services.map(Ok::<_, watcher::Error>),
             move |o: Service| {
@@ -1327,6 +1407,35 @@ fn woken_by_parts(
                 let mut wake = owners(&cm.metadata);
                 wake.extend(parameters_of(&params_store, &cm.metadata));
                 wake
+            },
+        )
+}
+
+/// A VirtualService wakes its namespace's waypoints (`wake`); a Pod does only where a
+/// DestinationRule defines subsets, since Pods come and go by the thousand.
+fn woken_by_routing<F>(
+    controller: Controller<Gateway>,
+    routing: Routing,
+    wake: F,
+    ctx: Arc<Context>,
+) -> Controller<Gateway>
+where
+    F: Fn(Option<String>) -> Vec<ObjectRef<Gateway>> + Clone + Send + Sync + 'static,
+{
+    let for_pod = wake.clone();
+    controller
+        .watches_stream(
+            routing.virtual_services.map(Ok::<_, watcher::Error>),
+            move |o: VirtualService| wake(o.namespace()),
+        )
+        .watches_stream(
+            routing.pod_meta.map(Ok::<_, watcher::Error>),
+            move |o: PodMeta| {
+                if ctx.caches.subsets_in(o.namespace().as_deref()) {
+                    for_pod(o.namespace())
+                } else {
+                    Vec::new()
+                }
             },
         )
 }

@@ -26,6 +26,8 @@ fn empty() -> waypoint_config::Config {
         slices: &[],
         destination_rules: &[],
         http_routes: &[],
+        virtual_services: &[],
+        pod_labels: &std::collections::HashMap::new(),
         cluster_domain: "cluster.local",
     };
     compile(&seed_gateway(), &view)

@@ -16,8 +16,7 @@ use kube::ResourceExt;
 use serde_json::Value;
 use waypoint_config as model;
 
-/// A backend cluster a rule sends to: `(cluster name, Service name, namespace, port)`.
-pub type Backend = (String, String, String, i32);
+use super::Backend;
 
 fn is_parent(p: &HttpRouteParentRefs, svc: &str, ns: &str, route_ns: &str, port: i32) -> bool {
     p.kind.as_deref() == Some("Service")
@@ -75,7 +74,13 @@ pub fn rules_for(
                     weight: u32::try_from(b.weight.unwrap_or(1)).unwrap_or(0),
                     filters: backend_filters(b, &route.name_any()),
                 });
-                backends.push((cluster, b.name.clone(), backend_ns, port));
+                backends.push(Backend {
+                    cluster,
+                    service: b.name.clone(),
+                    namespace: backend_ns,
+                    port,
+                    subset: None,
+                });
             }
             let mut converted = convert(&route.name_any(), rule, weighted);
             // A rule with no backendRefs has nowhere to send: Gateway API answers 500,
