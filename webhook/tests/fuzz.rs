@@ -155,6 +155,7 @@ const STRINGS: &[&str] = &[
     "DELETE",
     "Gateway",
     "DestinationRule",
+    "VirtualService",
     "HTTPRoute",
     "Namespace",
     "Pod",
@@ -329,6 +330,7 @@ fn exercise(body: &[u8], object: &Value, cx: &Context<'_>) {
     for kind in [
         "Gateway",
         "DestinationRule",
+        "VirtualService",
         "HTTPRoute",
         "Namespace",
         "Service",
@@ -336,7 +338,7 @@ fn exercise(body: &[u8], object: &Value, cx: &Context<'_>) {
     ] {
         let group = match kind {
             "Gateway" | "HTTPRoute" => "gateway.networking.k8s.io",
-            "DestinationRule" => "networking.istio.io",
+            "DestinationRule" | "VirtualService" => "networking.istio.io",
             _ => "",
         };
         for operation in [Operation::Create, Operation::Update] {

@@ -261,6 +261,11 @@ fn destination_rules() {
 }
 
 #[test]
+fn virtual_services() {
+    assert!(run_file(&fixture("virtualservice.yaml")) >= 4);
+}
+
+#[test]
 fn reviews_recorded_from_the_api_server() {
     assert!(run_file(&fixture("recorded.yaml")) >= 7);
 }

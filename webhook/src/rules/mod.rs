@@ -5,6 +5,7 @@ pub mod destination_rule;
 pub mod gateway;
 pub mod httproute;
 pub mod labels;
+pub mod virtual_service;
 
 use serde_json::Value;
 
@@ -69,6 +70,7 @@ pub struct Context<'a> {
 pub enum Family {
     Gateway,
     DestinationRule,
+    VirtualService,
     HttpRoute,
     UseWaypointLabels,
 }
@@ -78,6 +80,7 @@ pub fn family(group: &str, kind: &str) -> Option<Family> {
         ("gateway.networking.k8s.io", "Gateway") => Some(Family::Gateway),
         ("gateway.networking.k8s.io", "HTTPRoute") => Some(Family::HttpRoute),
         ("networking.istio.io", "DestinationRule") => Some(Family::DestinationRule),
+        ("networking.istio.io", "VirtualService") => Some(Family::VirtualService),
         ("", "Namespace" | "Service" | "Pod") => Some(Family::UseWaypointLabels),
         _ => None,
     }
@@ -99,6 +102,7 @@ pub fn validate(obj: &Object<'_>, cx: &Context<'_>) -> Verdict {
     match family(obj.group, obj.kind) {
         Some(Family::Gateway) => gateway::review(obj, cx),
         Some(Family::DestinationRule) => destination_rule::review(obj, cx),
+        Some(Family::VirtualService) => virtual_service::review(obj, cx),
         Some(Family::HttpRoute) => httproute::review(obj, cx),
         Some(Family::UseWaypointLabels) => labels::review(obj, cx),
         None => Verdict::default(),
