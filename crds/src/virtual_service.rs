@@ -1,7 +1,7 @@
 //! `networking.istio.io` VirtualService (istio/api
 //! `networking/v1alpha3/virtual_service.proto`), with the JSON names of Istio's CRD.
 //! The HTTP rules a waypoint applies are typed; the parts a waypoint does not read
-//! (`tls`, `tcp`, `delegate`, `corsPolicy`, `directResponse`) are kept as written, so
+//! (`tls`, `tcp`, `delegate`, `corsPolicy`, `uriRegexRewrite`) are kept as written, so
 //! that nothing a user applies is pruned by the API server.
 
 use std::collections::BTreeMap;
@@ -76,7 +76,7 @@ pub struct HttpRoute {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redirect: Option<HttpRedirect>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub direct_response: Option<Opaque>,
+    pub direct_response: Option<HttpDirectResponse>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delegate: Option<Opaque>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -210,6 +210,24 @@ pub struct HttpRedirect {
     /// Unset or 0: 301.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redirect_code: Option<u32>,
+}
+
+/// A fixed answer instead of a destination.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct HttpDirectResponse {
+    #[schemars(range(max = 4_294_967_295_u32))]
+    pub status: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<HttpBody>,
+}
+
+/// One of `string` or `bytes` (base64).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct HttpBody {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub string: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]

@@ -53,6 +53,14 @@ listeners:
       filters: [{type: RequestRedirect, scheme: https, hostname: new.example, port: 8443, path: {type: ReplaceFullPath, replaceFullPath: /new}, statusCode: 301}]
     - matches: [{path: {type: Exact, value: /zero}}]
       backends: [{cluster: rr, weight: 0}]
+  - hosts: [vs.example]
+    cluster: rr
+    ruleOrder: declared
+    rules:
+    - matches: [{path: {type: Prefix, value: /old}}]
+      filters: [{type: URLRewrite, path: {type: PrefixRewrite, prefixRewrite: /new}}]
+    - matches: [{path: {type: Exact, value: /down}}]
+      directResponse: {status: 503, body: down for maintenance}
   - hosts: [tcp.example]
     cluster: rr
     protocol: TCP
@@ -143,6 +151,11 @@ const NAMES: &[&str] = &[
     "percentage",
     "httpStatus",
     "rules",
+    "ruleOrder",
+    "directResponse",
+    "status",
+    "body",
+    "prefixRewrite",
     "matches",
     "path",
     "type",

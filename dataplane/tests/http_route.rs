@@ -1,7 +1,8 @@
 //! HTTPRoute rules through the whole proxy on loopback, real backends and client:
 //! matching precedence, header modifiers both ways, weighted backends, redirects,
 //! 404 when no rule matches and 500 when every backend weighs 0; a rule's own retry
-//! policy and timeout.
+//! policy and timeout; a VirtualService's written order, prefix rewrite and direct
+//! response.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test harness
 
@@ -201,5 +202,64 @@ clusters:
     assert_eq!(
         get(proxy, "/slow", &[]).await.status(),
         StatusCode::GATEWAY_TIMEOUT
+    );
+}
+
+/// A VirtualService's shape: rules in written order (the first match wins where
+/// Gateway API precedence would pick the exact path), Envoy's character-wise
+/// prefix and `prefix_rewrite`, and a direct response.
+#[tokio::test]
+async fn declared_order_prefix_rewrite_and_direct_response() {
+    let echo = support::serve_http("127.0.0.1", |req| async move {
+        support::text(req.uri().path().to_owned())
+    })
+    .await
+    .addr;
+    let yaml = format!(
+        "listeners:
+- name: plain
+  address: 127.0.0.1:0
+  routes:
+  - hosts: [reviews:9080]
+    cluster: echo
+    ruleOrder: declared
+    rules:
+    - matches: [{{path: {{type: Prefix, value: /old}}}}]
+      filters: [{{type: URLRewrite, path: {{type: PrefixRewrite, prefixRewrite: /new}}}}]
+    - matches: [{{path: {{type: Exact, value: /older/exact}}}}]
+      directResponse: {{status: 418, body: shadowed}}
+    - matches: [{{path: {{type: Prefix, value: /maintenance}}}}]
+      directResponse: {{status: 503, body: down for maintenance}}
+clusters:
+- {{name: echo, endpoints: [{{address: \"{echo}\"}}]}}
+"
+    );
+    let shared = Shared::with_access_log(
+        waypoint_config::Config::from_yaml(&yaml).unwrap(),
+        Box::new(|_| {}),
+    );
+    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = socket.local_addr().unwrap();
+    tokio::spawn(proxy::serve(shared, socket, "plain".into()));
+
+    let resp = get(proxy, "/oldest/x", &[]).await;
+    assert_eq!(
+        (resp.status(), resp.body().as_str()),
+        (StatusCode::OK, "/newest/x")
+    );
+    let resp = get(proxy, "/older/exact", &[]).await;
+    assert_eq!(
+        (resp.status(), resp.body().as_str()),
+        (StatusCode::OK, "/newer/exact")
+    );
+    let resp = get(proxy, "/maintenance/today", &[]).await;
+    assert_eq!(
+        (resp.status(), resp.body().as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "down for maintenance")
+    );
+    assert_eq!(resp.headers()["content-type"], "text/plain");
+    assert_eq!(
+        get(proxy, "/other", &[]).await.status(),
+        StatusCode::NOT_FOUND
     );
 }

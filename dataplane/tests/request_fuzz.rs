@@ -38,6 +38,15 @@ listeners:
     cluster: by-cookie
   - hosts: ['*.query.example']
     cluster: by-query
+  - hosts: ['vs.example']
+    cluster: rr
+    ruleOrder: declared
+    rules:
+    - matches: [{{path: {{type: Prefix, value: /old}}, headers: [{{type: RegularExpression, name: x-user, value: 'j.*'}}]}}]
+      filters: [{{type: URLRewrite, path: {{type: PrefixRewrite, prefixRewrite: /new}}}}]
+    - matches: [{{path: {{type: Prefix, value: /down}}}}]
+      directResponse: {{status: 503, body: down for maintenance}}
+    - {{}}
   - hosts: ['faulty.example']
     cluster: rr
     fault:
@@ -118,6 +127,8 @@ const SEEDS: &[(&str, &[&str], &str)] = &[
     ),
     ("GET /source HTTP/1.1", &["host: app.example"], ""),
     ("GET / HTTP/1.1", &["host: faulty.example"], ""),
+    ("GET /oldest/x HTTP/1.1", &["host: vs.example", "x-user: jason"], ""),
+    ("GET /down/now HTTP/1.1", &["host: vs.example"], ""),
     (
         "PUT /upload HTTP/1.1",
         &["host: app.example", "transfer-encoding: chunked"],

@@ -40,7 +40,24 @@ pub struct RouteRule {
     /// Fault injection on this rule's requests; none: the route's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault: Option<crate::Fault>,
+    /// Answered by the proxy itself, as Envoy's `direct_response` (VirtualService
+    /// `directResponse`); the rule's backends are not used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct_response: Option<DirectResponse>,
 }
+
+/// A fixed answer: a status and a body (`text/plain`, as Envoy's local replies).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DirectResponse {
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub body: String,
+}
+
+/// Istio's limit for a waypoint's direct response body
+/// (`DefaultMaxDirectResponseBodySizeBytes`).
+pub const MAX_DIRECT_RESPONSE_BODY: usize = 1024 * 1024;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -273,6 +290,23 @@ impl RouteRule {
         }
         if let Some(fault) = &self.fault {
             fault.validate(&format!("{at}.fault"))?;
+        }
+        if let Some(d) = &self.direct_response {
+            if !(200..=599).contains(&d.status) {
+                return invalid(
+                    format!("{at}.directResponse.status"),
+                    format!("{} is not an HTTP status in 200..599", d.status),
+                );
+            }
+            if d.body.len() > MAX_DIRECT_RESPONSE_BODY {
+                return invalid(
+                    format!("{at}.directResponse.body"),
+                    format!(
+                        "{} bytes is over the limit of {MAX_DIRECT_RESPONSE_BODY}",
+                        d.body.len()
+                    ),
+                );
+            }
         }
         for (i, f) in self.filters.iter().enumerate() {
             if let Filter::RequestMirror {

@@ -41,8 +41,9 @@ pub use consistent_hash::{
 };
 pub use fault::{Fault, FaultAbort, FaultDelay};
 pub use http_route::{
-    Filter, Fraction, Header, HeaderModifier, MatchType, PathMatch, PathRewrite, Redirect,
-    RouteMatch, RouteRule, UrlRewrite, ValueMatch, WeightedBackend,
+    DirectResponse, Filter, Fraction, Header, HeaderModifier, MAX_DIRECT_RESPONSE_BODY, MatchType,
+    PathMatch, PathRewrite, Redirect, RouteMatch, RouteRule, UrlRewrite, ValueMatch,
+    WeightedBackend,
 };
 pub use slow_start::SlowStart;
 pub use tls::{CertificateError, ListenerTls, REDACTED, ServerCertificate, crypto_provider};

@@ -737,6 +737,12 @@ fn matching_rule<'a, B>(
             return Err(Box::new((resp, Flags::NONE, "direct_response".into())));
         }
     }
+    if let Some(d) = &rule.direct_response {
+        let mut resp = local_reply(StatusCode::OK, "");
+        *resp.body_mut() = body::full(Bytes::from(d.body.clone()));
+        *resp.status_mut() = StatusCode::from_u16(d.status).unwrap_or(StatusCode::OK);
+        return Err(Box::new((resp, Flags::NONE, "direct_response".into())));
+    }
     Ok((rule, matched_prefix))
 }
 

@@ -126,6 +126,7 @@ pub(crate) fn convert(
         backend_timeout: timeout(&json, "/timeouts/backendRequest", route),
         // Gateway API has no fault filter; Istio's comes from VirtualService.
         fault: None,
+        direct_response: None,
     }
 }
 

@@ -17,10 +17,10 @@
 //! `redirectCode`); `rewrite` (`uri`, `authority`); `timeout`; `retries` (`attempts`,
 //! `retryOn` with status codes, `perTryTimeout`, `retryIgnorePreviousHosts`); `fault`
 //! (fixed delay, HTTP abort); `mirror`/`mirrorPercentage`/`mirrorPercent` and
-//! `mirrors`. A match or rule using anything else is dropped with a warning, never
-//! half-applied: `authority`, `scheme` and `withoutHeaders` matches, non-exact
-//! methods, `directResponse`, `delegate`, `uriRegexRewrite`, exponential delays and
-//! gRPC or HTTP/2 aborts.
+//! `mirrors`; `directResponse`. A match or rule using anything else is dropped with a
+//! warning, never half-applied: `authority`, `scheme` and `withoutHeaders` matches,
+//! non-exact methods, `delegate`, `uriRegexRewrite`, exponential delays and gRPC or
+//! HTTP/2 aborts.
 
 use std::collections::BTreeMap;
 
@@ -206,7 +206,6 @@ fn convert(
     target: &Target<'_>,
 ) -> Result<(model::RouteRule, Vec<Backend>), Dropped> {
     for (set, what) in [
-        (http.direct_response.is_some(), "directResponse"),
         (http.delegate.is_some(), "delegate"),
         (
             http.rewrite
@@ -256,8 +255,9 @@ fn convert(
         });
         named.push(b);
     }
-    if weighted.is_empty() && http.redirect.is_none() {
-        return Err("neither route nor redirect".to_owned());
+    let direct_response = http.direct_response.as_ref().map(direct).transpose()?;
+    if weighted.is_empty() && http.redirect.is_none() && direct_response.is_none() {
+        return Err("neither route, redirect nor directResponse".to_owned());
     }
     let rule = model::RouteRule {
         matches: path_match.into_iter().collect(),
@@ -279,6 +279,7 @@ fn convert(
             .and_then(|r| r.per_try_timeout.as_ref())
             .map(waypoint_crds::Duration::as_std),
         fault: http.fault.as_ref().map(fault).transpose()?.flatten(),
+        direct_response,
     };
     Ok((rule, named))
 }
@@ -330,6 +331,34 @@ fn rewrite(
             path,
         },
     }
+}
+
+/// `directResponse`: its status, and its body as a string (UTF-8 `bytes` too).
+fn direct(
+    d: &waypoint_crds::virtual_service::HttpDirectResponse,
+) -> Result<model::DirectResponse, Dropped> {
+    let body = match &d.body {
+        None => String::new(),
+        Some(b) => match (&b.string, &b.bytes) {
+            (Some(s), _) => s.clone(),
+            (None, Some(encoded)) => base64_text(encoded)
+                .ok_or("directResponse.body.bytes is not base64 of UTF-8 text")?,
+            (None, None) => String::new(),
+        },
+    };
+    Ok(model::DirectResponse {
+        status: u16::try_from(d.status).unwrap_or(0),
+        body,
+    })
+}
+
+/// Standard base64 of UTF-8 text, as protobuf's JSON writes `bytes`.
+fn base64_text(encoded: &str) -> Option<String> {
+    use base64::Engine as _;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .ok()?;
+    String::from_utf8(raw).ok()
 }
 
 fn route_match(m: &HttpMatchRequest) -> Result<model::RouteMatch, Dropped> {

@@ -201,7 +201,6 @@ const SKIPPED: &str = "is not supported by waypoints here; the waypoint skips th
 fn skipped(http: &HttpRoute) -> Vec<String> {
     let mut out = Vec::new();
     for (set, what) in [
-        (http.direct_response.is_some(), "directResponse"),
         (http.delegate.is_some(), "delegate"),
         (
             http.rewrite

@@ -211,6 +211,8 @@ fn route_features_translate_as_istio_translates_them() {
     mirror: {host: reviews, subset: v3}
     headers: {request: {set: {x-a: b, host: ignored-here}, remove: [x-drop]}}
     route: [{destination: {host: reviews, port: {number: 9080}}}]
+  - match: [{uri: {prefix: /maintenance}}]
+    directResponse: {status: 503, body: {bytes: ZG93bg==}}
   - match: [{uri: {exact: /none}}]
     retries: {attempts: 0}
     mirror: {host: reviews}
@@ -225,7 +227,7 @@ fn route_features_translate_as_istio_translates_them() {
     );
     let r = route(&c);
     // The sourceLabels match is dropped; the catch-all prefix ends the list.
-    assert_eq!(r.rules.len(), 3, "{:#?}", r.rules);
+    assert_eq!(r.rules.len(), 4, "{:#?}", r.rules);
     let api = &r.rules[0];
     assert_eq!(
         api.matches[0].path,
@@ -267,7 +269,14 @@ fn route_features_translate_as_istio_translates_them() {
     assert!(api.filters.iter().any(|f| matches!(f,
         model::Filter::UrlRewrite { rewrite } if rewrite.hostname.as_deref() == Some("ignored-here"))));
 
-    let none = &r.rules[1];
+    assert_eq!(
+        r.rules[1].direct_response,
+        Some(model::DirectResponse {
+            status: 503,
+            body: "down".into()
+        })
+    );
+    let none = &r.rules[2];
     assert_eq!(none.retry.as_ref().unwrap().attempts, 0);
     assert!(
         !none
@@ -276,7 +285,7 @@ fn route_features_translate_as_istio_translates_them() {
             .any(|f| matches!(f, model::Filter::RequestMirror { .. }))
     );
 
-    let moved = &r.rules[2];
+    let moved = &r.rules[3];
     assert!(moved.backends.is_empty());
     assert!(moved.filters.iter().any(|f| matches!(f,
         model::Filter::RequestRedirect { redirect } if redirect.status_code == 301
@@ -359,8 +368,8 @@ fn a_rule_the_dataplane_would_refuse_is_dropped_alone() {
     route: [{destination: {host: reviews}}]
   - match: [{authority: {exact: x}}]
     route: [{destination: {host: reviews}}]
-  - match: [{uri: {prefix: /dr}}]
-    directResponse: {status: 503}
+  - match: [{uri: {prefix: /delegated}}]
+    delegate: {name: elsewhere}
   - match: [{uri: {exact: /ok}}]
     route: [{destination: {host: reviews}}]",
         )],
