@@ -309,3 +309,47 @@ pub struct HttpMirrorPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub percentage: Option<Percent>,
 }
+
+/// What a waypoint does not carry: the operator skips such a rule or match (never
+/// half-applying it) and the webhook warns about it, from this one list.
+impl HttpRoute {
+    /// The first field of this rule a waypoint does not carry, if any.
+    pub fn unsupported_at_waypoint(&self) -> Option<&'static str> {
+        [
+            (self.delegate.is_some(), "delegate"),
+            (
+                self.rewrite
+                    .as_ref()
+                    .is_some_and(|r| r.uri_regex_rewrite.is_some()),
+                "rewrite.uriRegexRewrite",
+            ),
+            (
+                self.fault
+                    .as_ref()
+                    .and_then(|f| f.abort.as_ref())
+                    .is_some_and(|a| a.grpc_status.is_some()),
+                "fault.abort.grpcStatus",
+            ),
+        ]
+        .into_iter()
+        .find_map(|(set, what)| set.then_some(what))
+    }
+}
+
+impl HttpMatchRequest {
+    /// The first condition of this match a waypoint does not carry, if any.
+    pub fn unsupported_at_waypoint(&self) -> Option<&'static str> {
+        let method_not_exact = self
+            .method
+            .as_ref()
+            .is_some_and(|s| s.exact.is_none() || s.prefix.is_some() || s.regex.is_some());
+        [
+            (self.authority.is_some(), "authority"),
+            (self.scheme.is_some(), "scheme"),
+            (!self.without_headers.is_empty(), "withoutHeaders"),
+            (method_not_exact, "method (other than exact)"),
+        ]
+        .into_iter()
+        .find_map(|(set, what)| set.then_some(what))
+    }
+}

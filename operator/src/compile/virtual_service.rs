@@ -205,18 +205,8 @@ fn convert(
     vs_ns: &str,
     target: &Target<'_>,
 ) -> Result<(model::RouteRule, Vec<Backend>), Dropped> {
-    for (set, what) in [
-        (http.delegate.is_some(), "delegate"),
-        (
-            http.rewrite
-                .as_ref()
-                .is_some_and(|r| r.uri_regex_rewrite.is_some()),
-            "rewrite.uriRegexRewrite",
-        ),
-    ] {
-        if set {
-            return Err(format!("{what} is not supported by this waypoint"));
-        }
+    if let Some(what) = http.unsupported_at_waypoint() {
+        return Err(format!("{what} is not supported by this waypoint"));
     }
     let route_match = m.map(route_match).transpose()?;
     let mut named = Vec::new();
@@ -362,26 +352,13 @@ fn base64_text(encoded: &str) -> Option<String> {
 }
 
 fn route_match(m: &HttpMatchRequest) -> Result<model::RouteMatch, Dropped> {
-    for (set, what) in [
-        (m.authority.is_some(), "authority"),
-        (m.scheme.is_some(), "scheme"),
-        (!m.without_headers.is_empty(), "withoutHeaders"),
-    ] {
-        if set {
-            return Err(format!(
-                "a match on {what} is not supported by this waypoint"
-            ));
-        }
+    if let Some(what) = m.unsupported_at_waypoint() {
+        return Err(format!(
+            "a match on {what} is not supported by this waypoint"
+        ));
     }
-    let method = match &m.method {
-        None => None,
-        Some(StringMatch {
-            exact: Some(e),
-            prefix: None,
-            regex: None,
-        }) => Some(e.clone()),
-        Some(_) => return Err("only an exact method match is supported".to_owned()),
-    };
+    // Anything but an exact method was refused above.
+    let method = m.method.as_ref().and_then(|s| s.exact.clone());
     let caseless = m.ignore_uri_case == Some(true);
     let path = m.uri.as_ref().map(|u| match (u, caseless) {
         (StringMatch { exact: Some(e), .. }, false) => model::PathMatch::Exact(e.clone()),
@@ -636,8 +613,9 @@ fn fault(
     };
     let abort = match &f.abort {
         None => None,
-        Some(a) if a.grpc_status.is_some() || a.http2_error.is_some() => {
-            return Err("only HTTP status aborts are supported by this waypoint".to_owned());
+        // gRPC aborts were refused with the rule (`unsupported_at_waypoint`).
+        Some(a) if a.http2_error.is_some() => {
+            return Err("HTTP/2 abort fault injection not supported yet (as in Istio)".to_owned());
         }
         Some(a) => match (a.http_status, a.percentage.map(fraction)) {
             (Some(status), Some(percentage)) if percentage.numerator > 0 => {

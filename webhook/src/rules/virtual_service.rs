@@ -200,25 +200,8 @@ const SKIPPED: &str = "is not supported by waypoints here; the waypoint skips th
 /// What makes the waypoint skip a match or the whole rule (it never half-applies one).
 fn skipped(http: &HttpRoute) -> Vec<String> {
     let mut out = Vec::new();
-    for (set, what) in [
-        (http.delegate.is_some(), "delegate"),
-        (
-            http.rewrite
-                .as_ref()
-                .is_some_and(|r| r.uri_regex_rewrite.is_some()),
-            "rewrite.uriRegexRewrite",
-        ),
-        (
-            http.fault
-                .as_ref()
-                .and_then(|f| f.abort.as_ref())
-                .is_some_and(|a| a.grpc_status.is_some()),
-            "fault.abort.grpcStatus",
-        ),
-    ] {
-        if set {
-            out.push(format!("{what}: {SKIPPED}"));
-        }
+    if let Some(what) = http.unsupported_at_waypoint() {
+        out.push(format!("{what}: {SKIPPED}"));
     }
     for (j, m) in http.matches.iter().enumerate() {
         out.extend(skipped_match(m).map(|w| format!("match[{j}].{w}")));
@@ -234,10 +217,6 @@ fn skipped_match(m: &HttpMatchRequest) -> Option<String> {
                 .to_owned(),
         );
     }
-    let method_not_exact = m
-        .method
-        .as_ref()
-        .is_some_and(|s| s.exact.is_none() || s.prefix.is_some() || s.regex.is_some());
     let regex = [m.uri.as_ref()]
         .into_iter()
         .chain(m.headers.values().map(Some))
@@ -250,17 +229,7 @@ fn skipped_match(m: &HttpMatchRequest) -> Option<String> {
             "{r:?} is not a regular expression the waypoint can use (RE2 syntax); it skips this match"
         ));
     }
-    for (set, what) in [
-        (m.authority.is_some(), "authority"),
-        (m.scheme.is_some(), "scheme"),
-        (!m.without_headers.is_empty(), "withoutHeaders"),
-        (method_not_exact, "method (other than exact)"),
-    ] {
-        if set {
-            return Some(format!(
-                "{what}: matching on it is not supported by waypoints here; the waypoint skips this match"
-            ));
-        }
-    }
-    None
+    m.unsupported_at_waypoint().map(|what| {
+        format!("{what}: matching on it is not supported by waypoints here; the waypoint skips this match")
+    })
 }
