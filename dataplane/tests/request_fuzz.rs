@@ -127,7 +127,11 @@ const SEEDS: &[(&str, &[&str], &str)] = &[
     ),
     ("GET /source HTTP/1.1", &["host: app.example"], ""),
     ("GET / HTTP/1.1", &["host: faulty.example"], ""),
-    ("GET /oldest/x HTTP/1.1", &["host: vs.example", "x-user: jason"], ""),
+    (
+        "GET /oldest/x HTTP/1.1",
+        &["host: vs.example", "x-user: jason"],
+        "",
+    ),
     ("GET /down/now HTTP/1.1", &["host: vs.example"], ""),
     (
         "PUT /upload HTTP/1.1",
