@@ -288,6 +288,9 @@ impl Proxy {
             .arg(&config)
             .args(["--concurrency", "1", "--disable-hot-restart"])
             .args(["--log-level", "warn"])
+            // Access-log lines reach the file within 100 ms rather than Envoy's
+            // default 10 s flush, so a test can read more than the first.
+            .args(["--file-flush-interval-msec", "100"])
             .arg("--admin-address-path")
             .arg(&admin_path)
             .stdin(Stdio::null())
@@ -1523,4 +1526,87 @@ async fn failures_and_ejections(proxy: &Proxy, n: usize) -> (usize, Stats) {
         proxy.stats(&client).await;
     }
     (failed, proxy.stats(&client).await)
+}
+
+/// A VirtualService's route as Istio hands it to Envoy: routes in written order (an
+/// exact path after a prefix that covers it is never reached), `prefix_rewrite`
+/// and `direct_response`; and ours with `ruleOrder: declared`. The same status,
+/// body and access-log line for each request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn virtual_service_routes_match_envoy() {
+    envoy_binary();
+    let backend = support::serve_http("127.0.0.1", |req| async move {
+        support::text(format!("path={}\n", req.uri().path()))
+    })
+    .await
+    .addr;
+    let endpoints = [(backend, "in-ambient-abc12")];
+    let mut envoy_text = envoy_config(&endpoints, Retries::IstioDefault, TEN_SECONDS);
+    let anchor = "              - match: {prefix: /}\n                name: default\n";
+    assert!(envoy_text.contains(anchor));
+    envoy_text = envoy_text.replacen(
+        anchor,
+        &format!(
+            "              - match: {{prefix: /old}}
+                name: default
+                route: {{cluster: \"{CLUSTER}\", timeout: 0s, prefix_rewrite: /new}}
+              - match: {{path: /old/exact}}
+                name: default
+                direct_response: {{status: 418, body: {{inline_string: shadowed}}}}
+              - match: {{prefix: /maintenance}}
+                name: default
+                direct_response: {{status: 503, body: {{inline_string: down for maintenance}}}}
+              - match: {{path: /empty}}
+                name: default
+                direct_response: {{status: 204}}
+{anchor}"
+        ),
+        1,
+    );
+    let mut yaml = support::seed_waypoint(&endpoints, 2, ("10s", "30s"), TEN_SECONDS);
+    let route = "    retry: {attempts: 2,";
+    assert!(yaml.contains(route));
+    yaml = yaml.replacen(
+        route,
+        &format!(
+            "    ruleOrder: declared
+    rules:
+    - matches: [{{path: {{type: Prefix, value: /old}}}}]
+      filters: [{{type: URLRewrite, path: {{type: PrefixRewrite, prefixRewrite: /new}}}}]
+    - matches: [{{path: {{type: Exact, value: /old/exact}}}}]
+      directResponse: {{status: 418, body: shadowed}}
+    - matches: [{{path: {{type: Prefix, value: /maintenance}}}}]
+      directResponse: {{status: 503, body: down for maintenance}}
+    - matches: [{{path: {{type: Exact, value: /empty}}}}]
+      directResponse: {{status: 204}}
+    - matches: [{{path: {{type: Prefix, value: /}}}}]
+{route}"
+        ),
+        1,
+    );
+    let envoy = Proxy::envoy_with(&envoy_text, "virtual-service").await;
+    let ours = Proxy::ours_with(&yaml).await;
+    let client = client();
+    for (n, path) in [
+        "/oldest/x",
+        "/old/exact",
+        "/maintenance/today",
+        "/empty",
+        "/other",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut seen = Vec::new();
+        for proxy in [&envoy, &ours] {
+            let (status, body) = get(
+                &client,
+                format!("http://{}{path}", proxy.addr()),
+                "in-ambient:8000",
+            )
+            .await;
+            seen.push((status, body, stable_fields(&proxy.log_line(n).await)));
+        }
+        assert_eq!(seen[1], seen[0], "{path}: ours, then Envoy's");
+    }
 }
