@@ -52,8 +52,13 @@ clusters:
 - {{name: v2, endpoints: [{{address: \"{v2}\"}}]}}
 "
     );
+    serve(&yaml).await
+}
+
+/// The proxy for `yaml` on its `plain` listener, on a loopback port.
+async fn serve(yaml: &str) -> SocketAddr {
     let shared = Shared::with_access_log(
-        waypoint_config::Config::from_yaml(&yaml).unwrap(),
+        waypoint_config::Config::from_yaml(yaml).unwrap(),
         Box::new(|_| {}),
     );
     let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -172,13 +177,7 @@ clusters:
 - {{name: slow, endpoints: [{{address: \"{slow}\"}}]}}
 "
     );
-    let shared = Shared::with_access_log(
-        waypoint_config::Config::from_yaml(&yaml).unwrap(),
-        Box::new(|_| {}),
-    );
-    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let proxy = socket.local_addr().unwrap();
-    tokio::spawn(proxy::serve(shared, socket, "plain".into()));
+    let proxy = serve(&yaml).await;
 
     let mut with_default = Vec::new();
     for _ in 0..4 {
@@ -234,13 +233,7 @@ clusters:
 - {{name: echo, endpoints: [{{address: \"{echo}\"}}]}}
 "
     );
-    let shared = Shared::with_access_log(
-        waypoint_config::Config::from_yaml(&yaml).unwrap(),
-        Box::new(|_| {}),
-    );
-    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let proxy = socket.local_addr().unwrap();
-    tokio::spawn(proxy::serve(shared, socket, "plain".into()));
+    let proxy = serve(&yaml).await;
 
     let resp = get(proxy, "/oldest/x", &[]).await;
     assert_eq!(

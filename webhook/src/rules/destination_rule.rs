@@ -2,7 +2,6 @@
 //! istiod recognise them), plus two warnings Istio never gives: a host that names
 //! no Service, and a subset whose labels select no pod.
 
-use serde_json::Value;
 use waypoint_crds::destination_rule::{DestinationRuleSpec, validate};
 
 use super::{Context, Object};
@@ -12,16 +11,8 @@ use crate::view::Labels;
 pub fn review(obj: &Object<'_>, cx: &Context<'_>) -> Verdict {
     let mut v = Verdict::default();
     let who = obj.display();
-    let spec = obj.value.get("spec").cloned().unwrap_or(Value::Null);
-    let spec: DestinationRuleSpec = match serde_json::from_value(spec) {
-        Ok(spec) => spec,
-        Err(e) => {
-            // The API server's schema accepted it, so our types are the stricter
-            // ones: let it through rather than block a valid Istio object.
-            tracing::warn!(object = %who, error = %e, "DestinationRule not decodable; admitted unchecked");
-            v.warn(format!("{who}: not validated by waypoint: {e}"));
-            return v;
-        }
+    let Some(spec) = super::decode_spec::<DestinationRuleSpec>(obj, &who, &mut v) else {
+        return v;
     };
     let report = validate(&spec, obj.namespace);
     for f in report.errors {

@@ -109,6 +109,25 @@ pub fn validate(obj: &Object<'_>, cx: &Context<'_>) -> Verdict {
     }
 }
 
+/// The object's `spec` as `T`, or `None` after a warning when our types cannot read
+/// it: the API server's schema accepted it, so our types are the stricter ones, and
+/// a valid Istio object is let through unchecked rather than blocked.
+pub fn decode_spec<T: serde::de::DeserializeOwned>(
+    obj: &Object<'_>,
+    who: &str,
+    v: &mut Verdict,
+) -> Option<T> {
+    let spec = obj.value.get("spec").cloned().unwrap_or(Value::Null);
+    match serde_json::from_value(spec) {
+        Ok(spec) => Some(spec),
+        Err(e) => {
+            tracing::warn!(object = %who, error = %e, "{} not decodable; admitted unchecked", obj.kind);
+            v.warn(format!("{who}: not validated by waypoint: {e}"));
+            None
+        }
+    }
+}
+
 /// Kubernetes' DNS-1123 label: what Gateway, Service and namespace names must be.
 pub fn is_dns1123_label(s: &str) -> bool {
     let b = s.as_bytes();

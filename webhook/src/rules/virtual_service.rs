@@ -4,7 +4,6 @@
 //! because it uses what waypoints do not carry, and a destination that names no
 //! Service.
 
-use serde_json::Value;
 use waypoint_crds::virtual_service::{
     HttpFaultInjection, HttpMatchRequest, HttpRetry, HttpRoute, Percent, VirtualServiceSpec,
 };
@@ -36,15 +35,8 @@ const RETRY_ON: [&str; 16] = [
 pub fn review(obj: &Object<'_>, cx: &Context<'_>) -> Verdict {
     let mut v = Verdict::default();
     let who = obj.display();
-    let spec = obj.value.get("spec").cloned().unwrap_or(Value::Null);
-    let spec: VirtualServiceSpec = match serde_json::from_value(spec) {
-        Ok(spec) => spec,
-        Err(e) => {
-            // The API server's schema accepted it: let it through unchecked.
-            tracing::warn!(object = %who, error = %e, "VirtualService not decodable; admitted unchecked");
-            v.warn(format!("{who}: not validated by waypoint: {e}"));
-            return v;
-        }
+    let Some(spec) = super::decode_spec::<VirtualServiceSpec>(obj, &who, &mut v) else {
+        return v;
     };
     for (i, http) in spec.http.iter().enumerate() {
         let at = format!("{who}: spec.http[{i}]");
